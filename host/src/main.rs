@@ -1,1 +1,148 @@
-fn main(){}
+//! The `plughost` command: `serve` (the default) and `check`.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use plughost::{
+    config::{Config, LogFormat},
+    loader,
+    manifest::visibility_name,
+    server::App,
+};
+
+#[derive(Parser)]
+#[command(name = "plughost", version, about = "Serves the functions of compiled Rust plugins as REST endpoints")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the plugins folder (what a bare `plughost` does).
+    Serve(ServeArgs),
+    /// Load a plugin file offline, check its ABI and manifest, and print its endpoints.
+    Check {
+        /// The plugin's .so file.
+        file: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Clone, Default)]
+struct ServeArgs {
+    /// Env file to read (default: ./.env when present). The process environment wins over it.
+    #[arg(long, value_name = "PATH")]
+    env_file: Option<PathBuf>,
+    /// Overrides BIND.
+    #[arg(long, value_name = "ADDR")]
+    bind: Option<String>,
+    /// Overrides PLUGINS_DIR.
+    #[arg(long, value_name = "DIR")]
+    plugins_dir: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Check { file }) => check(&file),
+        Some(Command::Serve(args)) => serve(args),
+        None => serve(cli.serve),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("plughost: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut overrides = Vec::new();
+    if let Some(bind) = args.bind {
+        overrides.push(("BIND", bind));
+    }
+    if let Some(dir) = args.plugins_dir {
+        overrides.push(("PLUGINS_DIR", dir.display().to_string()));
+    }
+    let config = match Config::load(args.env_file.as_deref(), &overrides) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprint!("plughost: {errors}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    init_logging(config.log_format, &config.log_filter);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let app = App::build(config).await?;
+        let addr = app.local_addr()?;
+        // The one line on stdout, for people and for scripts that bound port 0.
+        println!("plughost listening on http://{addr}");
+        tracing::info!(%addr, "listening");
+        app.run_until_stopped(shutdown_signal()).await
+    })?;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            }
+        }
+        Err(err) => {
+            tracing::warn!("cannot listen for SIGTERM ({err}); only SIGINT stops the server");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}
+
+fn check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let shadow = std::env::temp_dir().join(format!("plughost-check-{}", std::process::id()));
+    let loaded = loader::load(file, &shadow);
+    let _ = std::fs::remove_dir_all(&shadow);
+    let module = match loaded {
+        Ok(module) => module,
+        Err(err) => {
+            println!("FAIL {}: {err}", file.display());
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let spec = &module.spec;
+    println!("OK {}: module {} {} (sha256 {})", file.display(), spec.name, spec.version, module.sha256);
+    if let Some(alias) = &spec.alias {
+        println!("alias: {alias}");
+    }
+    if !spec.description.is_empty() {
+        println!("description: {}", spec.description);
+    }
+    println!("{:<24} {:<22} {:<10} PATH", "FUNCTION", "METHODS", "VISIBILITY");
+    for f in &spec.functions {
+        println!(
+            "{:<24} {:<22} {:<10} /rest/services/{}/{}/",
+            f.name,
+            f.methods.names().join("|"),
+            visibility_name(f.visibility),
+            spec.route_name(),
+            f.route_name()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -2,7 +2,7 @@
 
 use plugin_api::prelude::*;
 
-/// `GET /rest/services/hello/greet/Ada/?times=2` → `{"greeting": "Hello, Ada! Hello, Ada!"}`
+/// `GET /rest/services/hello/greet/?name=Ada&times=2` → `{"greeting": "Hello, Ada! Hello, Ada!"}`
 fn greet(req: &Request) -> Result<Value> {
     let name = req.str("name")?;
     let times = req.i64("times")?;

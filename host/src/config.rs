@@ -1,0 +1,269 @@
+//! Configuration: `.env` (dotenvy) under the process environment, parsed and validated into
+//! [`Config`], whose fields cannot hold invalid values. Every problem is reported at once.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+/// Every variable plughost reads, with its default (empty: none) and what it is for.
+/// `.env.example` documents exactly these; a unit test keeps the two in step.
+pub const KNOWN_VARS: &[(&str, &str, &str)] = &[
+    ("PLUGINS_DIR", "./plugins", "folder scanned for plugin .so files"),
+    ("BIND", "127.0.0.1:8080", "address and port to listen on (port 0 picks a free one)"),
+    ("DATA_DIR", "./data", "folder for shadow copies of loaded plugins and state"),
+    ("NUM_URL_PARMS", "10", "how many positional URL segments a call may carry"),
+    ("URL_PARM<n>", "parm_<n>", "kwarg name of the n-th positional URL segment"),
+    ("MAX_BODY_BYTES", "1048576", "largest request body accepted (413 beyond)"),
+    ("MAX_RESPONSE_BYTES", "67108864", "largest response body a plugin may return (502 beyond)"),
+    ("MAX_HEADER_BYTES", "65536", "largest total size of request headers (431 beyond)"),
+    ("CALL_TIMEOUT_MS", "30000", "deadline of one plugin call (504 beyond)"),
+    ("SHUTDOWN_GRACE_MS", "30000", "how long in-flight requests may take to finish on shutdown"),
+    ("LOG_FORMAT", "pretty", "pretty (for a terminal) or json (for machines)"),
+    ("RUST_LOG", "info", "log filter, e.g. info,plughost=debug"),
+];
+
+const MAX_URL_PARMS: usize = 64;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub plugins_dir: PathBuf,
+    pub bind: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Kwarg names of the positional URL segments, in order (`NUM_URL_PARMS` of them).
+    pub url_params: Vec<String>,
+    pub max_body_bytes: usize,
+    pub max_response_bytes: usize,
+    pub max_header_bytes: usize,
+    pub call_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+    pub log_filter: String,
+}
+
+/// Every problem found in the configuration, one per line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "the configuration has {} problem(s):", self.0.len())?;
+        for problem in &self.0 {
+            writeln!(f, "  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Reads `env_file` (when given it must exist; otherwise `./.env` is read if present),
+    /// then the process environment over it, then `overrides` (command-line flags) over both.
+    pub fn load(env_file: Option<&Path>, overrides: &[(&str, String)]) -> Result<Config, ConfigErrors> {
+        let mut vars = HashMap::new();
+        let file = env_file.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".env"));
+        match dotenvy::from_path_iter(&file) {
+            Ok(iter) => {
+                for item in iter {
+                    match item {
+                        Ok((key, value)) => {
+                            vars.insert(key, value);
+                        }
+                        Err(err) => return Err(ConfigErrors(vec![format!("{} is not a valid env file: {err}", file.display())])),
+                    }
+                }
+            }
+            Err(err) if env_file.is_some() || !err.not_found() => {
+                return Err(ConfigErrors(vec![format!("cannot read env file {}: {err}", file.display())]));
+            }
+            Err(_) => {}
+        }
+        for (key, value) in std::env::vars() {
+            vars.insert(key, value);
+        }
+        for (key, value) in overrides {
+            vars.insert((*key).to_owned(), value.clone());
+        }
+        Config::from_vars(&|key| vars.get(key).cloned())
+    }
+
+    /// Builds a configuration from a variable lookup; pure, so that it can be unit tested.
+    pub fn from_vars(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+        let mut errors = Vec::new();
+        let var = |key: &str, default: &str| get(key).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_owned());
+
+        let plugins_dir = PathBuf::from(var("PLUGINS_DIR", "./plugins"));
+        if !plugins_dir.is_dir() {
+            errors.push(format!(
+                "PLUGINS_DIR={} is not a folder: create it, or point PLUGINS_DIR at the folder holding your plugin .so files",
+                plugins_dir.display()
+            ));
+        }
+        let bind_text = var("BIND", "127.0.0.1:8080");
+        let bind = bind_text.parse::<SocketAddr>().unwrap_or_else(|_| {
+            errors.push(format!("BIND={bind_text} is not an address and port such as 127.0.0.1:8080 or 0.0.0.0:80"));
+            SocketAddr::from(([127, 0, 0, 1], 8080))
+        });
+        let data_dir = PathBuf::from(var("DATA_DIR", "./data"));
+
+        let num_url_parms = parse_number(&mut errors, "NUM_URL_PARMS", &var("NUM_URL_PARMS", "10"), 0, MAX_URL_PARMS as u64) as usize;
+        let mut url_params: Vec<String> = Vec::with_capacity(num_url_parms);
+        for i in 1..=num_url_parms {
+            let key = format!("URL_PARM{i}");
+            let name = var(&key, &format!("parm_{i}"));
+            if !is_identifier(&name) {
+                errors.push(format!(
+                    "{key}={name} is not a valid parameter name: use letters, digits and '_' (no dashes), not starting with a digit"
+                ));
+            } else if name == "__map__" {
+                errors.push(format!("{key}=__map__ is reserved for renaming URL parameters: choose another name"));
+            } else if let Some(first) = url_params.iter().position(|n| *n == name) {
+                errors.push(format!("{key}={name} repeats URL_PARM{}: every URL parameter needs its own name", first + 1));
+            }
+            url_params.push(name);
+        }
+        for i in (num_url_parms + 1)..=(num_url_parms + 20) {
+            if get(&format!("URL_PARM{i}")).is_some() {
+                errors.push(format!(
+                    "URL_PARM{i} is set but NUM_URL_PARMS={num_url_parms}: raise NUM_URL_PARMS to at least {i} or remove URL_PARM{i}"
+                ));
+            }
+        }
+
+        let max_body_bytes = parse_number(&mut errors, "MAX_BODY_BYTES", &var("MAX_BODY_BYTES", "1048576"), 0, 1 << 34) as usize;
+        let max_response_bytes = parse_number(&mut errors, "MAX_RESPONSE_BYTES", &var("MAX_RESPONSE_BYTES", "67108864"), 1, 1 << 34) as usize;
+        let max_header_bytes = parse_number(&mut errors, "MAX_HEADER_BYTES", &var("MAX_HEADER_BYTES", "65536"), 1024, 1 << 20) as usize;
+        let call_timeout = Duration::from_millis(parse_number(&mut errors, "CALL_TIMEOUT_MS", &var("CALL_TIMEOUT_MS", "30000"), 1, 3_600_000));
+        let shutdown_grace = Duration::from_millis(parse_number(&mut errors, "SHUTDOWN_GRACE_MS", &var("SHUTDOWN_GRACE_MS", "30000"), 0, 3_600_000));
+        let log_format = match var("LOG_FORMAT", "pretty").to_ascii_lowercase().as_str() {
+            "pretty" => LogFormat::Pretty,
+            "json" => LogFormat::Json,
+            other => {
+                errors.push(format!("LOG_FORMAT={other} is not a log format: use pretty or json"));
+                LogFormat::Pretty
+            }
+        };
+        let log_filter = var("RUST_LOG", "info");
+        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&log_filter) {
+            errors.push(format!("RUST_LOG={log_filter} is not a log filter ({err}): try info or info,plughost=debug"));
+        }
+
+        if errors.is_empty() {
+            Ok(Config {
+                plugins_dir,
+                bind,
+                data_dir,
+                url_params,
+                max_body_bytes,
+                max_response_bytes,
+                max_header_bytes,
+                call_timeout,
+                shutdown_grace,
+                log_format,
+                log_filter,
+            })
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+fn parse_number(errors: &mut Vec<String>, key: &str, text: &str, min: u64, max: u64) -> u64 {
+    match text.replace('_', "").parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => n,
+        _ => {
+            errors.push(format!("{key}={text} is not a whole number from {min} to {max}"));
+            min
+        }
+    }
+}
+
+/// `[A-Za-z_][A-Za-z0-9_]*`: what a kwarg name from the configuration may look like.
+pub fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
+        let dir = std::env::temp_dir();
+        let mut vars: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        vars.entry("PLUGINS_DIR".into()).or_insert_with(|| dir.display().to_string());
+        Config::from_vars(&|key| vars.get(key).cloned())
+    }
+
+    #[test]
+    fn defaults_name_ten_url_params() {
+        let config = config(&[]).unwrap();
+        assert_eq!(config.url_params.len(), 10);
+        assert_eq!(config.url_params[0], "parm_1");
+        assert_eq!(config.url_params[9], "parm_10");
+        assert_eq!(config.bind, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(config.call_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn url_param_names_are_configurable() {
+        let config = config(&[("NUM_URL_PARMS", "2"), ("URL_PARM1", "id"), ("URL_PARM2", " slug ")]).unwrap();
+        assert_eq!(config.url_params, vec!["id", "slug"]);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let errors = config(&[
+            ("NUM_URL_PARMS", "3"),
+            ("URL_PARM1", "my-param"),
+            ("URL_PARM3", "parm_2"),
+            ("URL_PARM5", "x"),
+            ("BIND", "localhost"),
+            ("CALL_TIMEOUT_MS", "soon"),
+            ("LOG_FORMAT", "xml"),
+            ("PLUGINS_DIR", "/does/not/exist"),
+        ])
+        .unwrap_err();
+        let text = errors.to_string();
+        for needle in ["URL_PARM1=my-param", "URL_PARM3=parm_2 repeats URL_PARM2", "URL_PARM5 is set but NUM_URL_PARMS=3", "BIND=localhost", "CALL_TIMEOUT_MS=soon", "LOG_FORMAT=xml", "PLUGINS_DIR=/does/not/exist"] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+        assert_eq!(errors.0.len(), 7);
+    }
+
+    #[test]
+    fn num_url_parms_is_bounded() {
+        assert!(config(&[("NUM_URL_PARMS", "65")]).is_err());
+        assert_eq!(config(&[("NUM_URL_PARMS", "0")]).unwrap().url_params.len(), 0);
+    }
+
+    #[test]
+    fn env_example_documents_every_variable() {
+        let example = include_str!("../../.env.example");
+        for (key, _, _) in KNOWN_VARS {
+            let key = key.replace("<n>", "1");
+            assert!(example.contains(&format!("{key}=")), ".env.example lacks {key}");
+        }
+    }
+
+    #[test]
+    fn identifiers() {
+        assert!(is_identifier("parm_1"));
+        assert!(is_identifier("_x"));
+        assert!(!is_identifier("1x"));
+        assert!(!is_identifier("a-b"));
+        assert!(!is_identifier(""));
+    }
+}

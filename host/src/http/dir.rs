@@ -1,0 +1,62 @@
+//! `__dir__`: what the caller may call, described from the loaded manifests.
+
+use serde_json::{json, Value};
+
+use crate::{
+    loader::LoadedModule,
+    manifest::{kind_name, visibility_name},
+    plugins::timestamp,
+    registry::Registry,
+};
+
+/// Every module, with the URL parameter names in force.
+pub fn all(registry: &Registry, url_params: &[String]) -> Value {
+    json!({
+        "url_params": url_params,
+        "modules": registry.modules().iter().map(|m| module_entry(m, registry)).collect::<Vec<_>>(),
+    })
+}
+
+/// One module.
+pub fn module(module: &LoadedModule, registry: &Registry) -> Value {
+    module_entry(module, registry)
+}
+
+fn module_entry(module: &LoadedModule, registry: &Registry) -> Value {
+    let spec = &module.spec;
+    let functions: Vec<Value> = spec
+        .functions
+        .iter()
+        .map(|f| {
+            let path = format!("/rest/services/{}/{}/", spec.route_name(), f.route_name());
+            let unqualified = registry.is_unique(f.route_name()).then(|| format!("/rest/services/{}/", f.route_name()));
+            json!({
+                "name": f.name,
+                "api": f.api,
+                "methods": f.methods.names(),
+                "path": path,
+                "unqualified_path": unqualified,
+                "doc": f.doc,
+                "visibility": visibility_name(f.visibility),
+                "params": f.params.iter().map(|p| json!({
+                    "name": p.name,
+                    "type": kind_name(p.kind),
+                    "required": p.required,
+                    "default": p.default,
+                    "doc": p.doc,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "name": spec.name,
+        "alias": spec.alias,
+        "version": spec.version,
+        "description": spec.description,
+        "owner": "admin",
+        "isolation": "in-process",
+        "sha256": module.sha256,
+        "loaded_at": timestamp(module.loaded_at),
+        "functions": functions,
+    })
+}

@@ -1,0 +1,100 @@
+//! The one place errors become HTTP: a JSON body with the status repeated inside, an `error_id`
+//! that also appears in the log line, and internal causes kept out of the response.
+
+use std::{borrow::Cow, convert::Infallible};
+
+use http::{header, HeaderValue, StatusCode};
+use serde_json::json;
+use warp::{reply::Response, Rejection};
+
+/// An error answered to the client.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: Cow<'static, str>,
+    pub description: String,
+    /// Logged with the error id, never sent.
+    pub internal: Option<String>,
+    /// The `Allow` header, for 405.
+    pub allow: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: impl Into<Cow<'static, str>>, description: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code: code.into(),
+            description: description.into(),
+            internal: None,
+            allow: None,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, description: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, description)
+    }
+
+    pub fn not_found(code: &'static str, description: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, code, description)
+    }
+
+    /// 405 naming the methods that are allowed.
+    pub fn method_not_allowed(method: &http::Method, what: &str, allow: String) -> ApiError {
+        let mut err = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+            format!("{what} does not answer {method}; it answers {allow}"),
+        );
+        err.allow = Some(allow);
+        err
+    }
+
+    /// Adds a cause for the log only.
+    pub fn with_internal(mut self, internal: impl Into<String>) -> ApiError {
+        self.internal = Some(internal.into());
+        self
+    }
+
+    /// Renders the JSON body, and logs the error under a fresh error id.
+    pub fn into_response(self) -> Response {
+        let error_id = uuid::Uuid::new_v4().to_string();
+        let internal = self.internal.as_deref().unwrap_or("");
+        if self.status.is_server_error() {
+            tracing::error!(error_id, status = self.status.as_u16(), error = %self.code, internal, "{}", self.description);
+        } else {
+            tracing::info!(error_id, status = self.status.as_u16(), error = %self.code, "{}", self.description);
+        }
+        let body = json!({
+            "status": self.status.as_u16(),
+            "error": self.code,
+            "error_description": self.description,
+            "error_id": error_id,
+        });
+        let mut response = json_response(self.status, &body);
+        if let Some(allow) = self.allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
+            response.headers_mut().insert(header::ALLOW, allow);
+        }
+        response
+    }
+}
+
+/// A JSON response with the given status.
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
+    let mut response = Response::new(body.to_string().into());
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// Rejections reach here only when no route matched at all.
+pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
+    let err = if rejection.is_not_found() {
+        ApiError::not_found(
+            "ROUTE_NOT_FOUND",
+            "no such route: functions live under /rest/services/ (list them at /rest/services/__dir__/); built-ins are /ping, /version and /health",
+        )
+    } else {
+        ApiError::bad_request("BAD_REQUEST", "the request could not be understood").with_internal(format!("{rejection:?}"))
+    };
+    Ok(err.into_response())
+}

@@ -1,0 +1,232 @@
+//! `/rest/services/…`: path → resolution → method → body → kwargs → typed params → call → reply.
+
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use plugin_api::ErrorKind;
+use warp::reply::Response;
+
+use super::{dir, error::ApiError, path};
+use crate::{
+    dispatch::{self, CallError, CallInput, PluginReply},
+    kwargs::{self, BodyKind},
+    params,
+    registry::{Endpoint, Resolution},
+    AppState,
+};
+
+/// Serves one request under `/rest/services/`.
+pub async fn handle<S, B>(state: Arc<AppState>, tail: String, method: Method, query: String, headers: HeaderMap, body: S) -> Response
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    match serve(&state, &tail, method, query, &headers, body).await {
+        Ok(response) => response,
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn serve<S, B>(state: &AppState, tail: &str, method: Method, query: String, headers: &HeaderMap, body: S) -> Result<Response, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let segments = path::segments(tail)?;
+    if segments.is_empty() {
+        return Err(ApiError::not_found(
+            "FUNCTION_NOT_FOUND",
+            "name a function: /rest/services/<module>/<function>/… or /rest/services/<function>/…; list them at /rest/services/__dir__/",
+        ));
+    }
+    let (endpoint, rest) = {
+        let registry = state.plugins.registry();
+        match registry.resolve(&segments) {
+            Resolution::Call { endpoint, rest } => (endpoint, rest.to_vec()),
+            Resolution::Dir(module) => {
+                if method != Method::GET && method != Method::HEAD {
+                    return Err(ApiError::method_not_allowed(&method, "__dir__", "GET, HEAD".to_owned()));
+                }
+                let listing = match module {
+                    Some(module) => dir::module(&module, &registry),
+                    None => dir::all(&registry, &state.config.url_params),
+                };
+                return Ok(super::error::json_response(StatusCode::OK, &listing));
+            }
+            Resolution::Ambiguous { name, paths } => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "AMBIGUOUS_FUNCTION",
+                    format!("'{name}' is exported by several modules; call it through one of them: {}", paths.join(", ")),
+                ))
+            }
+            Resolution::NoSuchFunction { module, function } => {
+                let known: Vec<&str> = module.spec.functions.iter().map(|f| f.route_name()).collect();
+                let known = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
+                let description = match function {
+                    Some(function) => format!("module '{}' has no function '{function}'; its functions: {known}", module.spec.route_name()),
+                    None => format!("'{}' is a module: name one of its functions after it ({known})", module.spec.route_name()),
+                };
+                return Err(ApiError::not_found("FUNCTION_NOT_FOUND", description));
+            }
+            Resolution::NotFound { name } => {
+                return Err(ApiError::not_found(
+                    "FUNCTION_NOT_FOUND",
+                    format!("no module or function is named '{name}'; list them at /rest/services/__dir__/"),
+                ))
+            }
+        }
+    };
+    let function = endpoint.function();
+    if method == Method::OPTIONS {
+        let mut response = Response::new(Bytes::new().into());
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        if let Ok(allow) = HeaderValue::from_str(&function.methods.allow_header()) {
+            response.headers_mut().insert(header::ALLOW, allow);
+        }
+        return Ok(response);
+    }
+    if !function.methods.allows(&method) {
+        let what = format!("function '{}'", function.route_name());
+        return Err(ApiError::method_not_allowed(&method, &what, function.methods.allow_header()));
+    }
+
+    let has_body = method != Method::GET && method != Method::HEAD;
+    let body = if has_body { read_body(headers, body, state.config.max_body_bytes).await? } else { Bytes::new() };
+    let content_type = if has_body { header_text(headers, header::CONTENT_TYPE.as_str()) } else { String::new() };
+    let (body_kwargs, rename) = kwargs::from_body(BodyKind::of(&content_type), &body).map_err(|e| ApiError::bad_request(e.code, e.message))?;
+    let mut kwargs = kwargs::merge(body_kwargs, kwargs::from_query(&query), &rest, &state.config.url_params, &rename)
+        .map_err(|e| ApiError::bad_request(e.code, e.message))?;
+    params::apply(&function.params, &mut kwargs).map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.code, e.message))?;
+
+    let input = CallInput {
+        method: method.as_str().to_owned(),
+        kwargs_json: serde_json::Value::Object(kwargs).to_string(),
+        query,
+        headers: headers
+            .iter()
+            .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
+            .collect(),
+        body,
+        content_type,
+        request_id: header_text(headers, "x-request-id"),
+    };
+    let timeout = state.config.call_timeout;
+    match dispatch::call(endpoint.clone(), input, timeout).await {
+        Ok(reply) => to_response(reply, &endpoint, state.config.max_response_bytes),
+        Err(err) => Err(call_error(err, &endpoint)),
+    }
+}
+
+/// Reads the body up to `limit` bytes: 413 as soon as `Content-Length` or the bytes received
+/// pass it. Works for chunked bodies and for requests without `Content-Length`.
+async fn read_body<S, B>(headers: &HeaderMap, body: S, limit: usize) -> Result<Bytes, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            format!("the request body is larger than {limit} bytes (MAX_BODY_BYTES)"),
+        )
+    };
+    let declared = header_text(headers, header::CONTENT_LENGTH.as_str()).parse::<u64>().ok();
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut buffer = BytesMut::with_capacity(declared.map_or(0, |n| n as usize));
+    let mut body = std::pin::pin!(body);
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|err| {
+            ApiError::bad_request("BODY_READ_FAILED", "the request body could not be read to its end").with_internal(err.to_string())
+        })?;
+        if buffer.len() + chunk.remaining() > limit {
+            return Err(too_large());
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            buffer.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(buffer.freeze())
+}
+
+fn header_text(headers: &HeaderMap, name: &str) -> String {
+    headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
+}
+
+/// Headers the host manages itself; a plugin's values for them are dropped.
+const MANAGED_HEADERS: [&str; 7] = ["content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "x-request-id", "content-type"];
+
+fn to_response(reply: PluginReply, endpoint: &Endpoint, max_bytes: usize) -> Result<Response, ApiError> {
+    let bad = |what: String| {
+        ApiError::new(StatusCode::BAD_GATEWAY, "PLUGIN_BAD_RESPONSE", format!("function '{}' returned {what}", endpoint.function().route_name()))
+    };
+    let status = StatusCode::from_u16(reply.status).ok().filter(|s| (200..=599).contains(&s.as_u16())).ok_or_else(|| bad(format!("the invalid status {}", reply.status)))?;
+    if reply.body.len() > max_bytes {
+        return Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "RESPONSE_TOO_LARGE",
+            format!("function '{}' returned {} bytes, over the {max_bytes}-byte limit (MAX_RESPONSE_BYTES)", endpoint.function().route_name(), reply.body.len()),
+        ));
+    }
+    let content_type = HeaderValue::from_str(&reply.content_type).map_err(|_| bad("an invalid Content-Type".to_owned()))?;
+    let mut response = Response::new(reply.body.into());
+    *response.status_mut() = status;
+    let out = response.headers_mut();
+    out.insert(header::CONTENT_TYPE, content_type);
+    for (name, value) in reply.headers {
+        let lower = name.to_ascii_lowercase();
+        match (HeaderName::from_bytes(lower.as_bytes()), HeaderValue::from_str(&value)) {
+            (Ok(name), Ok(value)) if !MANAGED_HEADERS.contains(&lower.as_str()) => {
+                out.append(name, value);
+            }
+            _ => tracing::warn!(module = %endpoint.module.spec.name, header = %name, "dropped a response header the plugin may not set or that is malformed"),
+        }
+    }
+    Ok(response)
+}
+
+fn call_error(err: CallError, endpoint: &Endpoint) -> ApiError {
+    let function = endpoint.function().route_name();
+    let module = endpoint.module.spec.route_name();
+    match err {
+        CallError::Plugin { kind, code, message } => {
+            let (status, default_code) = match kind {
+                ErrorKind::BadRequest => (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
+                ErrorKind::Unauthorized => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+                ErrorKind::Forbidden => (StatusCode::FORBIDDEN, "FORBIDDEN"),
+                ErrorKind::NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+                ErrorKind::Conflict => (StatusCode::CONFLICT, "CONFLICT"),
+                ErrorKind::Unprocessable => (StatusCode::UNPROCESSABLE_ENTITY, "UNPROCESSABLE_ENTITY"),
+                ErrorKind::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_REQUESTS"),
+                ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE"),
+                ErrorKind::Internal | ErrorKind::Panicked => (StatusCode::INTERNAL_SERVER_ERROR, "PLUGIN_ERROR"),
+            };
+            let code_ok = !code.is_empty() && code.len() <= 64 && code.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+            let code = if code_ok { code } else { default_code.to_owned() };
+            let message: String = message.chars().take(2000).collect();
+            ApiError::new(status, code, message)
+        }
+        CallError::Panicked(message) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "PLUGIN_PANICKED",
+            format!("function '{function}' of module '{module}' panicked; the server log has the details under this error_id"),
+        )
+        .with_internal(message),
+        CallError::Timeout(after) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "CALL_TIMEOUT",
+            format!("function '{function}' of module '{module}' did not answer within {} ms (CALL_TIMEOUT_MS)", after.as_millis()),
+        ),
+        CallError::Pool(cause) => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "the call could not be run; see the server log under this error_id").with_internal(cause)
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! Loading one plugin file: check it is a shared library, shadow-copy it to a content-hashed path,
+//! load the copy through abi_stable, check the ABI and the manifest.
+//!
+//! The watched file itself is never mapped: `dlopen` caches images by path, and overwriting a
+//! mapped library crashes the process (DESIGN §7). abi_stable never unloads a library, so every
+//! image loaded stays mapped for the life of the process.
+
+use std::{
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use abi_stable::{
+    library::{lib_header_from_path, LibraryError, RootModule},
+    std_types::{RResult, RStr},
+};
+use plugin_api::abi::{CallError, CallRequest, CallResponse, HostServices, HostServicesRef, LogLevel, PluginModRef, ABI_VERSION};
+use sha2::{Digest, Sha256};
+
+use crate::manifest::ModuleSpec;
+
+/// Largest plugin file accepted.
+const MAX_PLUGIN_BYTES: u64 = 512 * 1024 * 1024;
+
+/// Why a file could not be loaded as a plugin. Each message is one short line.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read the file: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("the file is {0} bytes, over the {MAX_PLUGIN_BYTES}-byte limit for a plugin")]
+    TooLarge(u64),
+    #[error("not a shared library (no ELF shared-object header): build the plugin as a cdylib")]
+    NotSharedLibrary,
+    #[error("cannot write the shadow copy under {0}: {1}")]
+    Shadow(PathBuf, #[source] std::io::Error),
+    #[error("the dynamic loader refused it: {0}")]
+    Open(String),
+    #[error("not a plughost plugin: it exports no plugin root module (use plugin_api::export_plugin!)")]
+    NotAPlugin,
+    #[error("built against an incompatible plugin-api: {0}; rebuild it against plugin-api {host}", host = plugin_api_version())]
+    Incompatible(String),
+    #[error("built for plugin ABI version {found}, this host speaks version {ABI_VERSION}: rebuild it against this plugin-api")]
+    AbiVersion { found: u32 },
+    #[error("its manifest could not be read: {0}")]
+    Manifest(String),
+    #[error("its manifest is invalid: {0}")]
+    InvalidManifest(String),
+}
+
+/// The plugin-api version this host was built with.
+pub fn plugin_api_version() -> String {
+    PluginModRef::VERSION_STRINGS.version.to_string()
+}
+
+/// A loaded plugin module: its validated manifest and its root module.
+pub struct LoadedModule {
+    pub spec: ModuleSpec,
+    /// The file in the plugins folder it was loaded from.
+    pub file: PathBuf,
+    pub sha256: String,
+    pub size: u64,
+    pub loaded_at: SystemTime,
+    root: PluginModRef,
+}
+
+impl std::fmt::Debug for LoadedModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModule").field("name", &self.spec.name).field("file", &self.file).finish()
+    }
+}
+
+impl LoadedModule {
+    /// Calls the function at `index` of the plugin's own function list. Blocks; panics inside
+    /// the plugin come back as errors.
+    pub fn call(&self, index: u32, request: &CallRequest<'_>) -> RResult<CallResponse, CallError> {
+        (self.root.call())(index, request)
+    }
+}
+
+/// Loads `file`, keeping its shadow copy under `shadow_dir` only while it is being mapped.
+pub fn load(file: &Path, shadow_dir: &Path) -> Result<LoadedModule, LoadError> {
+    let size = fs::metadata(file).map_err(LoadError::Read)?.len();
+    if size > MAX_PLUGIN_BYTES {
+        return Err(LoadError::TooLarge(size));
+    }
+    let bytes = fs::read(file).map_err(LoadError::Read)?;
+    if !is_elf_shared_object(&bytes) {
+        return Err(LoadError::NotSharedLibrary);
+    }
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    let shadow = write_shadow(&bytes, &sha256, file, shadow_dir)?;
+    let loaded = open(&shadow);
+    // The mapped image outlives its directory entry; removing it keeps DATA_DIR from filling up.
+    let _ = fs::remove_file(&shadow);
+    let root = loaded?;
+
+    let found = (root.abi_version())();
+    if found != ABI_VERSION {
+        return Err(LoadError::AbiVersion { found });
+    }
+    (root.init())(host_services());
+    let manifest = match (root.manifest())() {
+        RResult::ROk(manifest) => manifest,
+        RResult::RErr(err) => return Err(LoadError::Manifest(err.into_string())),
+    };
+    let spec = ModuleSpec::from_abi(&manifest).map_err(LoadError::InvalidManifest)?;
+    Ok(LoadedModule {
+        spec,
+        file: file.to_path_buf(),
+        sha256,
+        size,
+        loaded_at: SystemTime::now(),
+        root,
+    })
+}
+
+/// `\x7fELF` and `e_type == ET_DYN` (little- or big-endian).
+fn is_elf_shared_object(bytes: &[u8]) -> bool {
+    if bytes.len() < 18 || &bytes[..4] != b"\x7fELF" {
+        return false;
+    }
+    let e_type = match bytes[5] {
+        1 => u16::from_le_bytes([bytes[16], bytes[17]]),
+        2 => u16::from_be_bytes([bytes[16], bytes[17]]),
+        _ => return false,
+    };
+    e_type == 3
+}
+
+/// Writes the bytes to `<shadow_dir>/<sha256>-<file name>` through a temporary file and a rename,
+/// so that a path that might still be mapped is never written in place.
+fn write_shadow(bytes: &[u8], sha256: &str, file: &Path, shadow_dir: &Path) -> Result<PathBuf, LoadError> {
+    let fail = |err| LoadError::Shadow(shadow_dir.to_path_buf(), err);
+    fs::create_dir_all(shadow_dir).map_err(fail)?;
+    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "plugin.so".to_owned());
+    let shadow = shadow_dir.join(format!("{}-{name}", &sha256[..16]));
+    let temp = shadow_dir.join(format!(".{}-{}.tmp", &sha256[..16], uuid::Uuid::new_v4().simple()));
+    let mut out = fs::File::create(&temp).map_err(fail)?;
+    out.write_all(bytes).and_then(|()| out.sync_all()).map_err(fail)?;
+    fs::rename(&temp, &shadow).map_err(|err| {
+        let _ = fs::remove_file(&temp);
+        fail(err)
+    })?;
+    Ok(shadow)
+}
+
+fn open(shadow: &Path) -> Result<PluginModRef, LoadError> {
+    let header = lib_header_from_path(shadow).map_err(summarize)?;
+    header.init_root_module::<PluginModRef>().map_err(summarize)
+}
+
+/// One short line per abi_stable error (its layout mismatch report runs to ~185 lines).
+fn summarize(err: LibraryError) -> LoadError {
+    match err {
+        LibraryError::OpenError { err, .. } => LoadError::Open(first_line(&err.to_string())),
+        LibraryError::GetSymbolError { .. } => LoadError::NotAPlugin,
+        LibraryError::IncompatibleVersionNumber { expected_version, actual_version, .. } => {
+            LoadError::Incompatible(format!("it was built with plugin-api {actual_version}, expected one compatible with {expected_version}"))
+        }
+        LibraryError::AbiInstability(_) => LoadError::Incompatible("the layout of its plugin-api types differs from this host's".to_owned()),
+        LibraryError::InvalidAbiHeader(_) | LibraryError::InvalidCAbi { .. } => {
+            LoadError::Incompatible("it was built with an incompatible abi_stable or Rust C ABI".to_owned())
+        }
+        LibraryError::ParseVersionError(err) => LoadError::Incompatible(format!("its version string is malformed ({err})")),
+        LibraryError::RootModule { err, .. } => LoadError::Manifest(first_line(&err.to_string())),
+        LibraryError::Many(errors) => match errors.into_iter().next() {
+            Some(first) => summarize(first),
+            None => LoadError::Incompatible("abi_stable reported an empty list of errors".to_owned()),
+        },
+    }
+}
+
+fn first_line(text: &str) -> String {
+    let line = text.lines().next().unwrap_or("").trim();
+    if line.chars().count() > 300 {
+        format!("{}…", line.chars().take(300).collect::<String>())
+    } else {
+        line.to_owned()
+    }
+}
+
+fn host_services() -> HostServicesRef {
+    use abi_stable::prefix_type::PrefixTypeTrait;
+    static SERVICES: std::sync::OnceLock<HostServicesRef> = std::sync::OnceLock::new();
+    *SERVICES.get_or_init(|| HostServices { log: plugin_log }.leak_into_prefix())
+}
+
+/// A plugin's log line, written by the host's logger and tagged with the module.
+extern "C" fn plugin_log(level: LogLevel, module: RStr<'_>, message: RStr<'_>) {
+    let module = module.as_str();
+    let message = message.as_str();
+    match level {
+        LogLevel::Error => tracing::error!(target: "plugin", module, "{message}"),
+        LogLevel::Warn => tracing::warn!(target: "plugin", module, "{message}"),
+        LogLevel::Info => tracing::info!(target: "plugin", module, "{message}"),
+        LogLevel::Debug => tracing::debug!(target: "plugin", module, "{message}"),
+        LogLevel::Trace => tracing::trace!(target: "plugin", module, "{message}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elf_check() {
+        let mut header = vec![0u8; 64];
+        header[..4].copy_from_slice(b"\x7fELF");
+        header[5] = 1;
+        header[16] = 3;
+        assert!(is_elf_shared_object(&header));
+        header[16] = 2; // an executable
+        assert!(!is_elf_shared_object(&header));
+        assert!(!is_elf_shared_object(b"#!/bin/sh\necho not a library\n"));
+        assert!(!is_elf_shared_object(b""));
+    }
+}

@@ -1,0 +1,262 @@
+//! A plugin's manifest as the host trusts it: names checked, methods parsed, defaults coerced.
+
+use plugin_api::{
+    abi::{self, ParamKind},
+    Visibility,
+};
+use serde_json::Value;
+
+use crate::params;
+
+/// The HTTP methods a function answers, besides the `HEAD` and `OPTIONS` the host adds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MethodSet(u8);
+
+const METHODS: [(&str, u8); 5] = [("GET", 1), ("POST", 2), ("PUT", 4), ("DELETE", 8), ("PATCH", 16)];
+
+impl MethodSet {
+    /// Parses the method names a plugin declared.
+    pub fn parse<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<MethodSet, String> {
+        let mut bits = 0;
+        for name in names {
+            let upper = name.trim().to_ascii_uppercase();
+            if upper.is_empty() {
+                continue;
+            }
+            match METHODS.iter().find(|(n, _)| *n == upper) {
+                Some((_, bit)) => bits |= bit,
+                None => return Err(format!("unknown method '{name}' (use GET, POST, PUT, DELETE or PATCH)")),
+            }
+        }
+        if bits == 0 {
+            return Err("declares no method".to_owned());
+        }
+        Ok(MethodSet(bits))
+    }
+
+    /// Whether a request with `method` runs the function (`HEAD` runs `GET` functions).
+    pub fn allows(self, method: &http::Method) -> bool {
+        let name = if method == http::Method::HEAD { "GET" } else { method.as_str() };
+        METHODS.iter().any(|(n, bit)| *n == name && self.0 & bit != 0)
+    }
+
+    /// The declared methods, in a fixed order.
+    pub fn names(self) -> Vec<&'static str> {
+        METHODS.iter().filter(|(_, bit)| self.0 & bit != 0).map(|(n, _)| *n).collect()
+    }
+
+    /// The value of the `Allow` header: declared methods, `HEAD` for `GET`, and `OPTIONS`.
+    pub fn allow_header(self) -> String {
+        let mut names = Vec::new();
+        for name in self.names() {
+            names.push(name);
+            if name == "GET" {
+                names.push("HEAD");
+            }
+        }
+        names.push("OPTIONS");
+        names.join(", ")
+    }
+}
+
+/// A declared parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamSpec {
+    pub name: String,
+    pub kind: ParamKind,
+    pub required: bool,
+    pub default: Option<Value>,
+    pub doc: String,
+}
+
+/// An exposed function.
+#[derive(Debug, Clone)]
+pub struct FunctionSpec {
+    /// Index in the plugin's own function list, passed back on every call.
+    pub index: u32,
+    pub name: String,
+    pub api: Option<String>,
+    pub methods: MethodSet,
+    pub doc: String,
+    pub params: Vec<ParamSpec>,
+    pub visibility: Visibility,
+}
+
+impl FunctionSpec {
+    /// The name used in URLs: the API alias, or the function's name.
+    pub fn route_name(&self) -> &str {
+        self.api.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// A module with its exposed functions (those whose names start with `__` are left out).
+#[derive(Debug, Clone)]
+pub struct ModuleSpec {
+    pub name: String,
+    pub alias: Option<String>,
+    pub version: String,
+    pub description: String,
+    pub functions: Vec<FunctionSpec>,
+}
+
+impl ModuleSpec {
+    /// The name used in URLs: the alias, or the module's name.
+    pub fn route_name(&self) -> &str {
+        self.alias.as_deref().unwrap_or(&self.name)
+    }
+
+    /// Validates what a plugin declared; every problem is listed in the error.
+    pub fn from_abi(manifest: &abi::Manifest) -> Result<ModuleSpec, String> {
+        let mut problems = Vec::new();
+        let name = manifest.name.as_str().to_owned();
+        if let Err(why) = check_name(&name) {
+            problems.push(format!("module name '{name}' {why}"));
+        }
+        let alias = non_empty(manifest.alias.as_str());
+        if let Some(alias) = &alias {
+            if let Err(why) = check_name(alias) {
+                problems.push(format!("module alias '{alias}' {why}"));
+            }
+        }
+        let mut functions: Vec<FunctionSpec> = Vec::new();
+        for (index, decl) in manifest.functions.iter().enumerate() {
+            let fname = decl.name.as_str();
+            if fname.starts_with("__") {
+                continue;
+            }
+            match function_from_abi(index, decl) {
+                Ok(function) => {
+                    if let Some(other) = functions.iter().find(|f| f.route_name() == function.route_name() || f.name == function.name) {
+                        problems.push(format!("functions '{}' and '{}' share the name '{}'", other.name, function.name, function.route_name()));
+                    } else {
+                        functions.push(function);
+                    }
+                }
+                Err(why) => problems.push(format!("function '{fname}': {why}")),
+            }
+        }
+        if problems.is_empty() {
+            Ok(ModuleSpec {
+                name,
+                alias,
+                version: manifest.version.as_str().to_owned(),
+                description: manifest.description.as_str().to_owned(),
+                functions,
+            })
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+}
+
+fn function_from_abi(index: usize, decl: &abi::FunctionDecl) -> Result<FunctionSpec, String> {
+    let name = decl.name.as_str().to_owned();
+    check_name(&name).map_err(|why| format!("name {why}"))?;
+    let api = non_empty(decl.api.as_str());
+    if let Some(api) = &api {
+        check_name(api).map_err(|why| format!("API alias '{api}' {why}"))?;
+        if api.starts_with("__") {
+            return Err(format!("API alias '{api}' must not start with '__'"));
+        }
+    }
+    let methods = MethodSet::parse(decl.methods.iter().map(|m| m.as_str()))?;
+    let mut params: Vec<ParamSpec> = Vec::new();
+    for p in decl.params.iter() {
+        let pname = p.name.as_str().to_owned();
+        if !crate::config::is_identifier(&pname) {
+            return Err(format!("parameter '{pname}' is not a valid name (letters, digits and '_')"));
+        }
+        if params.iter().any(|q| q.name == pname) {
+            return Err(format!("parameter '{pname}' is declared twice"));
+        }
+        let default = match non_empty(p.default_json.as_str()) {
+            None => None,
+            Some(text) => {
+                let value: Value = serde_json::from_str(&text).map_err(|err| format!("parameter '{pname}' has a default that is not JSON: {err}"))?;
+                Some(params::coerce(&pname, p.kind, value).map_err(|err| format!("parameter '{pname}' has a default that does not fit its type: {}", err.message))?)
+            }
+        };
+        params.push(ParamSpec {
+            name: pname,
+            kind: p.kind,
+            required: p.required,
+            default,
+            doc: p.doc.as_str().to_owned(),
+        });
+    }
+    Ok(FunctionSpec {
+        index: u32::try_from(index).map_err(|_| "too many functions".to_owned())?,
+        name,
+        api,
+        methods,
+        doc: decl.doc.as_str().to_owned(),
+        params,
+        visibility: decl.visibility,
+    })
+}
+
+fn non_empty(text: &str) -> Option<String> {
+    let trimmed = text.trim();
+    (!trimmed.is_empty()).then(|| trimmed.to_owned())
+}
+
+/// Module, alias and function names: 1–64 of `A-Z a-z 0-9 _ - .`, so they need no escaping in URLs.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err("must be 1 to 64 characters long".to_owned());
+    }
+    if name == "__dir__" || name == "." || name == ".." {
+        return Err("is reserved".to_owned());
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))) {
+        return Err(format!("contains '{c}': use letters, digits, '_', '-' and '.'"));
+    }
+    Ok(())
+}
+
+/// How the visibility is written in listings.
+pub fn visibility_name(visibility: Visibility) -> &'static str {
+    match visibility {
+        Visibility::Public => "public",
+        Visibility::Tenant => "tenant",
+        Visibility::Admin => "admin",
+    }
+}
+
+/// How a parameter type is written in listings.
+pub fn kind_name(kind: ParamKind) -> &'static str {
+    match kind {
+        ParamKind::String => "string",
+        ParamKind::Integer => "integer",
+        ParamKind::Number => "number",
+        ParamKind::Boolean => "boolean",
+        ParamKind::Json => "json",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_parse_and_render() {
+        let set = MethodSet::parse(["GET", "put", " POST "]).unwrap();
+        assert_eq!(set.names(), vec!["GET", "POST", "PUT"]);
+        assert_eq!(set.allow_header(), "GET, HEAD, POST, PUT, OPTIONS");
+        assert!(set.allows(&http::Method::HEAD));
+        assert!(!set.allows(&http::Method::DELETE));
+        assert!(MethodSet::parse(["FETCH"]).unwrap_err().contains("FETCH"));
+        assert!(MethodSet::parse([""]).is_err());
+        assert_eq!(MethodSet::parse(["DELETE"]).unwrap().allow_header(), "DELETE, OPTIONS");
+    }
+
+    #[test]
+    fn names() {
+        assert!(check_name("product_v2").is_ok());
+        assert!(check_name("hello-world").is_ok());
+        assert!(check_name("__dir__").is_err());
+        assert!(check_name("a/b").is_err());
+        assert!(check_name("").is_err());
+        assert!(check_name(&"x".repeat(65)).is_err());
+    }
+}

@@ -1,0 +1,162 @@
+//! The server: binds its listener (port 0 in tests), serves connections with hyper, gives every
+//! request an id and an access-log line, and shuts down gracefully.
+
+use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time::Instant};
+
+use anyhow::Context;
+use ::http::{HeaderValue, Request, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
+use tokio::net::TcpListener;
+use tower_service::Service;
+use tracing::Instrument;
+
+use crate::{config::Config, http, plugins::Plugins, AppState};
+
+/// A bound, loaded server, ready to run.
+pub struct App {
+    listener: TcpListener,
+    state: Arc<AppState>,
+}
+
+impl App {
+    /// Loads the plugins folder and binds the listener.
+    pub async fn build(config: Config) -> anyhow::Result<App> {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create DATA_DIR {}", config.data_dir.display()))?;
+        let plugins = Plugins::new(&config.data_dir);
+        plugins
+            .load_folder(&config.plugins_dir)
+            .with_context(|| format!("cannot read PLUGINS_DIR {}", config.plugins_dir.display()))?;
+        let listener = TcpListener::bind(config.bind)
+            .await
+            .with_context(|| format!("cannot listen on {} (BIND): is another process using it?", config.bind))?;
+        Ok(App {
+            listener,
+            state: Arc::new(AppState { config, plugins }),
+        })
+    }
+
+    /// The address actually bound (the real port when `BIND` asked for port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting and lets in-flight requests finish
+    /// (for at most `SHUTDOWN_GRACE_MS`).
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let routes = http::routes(self.state.clone());
+        let graceful = GracefulShutdown::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        let max_header_bytes = self.state.config.max_header_bytes;
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(err) => {
+                        // Out of file descriptors and the like: wait a little rather than spin.
+                        tracing::warn!("accept failed: {err}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let filtered = warp::service(routes.clone());
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let mut filtered = filtered.clone();
+                async move { Ok::<_, Infallible>(handle(&mut filtered, request, peer, max_header_bytes).await) }
+            });
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder.http1().max_buf_size(max_header_bytes.max(8192) * 4 + 16 * 1024);
+            let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    tracing::debug!(%peer, "connection ended with an error: {err}");
+                }
+            });
+        }
+        drop(self.listener);
+        let grace = self.state.config.shutdown_grace;
+        tracing::info!("shutting down: no new connections; waiting up to {grace:?} for requests in flight");
+        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+            tracing::warn!("requests still in flight after {grace:?}; exiting anyway");
+        }
+        Ok(())
+    }
+}
+
+/// Wraps every request: a sane request id (the client's, or a new one), a header-size check,
+/// the routes, `X-Request-Id` on the response, and one access-log line.
+async fn handle<S>(routes: &mut S, mut request: Request<Incoming>, peer: SocketAddr, max_header_bytes: usize) -> warp::reply::Response
+where
+    S: Service<Request<Incoming>, Response = warp::reply::Response, Error = Infallible>,
+{
+    let started = Instant::now();
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| is_sane_request_id(id))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let id_value = HeaderValue::from_str(&request_id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+    request.headers_mut().insert("x-request-id", id_value.clone());
+    let method = request.method().clone();
+    let path: String = request.uri().path().chars().take(200).collect();
+    let span = tracing::info_span!("request", request_id = %request_id);
+
+    let header_bytes: usize = request.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    let mut response = if header_bytes > max_header_bytes {
+        let _entered = span.enter();
+        http::error::ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "HEADERS_TOO_LARGE",
+            format!("the request headers take {header_bytes} bytes; the limit is {max_header_bytes} (MAX_HEADER_BYTES)"),
+        )
+        .into_response()
+    } else {
+        match routes.call(request).instrument(span.clone()).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    };
+    response.headers_mut().insert("x-request-id", id_value);
+    let status = response.status().as_u16();
+    span.in_scope(|| {
+        tracing::info!(
+            target: "plughost::access",
+            %peer,
+            method = %method,
+            path = %path,
+            status,
+            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "request"
+        )
+    });
+    response
+}
+
+/// 1–128 characters of letters, digits and `-_.:/+=@`.
+fn is_sane_request_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids() {
+        assert!(is_sane_request_id("abc-123_x.y"));
+        assert!(is_sane_request_id("3f2a9c1e-0000-4000-8000-000000000000"));
+        assert!(!is_sane_request_id(""));
+        assert!(!is_sane_request_id("has space"));
+        assert!(!is_sane_request_id("<script>"));
+        assert!(!is_sane_request_id(&"x".repeat(129)));
+    }
+}
