@@ -18,10 +18,18 @@ pub const KNOWN_VARS: &[(&str, &str, &str)] = &[
     ("NUM_URL_PARMS", "10", "how many positional URL segments a call may carry"),
     ("URL_PARM<n>", "parm_<n>", "kwarg name of the n-th positional URL segment"),
     ("MAX_BODY_BYTES", "1048576", "largest request body accepted (413 beyond)"),
-    ("MAX_RESPONSE_BYTES", "67108864", "largest response body a plugin may return (502 beyond)"),
+    (
+        "MAX_RESPONSE_BYTES",
+        "67108864",
+        "largest response body a plugin may return (502 beyond)",
+    ),
     ("MAX_HEADER_BYTES", "65536", "largest total size of request headers (431 beyond)"),
     ("CALL_TIMEOUT_MS", "30000", "deadline of one plugin call (504 beyond)"),
-    ("SHUTDOWN_GRACE_MS", "30000", "how long in-flight requests may take to finish on shutdown"),
+    (
+        "SHUTDOWN_GRACE_MS",
+        "30000",
+        "how long in-flight requests may take to finish on shutdown",
+    ),
     ("LOG_FORMAT", "pretty", "pretty (for a terminal) or json (for machines)"),
     ("RUST_LOG", "info", "log filter, e.g. info,plughost=debug"),
 ];
@@ -102,7 +110,12 @@ impl Config {
     /// Builds a configuration from a variable lookup; pure, so that it can be unit tested.
     pub fn from_vars(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
         let mut errors = Vec::new();
-        let var = |key: &str, default: &str| get(key).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_owned());
+        let var = |key: &str, default: &str| {
+            get(key)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| default.to_owned())
+        };
 
         let plugins_dir = PathBuf::from(var("PLUGINS_DIR", "./plugins"));
         if !plugins_dir.is_dir() {
@@ -113,7 +126,9 @@ impl Config {
         }
         let bind_text = var("BIND", "127.0.0.1:8080");
         let bind = bind_text.parse::<SocketAddr>().unwrap_or_else(|_| {
-            errors.push(format!("BIND={bind_text} is not an address and port such as 127.0.0.1:8080 or 0.0.0.0:80"));
+            errors.push(format!(
+                "BIND={bind_text} is not an address and port such as 127.0.0.1:8080 or 0.0.0.0:80"
+            ));
             SocketAddr::from(([127, 0, 0, 1], 8080))
         });
         let data_dir = PathBuf::from(var("DATA_DIR", "./data"));
@@ -128,9 +143,14 @@ impl Config {
                     "{key}={name} is not a valid parameter name: use letters, digits and '_' (no dashes), not starting with a digit"
                 ));
             } else if name == "__map__" {
-                errors.push(format!("{key}=__map__ is reserved for renaming URL parameters: choose another name"));
+                errors.push(format!(
+                    "{key}=__map__ is reserved for renaming URL parameters: choose another name"
+                ));
             } else if let Some(first) = url_params.iter().position(|n| *n == name) {
-                errors.push(format!("{key}={name} repeats URL_PARM{}: every URL parameter needs its own name", first + 1));
+                errors.push(format!(
+                    "{key}={name} repeats URL_PARM{}: every URL parameter needs its own name",
+                    first + 1
+                ));
             }
             url_params.push(name);
         }
@@ -143,10 +163,28 @@ impl Config {
         }
 
         let max_body_bytes = parse_number(&mut errors, "MAX_BODY_BYTES", &var("MAX_BODY_BYTES", "1048576"), 0, 1 << 34) as usize;
-        let max_response_bytes = parse_number(&mut errors, "MAX_RESPONSE_BYTES", &var("MAX_RESPONSE_BYTES", "67108864"), 1, 1 << 34) as usize;
+        let max_response_bytes = parse_number(
+            &mut errors,
+            "MAX_RESPONSE_BYTES",
+            &var("MAX_RESPONSE_BYTES", "67108864"),
+            1,
+            1 << 34,
+        ) as usize;
         let max_header_bytes = parse_number(&mut errors, "MAX_HEADER_BYTES", &var("MAX_HEADER_BYTES", "65536"), 1024, 1 << 20) as usize;
-        let call_timeout = Duration::from_millis(parse_number(&mut errors, "CALL_TIMEOUT_MS", &var("CALL_TIMEOUT_MS", "30000"), 1, 3_600_000));
-        let shutdown_grace = Duration::from_millis(parse_number(&mut errors, "SHUTDOWN_GRACE_MS", &var("SHUTDOWN_GRACE_MS", "30000"), 0, 3_600_000));
+        let call_timeout = Duration::from_millis(parse_number(
+            &mut errors,
+            "CALL_TIMEOUT_MS",
+            &var("CALL_TIMEOUT_MS", "30000"),
+            1,
+            3_600_000,
+        ));
+        let shutdown_grace = Duration::from_millis(parse_number(
+            &mut errors,
+            "SHUTDOWN_GRACE_MS",
+            &var("SHUTDOWN_GRACE_MS", "30000"),
+            0,
+            3_600_000,
+        ));
         let log_format = match var("LOG_FORMAT", "pretty").to_ascii_lowercase().as_str() {
             "pretty" => LogFormat::Pretty,
             "json" => LogFormat::Json,
@@ -157,7 +195,9 @@ impl Config {
         };
         let log_filter = var("RUST_LOG", "info");
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&log_filter) {
-            errors.push(format!("RUST_LOG={log_filter} is not a log filter ({err}): try info or info,plughost=debug"));
+            errors.push(format!(
+                "RUST_LOG={log_filter} is not a log filter ({err}): try info or info,plughost=debug"
+            ));
         }
 
         if errors.is_empty() {
@@ -237,7 +277,15 @@ mod tests {
         ])
         .unwrap_err();
         let text = errors.to_string();
-        for needle in ["URL_PARM1=my-param", "URL_PARM3=parm_2 repeats URL_PARM2", "URL_PARM5 is set but NUM_URL_PARMS=3", "BIND=localhost", "CALL_TIMEOUT_MS=soon", "LOG_FORMAT=xml", "PLUGINS_DIR=/does/not/exist"] {
+        for needle in [
+            "URL_PARM1=my-param",
+            "URL_PARM3=parm_2 repeats URL_PARM2",
+            "URL_PARM5 is set but NUM_URL_PARMS=3",
+            "BIND=localhost",
+            "CALL_TIMEOUT_MS=soon",
+            "LOG_FORMAT=xml",
+            "PLUGINS_DIR=/does/not/exist",
+        ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
         assert_eq!(errors.0.len(), 7);

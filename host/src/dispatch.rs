@@ -82,7 +82,11 @@ fn call_blocking(endpoint: &Endpoint, input: &CallInput) -> Result<PluginReply, 
         RResult::ROk(response) => Ok(PluginReply {
             status: response.status,
             content_type: response.content_type.into_string(),
-            headers: response.headers.into_iter().map(|Tuple2(name, value)| (name.into_string(), value.into_string())).collect(),
+            headers: response
+                .headers
+                .into_iter()
+                .map(|Tuple2(name, value)| (name.into_string(), value.into_string()))
+                .collect(),
             body: response.body.into_vec(),
         }),
         RResult::RErr(err) if err.kind == ErrorKind::Panicked => Err(CallError::Panicked(err.message.into_string())),

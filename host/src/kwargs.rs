@@ -37,9 +37,16 @@ impl BodyKind {
     }
 }
 
+/// What a body contributes: kwargs, and the `__map__` renaming of URL parameters.
+#[derive(Debug, Default)]
+pub struct BodyKwargs {
+    pub kwargs: Map<String, Value>,
+    pub rename: Map<String, Value>,
+}
+
 /// Parses the body into the kwargs it contributes, and takes out `__map__`.
 /// A JSON body that is not an object contributes nothing (the plugin still sees it raw).
-pub fn from_body(kind: BodyKind, body: &[u8]) -> Result<(Map<String, Value>, Map<String, Value>), KwargsError> {
+pub fn from_body(kind: BodyKind, body: &[u8]) -> Result<BodyKwargs, KwargsError> {
     let mut kwargs = match kind {
         BodyKind::Raw => Map::new(),
         BodyKind::Json if body.iter().all(u8::is_ascii_whitespace) => Map::new(),
@@ -55,7 +62,7 @@ pub fn from_body(kind: BodyKind, body: &[u8]) -> Result<(Map<String, Value>, Map
         },
         BodyKind::Form => pairs_to_map(form_urlencoded::parse(body)),
     };
-    let map = match kwargs.remove("__map__") {
+    let rename = match kwargs.remove("__map__") {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(map)) => {
             for (from, to) in &map {
@@ -74,11 +81,14 @@ pub fn from_body(kind: BodyKind, body: &[u8]) -> Result<(Map<String, Value>, Map
         Some(other) => {
             return Err(error(
                 "INVALID_MAP",
-                format!("__map__ must be an object such as {{\"parm_1\": \"id\"}}, got {}", kind_name(&other)),
+                format!(
+                    "__map__ must be an object such as {{\"parm_1\": \"id\"}}, got {}",
+                    kind_name(&other)
+                ),
             ))
         }
     };
-    Ok((kwargs, map))
+    Ok(BodyKwargs { kwargs, rename })
 }
 
 /// Query pairs as kwargs: values are strings; a repeated key becomes an array of strings.
@@ -158,23 +168,36 @@ mod tests {
 
     #[test]
     fn url_wins_over_query_wins_over_body() {
-        let (body, map) = from_body(BodyKind::Json, br#"{"a": 1, "b": [1,2], "parm_1": "body"}"#).unwrap();
+        let body = from_body(BodyKind::Json, br#"{"a": 1, "b": [1,2], "parm_1": "body"}"#).unwrap();
         let query = from_query("a=q&c=3&c=4&c=5");
-        let kwargs = merge(body, query, &["url".into()], &names(10), &map).unwrap();
-        assert_eq!(Value::Object(kwargs), json!({"a": "q", "b": [1, 2], "c": ["3", "4", "5"], "parm_1": "url"}));
+        let kwargs = merge(body.kwargs, query, &["url".into()], &names(10), &body.rename).unwrap();
+        assert_eq!(
+            Value::Object(kwargs),
+            json!({"a": "q", "b": [1, 2], "c": ["3", "4", "5"], "parm_1": "url"})
+        );
     }
 
     #[test]
     fn map_renames_url_params_and_disappears() {
-        let (body, map) = from_body(BodyKind::Json, br#"{"x": 1, "__map__": {"parm_1": "p1", "parm_2": "p2"}}"#).unwrap();
-        let kwargs = merge(body, Map::new(), &["a".into(), "b".into(), "c".into()], &names(3), &map).unwrap();
+        let body = from_body(BodyKind::Json, br#"{"x": 1, "__map__": {"parm_1": "p1", "parm_2": "p2"}}"#).unwrap();
+        let kwargs = merge(
+            body.kwargs,
+            Map::new(),
+            &["a".into(), "b".into(), "c".into()],
+            &names(3),
+            &body.rename,
+        )
+        .unwrap();
         assert_eq!(Value::Object(kwargs), json!({"x": 1, "p1": "a", "p2": "b", "parm_3": "c"}));
     }
 
     #[test]
     fn bad_map_is_refused() {
         assert_eq!(from_body(BodyKind::Json, br#"{"__map__": [1]}"#).unwrap_err().code, "INVALID_MAP");
-        assert_eq!(from_body(BodyKind::Json, br#"{"__map__": {"parm_1": "a-b"}}"#).unwrap_err().code, "INVALID_MAP");
+        assert_eq!(
+            from_body(BodyKind::Json, br#"{"__map__": {"parm_1": "a-b"}}"#).unwrap_err().code,
+            "INVALID_MAP"
+        );
     }
 
     #[test]
@@ -192,9 +215,9 @@ mod tests {
         assert_eq!(BodyKind::of("text/plain"), BodyKind::Raw);
         assert_eq!(BodyKind::of(""), BodyKind::Raw);
         assert_eq!(from_body(BodyKind::Json, b"{oops").unwrap_err().code, "INVALID_JSON");
-        assert!(from_body(BodyKind::Json, b"  ").unwrap().0.is_empty());
-        assert!(from_body(BodyKind::Json, b"[1,2]").unwrap().0.is_empty());
-        let (form, _) = from_body(BodyKind::Form, b"name=Ada+L&x=%41").unwrap();
-        assert_eq!(Value::Object(form), json!({"name": "Ada L", "x": "A"}));
+        assert!(from_body(BodyKind::Json, b"  ").unwrap().kwargs.is_empty());
+        assert!(from_body(BodyKind::Json, b"[1,2]").unwrap().kwargs.is_empty());
+        let form = from_body(BodyKind::Form, b"name=Ada+L&x=%41").unwrap();
+        assert_eq!(Value::Object(form.kwargs), json!({"name": "Ada L", "x": "A"}));
     }
 }

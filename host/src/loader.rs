@@ -67,7 +67,10 @@ pub struct LoadedModule {
 
 impl std::fmt::Debug for LoadedModule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedModule").field("name", &self.spec.name).field("file", &self.file).finish()
+        f.debug_struct("LoadedModule")
+            .field("name", &self.spec.name)
+            .field("file", &self.file)
+            .finish()
     }
 }
 
@@ -134,7 +137,10 @@ fn is_elf_shared_object(bytes: &[u8]) -> bool {
 fn write_shadow(bytes: &[u8], sha256: &str, file: &Path, shadow_dir: &Path) -> Result<PathBuf, LoadError> {
     let fail = |err| LoadError::Shadow(shadow_dir.to_path_buf(), err);
     fs::create_dir_all(shadow_dir).map_err(fail)?;
-    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "plugin.so".to_owned());
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "plugin.so".to_owned());
     let shadow = shadow_dir.join(format!("{}-{name}", &sha256[..16]));
     let temp = shadow_dir.join(format!(".{}-{}.tmp", &sha256[..16], uuid::Uuid::new_v4().simple()));
     let mut out = fs::File::create(&temp).map_err(fail)?;
@@ -156,10 +162,16 @@ fn summarize(err: LibraryError) -> LoadError {
     match err {
         LibraryError::OpenError { err, .. } => LoadError::Open(first_line(&err.to_string())),
         LibraryError::GetSymbolError { .. } => LoadError::NotAPlugin,
-        LibraryError::IncompatibleVersionNumber { expected_version, actual_version, .. } => {
-            LoadError::Incompatible(format!("it was built with plugin-api {actual_version}, expected one compatible with {expected_version}"))
+        LibraryError::IncompatibleVersionNumber {
+            expected_version,
+            actual_version,
+            ..
+        } => LoadError::Incompatible(format!(
+            "it was built with plugin-api {actual_version}, expected one compatible with {expected_version}"
+        )),
+        LibraryError::AbiInstability(_) => {
+            LoadError::Incompatible("the layout of its plugin-api types differs from this host's".to_owned())
         }
-        LibraryError::AbiInstability(_) => LoadError::Incompatible("the layout of its plugin-api types differs from this host's".to_owned()),
         LibraryError::InvalidAbiHeader(_) | LibraryError::InvalidCAbi { .. } => {
             LoadError::Incompatible("it was built with an incompatible abi_stable or Rust C ABI".to_owned())
         }

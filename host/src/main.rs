@@ -12,7 +12,11 @@ use plughost::{
 };
 
 #[derive(Parser)]
-#[command(name = "plughost", version, about = "Serves the functions of compiled Rust plugins as REST endpoints")]
+#[command(
+    name = "plughost",
+    version,
+    about = "Serves the functions of compiled Rust plugins as REST endpoints"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -76,7 +80,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
     };
     init_logging(config.log_format, &config.log_filter);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let app = App::build(config).await?;
         let addr = app.local_addr()?;
@@ -107,9 +114,18 @@ async fn shutdown_signal() {
 
 fn init_logging(format: LogFormat, filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
         LogFormat::Pretty => builder.init(),
     }
 }
@@ -126,7 +142,13 @@ fn check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
         }
     };
     let spec = &module.spec;
-    println!("OK {}: module {} {} (sha256 {})", file.display(), spec.name, spec.version, module.sha256);
+    println!(
+        "OK {}: module {} {} (sha256 {})",
+        file.display(),
+        spec.name,
+        spec.version,
+        module.sha256
+    );
     if let Some(alias) = &spec.alias {
         println!("alias: {alias}");
     }

@@ -126,8 +126,16 @@ impl ModuleSpec {
             }
             match function_from_abi(index, decl) {
                 Ok(function) => {
-                    if let Some(other) = functions.iter().find(|f| f.route_name() == function.route_name() || f.name == function.name) {
-                        problems.push(format!("functions '{}' and '{}' share the name '{}'", other.name, function.name, function.route_name()));
+                    if let Some(other) = functions
+                        .iter()
+                        .find(|f| f.route_name() == function.route_name() || f.name == function.name)
+                    {
+                        problems.push(format!(
+                            "functions '{}' and '{}' share the name '{}'",
+                            other.name,
+                            function.name,
+                            function.route_name()
+                        ));
                     } else {
                         functions.push(function);
                     }
@@ -172,8 +180,12 @@ fn function_from_abi(index: usize, decl: &abi::FunctionDecl) -> Result<FunctionS
         let default = match non_empty(p.default_json.as_str()) {
             None => None,
             Some(text) => {
-                let value: Value = serde_json::from_str(&text).map_err(|err| format!("parameter '{pname}' has a default that is not JSON: {err}"))?;
-                Some(params::coerce(&pname, p.kind, value).map_err(|err| format!("parameter '{pname}' has a default that does not fit its type: {}", err.message))?)
+                let value: Value =
+                    serde_json::from_str(&text).map_err(|err| format!("parameter '{pname}' has a default that is not JSON: {err}"))?;
+                Some(
+                    params::coerce(&pname, p.kind, value)
+                        .map_err(|err| format!("parameter '{pname}' has a default that does not fit its type: {}", err.message))?,
+                )
             }
         };
         params.push(ParamSpec {

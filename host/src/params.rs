@@ -112,7 +112,13 @@ mod tests {
     use serde_json::json;
 
     fn spec(name: &str, kind: ParamKind, required: bool, default: Option<Value>) -> ParamSpec {
-        ParamSpec { name: name.into(), kind, required, default, doc: String::new() }
+        ParamSpec {
+            name: name.into(),
+            kind,
+            required,
+            default,
+            doc: String::new(),
+        }
     }
 
     #[test]
@@ -141,7 +147,10 @@ mod tests {
 
     #[test]
     fn defaults_and_required() {
-        let params = [spec("name", ParamKind::String, false, Some(json!("world"))), spec("times", ParamKind::Integer, true, None)];
+        let params = [
+            spec("name", ParamKind::String, false, Some(json!("world"))),
+            spec("times", ParamKind::Integer, true, None),
+        ];
         let mut kwargs = Map::new();
         let err = apply(&params, &mut kwargs).unwrap_err();
         assert_eq!(err.code, "MISSING_PARAMETER");

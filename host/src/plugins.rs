@@ -64,16 +64,28 @@ impl Plugins {
         self.status.lock().map(|s| s.values().cloned().collect()).unwrap_or_default()
     }
 
-    /// Loads every `.so` file directly in `dir`, in file-name order, and routes what loaded.
-    /// Bad files are skipped with one log line each and recorded as failed.
+    /// Loads every `.so` file directly in `dir` and routes what loaded. Bad files are skipped with
+    /// one log line each and recorded as failed.
+    ///
+    /// Files load oldest first (by modification time, then name), so that when two modules claim
+    /// the same name or alias, the one that was there first keeps it across restarts.
     pub fn load_folder(&self, dir: &Path) -> std::io::Result<()> {
         let started = Instant::now();
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        let mut files: Vec<(SystemTime, PathBuf)> = std::fs::read_dir(dir)?
             .filter_map(Result::ok)
             .map(|entry| entry.path())
             .filter(|path| path.is_file() && path.extension().is_some_and(|ext| ext == "so"))
+            .map(|path| {
+                (
+                    std::fs::metadata(&path)
+                        .and_then(|m| m.modified())
+                        .unwrap_or(SystemTime::UNIX_EPOCH),
+                    path,
+                )
+            })
             .collect();
         files.sort();
+        let files: Vec<PathBuf> = files.into_iter().map(|(_, path)| path).collect();
         let mut loaded = Vec::new();
         for file in &files {
             match loader::load(file, &self.shadow_dir) {

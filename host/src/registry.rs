@@ -28,7 +28,10 @@ pub enum Resolution<'a> {
     /// An unqualified function name that several modules export.
     Ambiguous { name: String, paths: Vec<String> },
     /// A module named without a function it has.
-    NoSuchFunction { module: Arc<LoadedModule>, function: Option<String> },
+    NoSuchFunction {
+        module: Arc<LoadedModule>,
+        function: Option<String>,
+    },
     /// Nothing by that name.
     NotFound { name: String },
 }
@@ -80,7 +83,10 @@ impl Registry {
             self.by_key.insert(alias.clone(), index);
         }
         for (f, function) in module.spec.functions.iter().enumerate() {
-            self.by_function.entry(function.route_name().to_owned()).or_default().push((index, f));
+            self.by_function
+                .entry(function.route_name().to_owned())
+                .or_default()
+                .push((index, f));
         }
         self.modules.push(module);
     }
@@ -117,24 +123,36 @@ impl Registry {
                 return Resolution::Dir(Some(self.modules[m].clone()));
             }
             if let Some(f) = self.modules[m].spec.functions.iter().position(|f| f.route_name() == second) {
-                return Resolution::Call { endpoint: self.endpoint(m, f), rest: &segments[2..] };
+                return Resolution::Call {
+                    endpoint: self.endpoint(m, f),
+                    rest: &segments[2..],
+                };
             }
         }
         match self.by_function.get(first.as_str()).map(Vec::as_slice) {
-            Some([(m, f)]) => Resolution::Call { endpoint: self.endpoint(*m, *f), rest: &segments[1..] },
+            Some([(m, f)]) => Resolution::Call {
+                endpoint: self.endpoint(*m, *f),
+                rest: &segments[1..],
+            },
             Some(hits) if hits.len() > 1 => Resolution::Ambiguous {
                 name: first.clone(),
                 paths: hits.iter().map(|(m, f)| self.qualified_path(*m, *f)).collect(),
             },
             _ => match module {
-                Some(m) => Resolution::NoSuchFunction { module: self.modules[m].clone(), function: segments.get(1).cloned() },
+                Some(m) => Resolution::NoSuchFunction {
+                    module: self.modules[m].clone(),
+                    function: segments.get(1).cloned(),
+                },
                 None => Resolution::NotFound { name: first.clone() },
             },
         }
     }
 
     fn endpoint(&self, module: usize, function: usize) -> Endpoint {
-        Endpoint { module: self.modules[module].clone(), function }
+        Endpoint {
+            module: self.modules[module].clone(),
+            function,
+        }
     }
 
     fn qualified_path(&self, module: usize, function: usize) -> String {

@@ -3,8 +3,8 @@
 
 use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time::Instant};
 
-use anyhow::Context;
 use ::http::{HeaderValue, Request, StatusCode};
+use anyhow::Context;
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},

@@ -9,8 +9,8 @@ use std::{fmt, sync::OnceLock};
 
 use abi_stable::std_types::RStr;
 
-pub use crate::abi::LogLevel;
 use crate::abi::HostServicesRef;
+pub use crate::abi::LogLevel;
 
 static HOST: OnceLock<HostServicesRef> = OnceLock::new();
 static MODULE: OnceLock<String> = OnceLock::new();
@@ -54,11 +54,11 @@ macro_rules! __log_info { ($($arg:tt)+) => { $crate::__log_at!(Info, $($arg)+) }
 #[macro_export]
 macro_rules! __log_debug { ($($arg:tt)+) => { $crate::__log_at!(Debug, $($arg)+) }; }
 
-/// Logs at error level, like `format!`.
-pub use crate::__log_error as error;
-/// Logs at warn level, like `format!`.
-pub use crate::__log_warn as warn;
-/// Logs at info level, like `format!`.
-pub use crate::__log_info as info;
 /// Logs at debug level, like `format!`.
 pub use crate::__log_debug as debug;
+/// Logs at error level, like `format!`.
+pub use crate::__log_error as error;
+/// Logs at info level, like `format!`.
+pub use crate::__log_info as info;
+/// Logs at warn level, like `format!`.
+pub use crate::__log_warn as warn;

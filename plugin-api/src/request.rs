@@ -73,8 +73,15 @@ impl<'a> Request<'a> {
     pub fn opt_i64(&self, name: &str) -> Result<Option<i64>> {
         match self.kwargs.get(name) {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) => n.as_i64().map(Some).ok_or_else(|| wrong_type(name, "an integer", &Value::Number(n.clone()))),
-            Some(Value::String(s)) => s.trim().parse().map(Some).map_err(|_| wrong_type(name, "an integer", &Value::String(s.clone()))),
+            Some(Value::Number(n)) => n
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| wrong_type(name, "an integer", &Value::Number(n.clone()))),
+            Some(Value::String(s)) => s
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| wrong_type(name, "an integer", &Value::String(s.clone()))),
             Some(other) => Err(wrong_type(name, "an integer", other)),
         }
     }
@@ -89,7 +96,13 @@ impl<'a> Request<'a> {
         match self.kwargs.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Number(n)) => Ok(n.as_f64()),
-            Some(Value::String(s)) => s.trim().parse::<f64>().ok().filter(|f| f.is_finite()).map(Some).ok_or_else(|| wrong_type(name, "a number", &Value::String(s.clone()))),
+            Some(Value::String(s)) => s
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite())
+                .map(Some)
+                .ok_or_else(|| wrong_type(name, "a number", &Value::String(s.clone()))),
             Some(other) => Err(wrong_type(name, "a number", other)),
         }
     }
@@ -115,8 +128,7 @@ impl<'a> Request<'a> {
 
     /// Deserializes all kwargs into `T` (a struct with named fields, typically).
     pub fn kwargs_as<T: DeserializeOwned>(&self) -> Result<T> {
-        serde_json::from_value(Value::Object(self.kwargs.clone()))
-            .map_err(|err| Error::unprocessable(format!("kwargs do not fit: {err}")))
+        serde_json::from_value(Value::Object(self.kwargs.clone())).map_err(|err| Error::unprocessable(format!("kwargs do not fit: {err}")))
     }
 
     /// The raw query string, without `?`.

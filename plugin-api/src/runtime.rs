@@ -15,7 +15,10 @@ use abi_stable::{
 };
 
 use crate::{
-    abi::{CallError, CallRequest, CallResponse, ErrorKind, FunctionDecl, HostServicesRef, Manifest, ParamDecl, PluginMod, PluginModRef, ABI_VERSION},
+    abi::{
+        CallError, CallRequest, CallResponse, ErrorKind, FunctionDecl, HostServicesRef, Manifest, ParamDecl, PluginMod, PluginModRef,
+        ABI_VERSION,
+    },
     spec::Handler,
     Plugin, Request,
 };
@@ -78,7 +81,8 @@ extern "C" fn init(host: HostServicesRef) {
 fn built() -> &'static Result<Built, String> {
     BUILT.get_or_init(|| {
         let builder = BUILDER.get().ok_or_else(|| "the plugin exported no constructor".to_owned())?;
-        let plugin = panic::catch_unwind(builder).map_err(|payload| format!("the plugin's constructor panicked: {}", panic_text(payload)))?;
+        let plugin =
+            panic::catch_unwind(builder).map_err(|payload| format!("the plugin's constructor panicked: {}", panic_text(payload)))?;
         Ok(build(plugin))
     })
 }

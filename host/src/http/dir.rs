@@ -29,7 +29,9 @@ fn module_entry(module: &LoadedModule, registry: &Registry) -> Value {
         .iter()
         .map(|f| {
             let path = format!("/rest/services/{}/{}/", spec.route_name(), f.route_name());
-            let unqualified = registry.is_unique(f.route_name()).then(|| format!("/rest/services/{}/", f.route_name()));
+            let unqualified = registry
+                .is_unique(f.route_name())
+                .then(|| format!("/rest/services/{}/", f.route_name()));
             json!({
                 "name": f.name,
                 "api": f.api,

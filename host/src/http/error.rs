@@ -82,7 +82,9 @@ impl ApiError {
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
     let mut response = Response::new(body.to_string().into());
     *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 

@@ -14,9 +14,16 @@ use crate::AppState;
 
 /// All routes.
 pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
-    let ping = warp::path!("ping").and(warp::method()).map(|m| builtins::answer(&m, "/ping", builtins::ping));
-    let version = warp::path!("version").and(warp::method()).map(|m| builtins::answer(&m, "/version", builtins::version));
-    let health = warp::path!("health").and(warp::method()).and(with(&state)).map(|m, s: Arc<AppState>| builtins::answer(&m, "/health", || builtins::health(&s)));
+    let ping = warp::path!("ping")
+        .and(warp::method())
+        .map(|m| builtins::answer(&m, "/ping", builtins::ping));
+    let version = warp::path!("version")
+        .and(warp::method())
+        .map(|m| builtins::answer(&m, "/version", builtins::version));
+    let health = warp::path!("health")
+        .and(warp::method())
+        .and(with(&state))
+        .map(|m, s: Arc<AppState>| builtins::answer(&m, "/health", || builtins::health(&s)));
     let services = warp::path("rest")
         .and(warp::path("services"))
         .and(warp::path::tail())
@@ -25,7 +32,9 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
         .and(with(&state))
-        .then(|tail: warp::path::Tail, method, query, headers, body, state| services::handle(state, tail.as_str().to_owned(), method, query, headers, body));
+        .then(|tail: warp::path::Tail, method, query, headers, body, state| {
+            services::handle(state, tail.as_str().to_owned(), method, query, headers, body)
+        });
     ping.or(version)
         .unify()
         .or(health)

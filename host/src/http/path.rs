@@ -15,11 +15,7 @@ pub fn segments(tail: &str) -> Result<Vec<String>, ApiError> {
     if trimmed.is_empty() {
         return Ok(Vec::new());
     }
-    trimmed
-        .split('/')
-        .enumerate()
-        .map(|(i, raw)| decode(i + 1, raw))
-        .collect()
+    trimmed.split('/').enumerate().map(|(i, raw)| decode(i + 1, raw)).collect()
 }
 
 fn decode(position: usize, raw: &str) -> Result<String, ApiError> {
@@ -30,13 +26,19 @@ fn decode(position: usize, raw: &str) -> Result<String, ApiError> {
         ));
     }
     let text = percent_decode_str(raw).decode_utf8().map_err(|_| {
-        ApiError::bad_request("BAD_PATH", format!("path segment {position} is not valid UTF-8 once percent-decoded"))
+        ApiError::bad_request(
+            "BAD_PATH",
+            format!("path segment {position} is not valid UTF-8 once percent-decoded"),
+        )
     })?;
     if text.len() > MAX_SEGMENT_BYTES {
         return Err(ApiError::new(
             StatusCode::URI_TOO_LONG,
             "URI_TOO_LONG",
-            format!("path segment {position} is {} bytes long; the limit is {MAX_SEGMENT_BYTES}: send long values in the body", text.len()),
+            format!(
+                "path segment {position} is {} bytes long; the limit is {MAX_SEGMENT_BYTES}: send long values in the body",
+                text.len()
+            ),
         ));
     }
     if text.chars().any(char::is_control) {
@@ -46,7 +48,10 @@ fn decode(position: usize, raw: &str) -> Result<String, ApiError> {
         ));
     }
     if text == "." || text == ".." {
-        return Err(ApiError::bad_request("BAD_PATH", format!("path segment {position} is '{text}', which is not allowed")));
+        return Err(ApiError::bad_request(
+            "BAD_PATH",
+            format!("path segment {position} is '{text}', which is not allowed"),
+        ));
     }
     Ok(text.into_owned())
 }
@@ -57,7 +62,10 @@ mod tests {
 
     #[test]
     fn decodes_and_trims() {
-        assert_eq!(segments("v1/hello-world/a%20b/caf%C3%A9/").unwrap(), vec!["v1", "hello-world", "a b", "café"]);
+        assert_eq!(
+            segments("v1/hello-world/a%20b/caf%C3%A9/").unwrap(),
+            vec!["v1", "hello-world", "a b", "café"]
+        );
         assert_eq!(segments("hello-world").unwrap(), vec!["hello-world"]);
         assert!(segments("").unwrap().is_empty());
         assert!(segments("/").unwrap().is_empty());

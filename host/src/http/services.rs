@@ -29,7 +29,14 @@ where
     }
 }
 
-async fn serve<S, B>(state: &AppState, tail: &str, method: Method, query: String, headers: &HeaderMap, body: S) -> Result<Response, ApiError>
+async fn serve<S, B>(
+    state: &AppState,
+    tail: &str,
+    method: Method,
+    query: String,
+    headers: &HeaderMap,
+    body: S,
+) -> Result<Response, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
@@ -59,15 +66,24 @@ where
                 return Err(ApiError::new(
                     StatusCode::CONFLICT,
                     "AMBIGUOUS_FUNCTION",
-                    format!("'{name}' is exported by several modules; call it through one of them: {}", paths.join(", ")),
+                    format!(
+                        "'{name}' is exported by several modules; call it through one of them: {}",
+                        paths.join(", ")
+                    ),
                 ))
             }
             Resolution::NoSuchFunction { module, function } => {
                 let known: Vec<&str> = module.spec.functions.iter().map(|f| f.route_name()).collect();
                 let known = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
                 let description = match function {
-                    Some(function) => format!("module '{}' has no function '{function}'; its functions: {known}", module.spec.route_name()),
-                    None => format!("'{}' is a module: name one of its functions after it ({known})", module.spec.route_name()),
+                    Some(function) => format!(
+                        "module '{}' has no function '{function}'; its functions: {known}",
+                        module.spec.route_name()
+                    ),
+                    None => format!(
+                        "'{}' is a module: name one of its functions after it ({known})",
+                        module.spec.route_name()
+                    ),
                 };
                 return Err(ApiError::not_found("FUNCTION_NOT_FOUND", description));
             }
@@ -94,11 +110,25 @@ where
     }
 
     let has_body = method != Method::GET && method != Method::HEAD;
-    let body = if has_body { read_body(headers, body, state.config.max_body_bytes).await? } else { Bytes::new() };
-    let content_type = if has_body { header_text(headers, header::CONTENT_TYPE.as_str()) } else { String::new() };
-    let (body_kwargs, rename) = kwargs::from_body(BodyKind::of(&content_type), &body).map_err(|e| ApiError::bad_request(e.code, e.message))?;
-    let mut kwargs = kwargs::merge(body_kwargs, kwargs::from_query(&query), &rest, &state.config.url_params, &rename)
-        .map_err(|e| ApiError::bad_request(e.code, e.message))?;
+    let body = if has_body {
+        read_body(headers, body, state.config.max_body_bytes).await?
+    } else {
+        Bytes::new()
+    };
+    let content_type = if has_body {
+        header_text(headers, header::CONTENT_TYPE.as_str())
+    } else {
+        String::new()
+    };
+    let from_body = kwargs::from_body(BodyKind::of(&content_type), &body).map_err(|e| ApiError::bad_request(e.code, e.message))?;
+    let mut kwargs = kwargs::merge(
+        from_body.kwargs,
+        kwargs::from_query(&query),
+        &rest,
+        &state.config.url_params,
+        &from_body.rename,
+    )
+    .map_err(|e| ApiError::bad_request(e.code, e.message))?;
     params::apply(&function.params, &mut kwargs).map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.code, e.message))?;
 
     let input = CallInput {
@@ -162,18 +192,37 @@ fn header_text(headers: &HeaderMap, name: &str) -> String {
 }
 
 /// Headers the host manages itself; a plugin's values for them are dropped.
-const MANAGED_HEADERS: [&str; 7] = ["content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "x-request-id", "content-type"];
+const MANAGED_HEADERS: [&str; 7] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "x-request-id",
+    "content-type",
+];
 
 fn to_response(reply: PluginReply, endpoint: &Endpoint, max_bytes: usize) -> Result<Response, ApiError> {
     let bad = |what: String| {
-        ApiError::new(StatusCode::BAD_GATEWAY, "PLUGIN_BAD_RESPONSE", format!("function '{}' returned {what}", endpoint.function().route_name()))
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "PLUGIN_BAD_RESPONSE",
+            format!("function '{}' returned {what}", endpoint.function().route_name()),
+        )
     };
-    let status = StatusCode::from_u16(reply.status).ok().filter(|s| (200..=599).contains(&s.as_u16())).ok_or_else(|| bad(format!("the invalid status {}", reply.status)))?;
+    let status = StatusCode::from_u16(reply.status)
+        .ok()
+        .filter(|s| (200..=599).contains(&s.as_u16()))
+        .ok_or_else(|| bad(format!("the invalid status {}", reply.status)))?;
     if reply.body.len() > max_bytes {
         return Err(ApiError::new(
             StatusCode::BAD_GATEWAY,
             "RESPONSE_TOO_LARGE",
-            format!("function '{}' returned {} bytes, over the {max_bytes}-byte limit (MAX_RESPONSE_BYTES)", endpoint.function().route_name(), reply.body.len()),
+            format!(
+                "function '{}' returned {} bytes, over the {max_bytes}-byte limit (MAX_RESPONSE_BYTES)",
+                endpoint.function().route_name(),
+                reply.body.len()
+            ),
         ));
     }
     let content_type = HeaderValue::from_str(&reply.content_type).map_err(|_| bad("an invalid Content-Type".to_owned()))?;
@@ -187,7 +236,9 @@ fn to_response(reply: PluginReply, endpoint: &Endpoint, max_bytes: usize) -> Res
             (Ok(name), Ok(value)) if !MANAGED_HEADERS.contains(&lower.as_str()) => {
                 out.append(name, value);
             }
-            _ => tracing::warn!(module = %endpoint.module.spec.name, header = %name, "dropped a response header the plugin may not set or that is malformed"),
+            _ => {
+                tracing::warn!(module = %endpoint.module.spec.name, header = %name, "dropped a response header the plugin may not set or that is malformed")
+            }
         }
     }
     Ok(response)
@@ -209,7 +260,8 @@ fn call_error(err: CallError, endpoint: &Endpoint) -> ApiError {
                 ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE"),
                 ErrorKind::Internal | ErrorKind::Panicked => (StatusCode::INTERNAL_SERVER_ERROR, "PLUGIN_ERROR"),
             };
-            let code_ok = !code.is_empty() && code.len() <= 64 && code.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+            let code_ok =
+                !code.is_empty() && code.len() <= 64 && code.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
             let code = if code_ok { code } else { default_code.to_owned() };
             let message: String = message.chars().take(2000).collect();
             ApiError::new(status, code, message)
@@ -223,10 +275,16 @@ fn call_error(err: CallError, endpoint: &Endpoint) -> ApiError {
         CallError::Timeout(after) => ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             "CALL_TIMEOUT",
-            format!("function '{function}' of module '{module}' did not answer within {} ms (CALL_TIMEOUT_MS)", after.as_millis()),
+            format!(
+                "function '{function}' of module '{module}' did not answer within {} ms (CALL_TIMEOUT_MS)",
+                after.as_millis()
+            ),
         ),
-        CallError::Pool(cause) => {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "the call could not be run; see the server log under this error_id").with_internal(cause)
-        }
+        CallError::Pool(cause) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL_ERROR",
+            "the call could not be run; see the server log under this error_id",
+        )
+        .with_internal(cause),
     }
 }

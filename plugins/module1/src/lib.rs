@@ -38,12 +38,48 @@ fn plugin() -> Plugin {
     Plugin::new("module1")
         .alias("v1")
         .description("Sample module 1: echoes kwargs")
-        .function(Function::new("foo", foo).api("hello-world").methods("GET|PUT|POST").doc("Echoes its kwargs").public())
-        .function(Function::new("bar", bar).api("bar-none").methods("GET").doc("Returns a constant string").public())
-        .function(Function::new("sample1", sample1).api("sample-one").methods("POST").doc("Echoes its kwargs").public())
-        .function(Function::new("sample12", sample12).api("sample-one2").methods(["PUT"]).doc("Echoes its kwargs").public())
-        .function(Function::new("sample12a", sample12a).api("sample-one2a").methods(vec!["DELETE"]).doc("Echoes its kwargs").public())
-        .function(Function::new("sample2", sample2).api("sample-two").methods("POST").doc("Echoes its kwargs").public())
+        .function(
+            Function::new("foo", foo)
+                .api("hello-world")
+                .methods("GET|PUT|POST")
+                .doc("Echoes its kwargs")
+                .public(),
+        )
+        .function(
+            Function::new("bar", bar)
+                .api("bar-none")
+                .methods("GET")
+                .doc("Returns a constant string")
+                .public(),
+        )
+        .function(
+            Function::new("sample1", sample1)
+                .api("sample-one")
+                .methods("POST")
+                .doc("Echoes its kwargs")
+                .public(),
+        )
+        .function(
+            Function::new("sample12", sample12)
+                .api("sample-one2")
+                .methods(["PUT"])
+                .doc("Echoes its kwargs")
+                .public(),
+        )
+        .function(
+            Function::new("sample12a", sample12a)
+                .api("sample-one2a")
+                .methods(vec!["DELETE"])
+                .doc("Echoes its kwargs")
+                .public(),
+        )
+        .function(
+            Function::new("sample2", sample2)
+                .api("sample-two")
+                .methods("POST")
+                .doc("Echoes its kwargs")
+                .public(),
+        )
         .function(Function::new("__private", private).public())
 }
 

@@ -21,9 +21,27 @@ fn sample12(req: &Request) -> Result<Value> {
 fn plugin() -> Plugin {
     Plugin::new("module2")
         .description("Sample module 2: echoes kwargs")
-        .function(Function::new("foo2", foo2).api("hello-world2").methods("GET").doc("Echoes its kwargs").public())
-        .function(Function::new("bar2", bar2).api("bar2-none").methods("GET").doc("Echoes its kwargs").public())
-        .function(Function::new("sample12", sample12).api("sample-put").methods("PUT|POST").doc("Echoes its kwargs").public())
+        .function(
+            Function::new("foo2", foo2)
+                .api("hello-world2")
+                .methods("GET")
+                .doc("Echoes its kwargs")
+                .public(),
+        )
+        .function(
+            Function::new("bar2", bar2)
+                .api("bar2-none")
+                .methods("GET")
+                .doc("Echoes its kwargs")
+                .public(),
+        )
+        .function(
+            Function::new("sample12", sample12)
+                .api("sample-put")
+                .methods("PUT|POST")
+                .doc("Echoes its kwargs")
+                .public(),
+        )
 }
 
 export_plugin!(plugin);

@@ -7,9 +7,13 @@ fn api_name(req: &Request) -> Result<Value> {
 }
 
 fn plugin() -> Plugin {
-    Plugin::new("product_v2")
-        .description("Product API, version 2")
-        .function(Function::new("api_name", api_name).api("api-name").methods("GET|POST").doc("Answers with its version and kwargs").public())
+    Plugin::new("product_v2").description("Product API, version 2").function(
+        Function::new("api_name", api_name)
+            .api("api-name")
+            .methods("GET|POST")
+            .doc("Answers with its version and kwargs")
+            .public(),
+    )
 }
 
 export_plugin!(plugin);

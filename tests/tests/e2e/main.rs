@@ -1,0 +1,12 @@
+//! End-to-end tests: the real `plughost` binary on port 0, real plugin `.so` files, real HTTP.
+//! Run `cargo build --workspace` first (scripts/test does), so that the plugins exist.
+
+// A failed expectation in the harness is a failed test, which is what a panic reports.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod bad_input;
+mod errors;
+mod lifecycle;
+mod plugins;
+mod routing;
+mod support;

@@ -1,0 +1,354 @@
+//! Starting the real `plughost` binary on port 0 with real plugin files, and talking HTTP to it.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{mpsc, Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// The example plugins every routing test loads.
+pub const EXAMPLES: &[&str] = &["module1", "module2", "product_v1", "product_v2", "hello"];
+
+/// `target/debug` (or wherever this test binary was built).
+pub fn build_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>")
+        .to_path_buf()
+}
+
+/// A plugin `.so` built by `cargo build --workspace`.
+pub fn plugin_file(name: &str) -> PathBuf {
+    let path = build_dir().join(format!("lib{name}.so"));
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` first (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+pub fn plughost_bin() -> PathBuf {
+    let path = build_dir().join("plughost");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` first (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// How to start a server.
+#[derive(Default)]
+pub struct Setup {
+    plugins: Vec<String>,
+    files: Vec<(String, Vec<u8>)>,
+    env: Vec<(String, String)>,
+}
+
+impl Setup {
+    pub fn plugins(mut self, names: &[&str]) -> Self {
+        self.plugins.extend(names.iter().map(|n| n.to_string()));
+        self
+    }
+
+    /// A file written into the plugins folder as it is.
+    pub fn file(mut self, name: &str, bytes: &[u8]) -> Self {
+        self.files.push((name.to_owned(), bytes.to_vec()));
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Starts the server and waits for its "listening" line.
+    pub fn start(self) -> App {
+        match self.launch() {
+            Launch::Running(app) => app,
+            Launch::Exited { status, stderr } => panic!("plughost exited with {status}:\n{stderr}"),
+        }
+    }
+
+    /// Starts the server, expecting it to refuse to start.
+    pub fn start_and_fail(self) -> (ExitStatus, String) {
+        match self.launch() {
+            Launch::Running(app) => panic!("plughost started on {} but was expected to fail", app.addr),
+            Launch::Exited { status, stderr } => (status, stderr),
+        }
+    }
+
+    fn launch(self) -> Launch {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let plugins_dir = dir.path().join("plugins");
+        std::fs::create_dir(&plugins_dir).expect("plugins dir");
+        // Files get increasing modification times in the order given: the server loads the
+        // oldest first, so that the first of two colliding modules wins.
+        let base = std::time::SystemTime::now() - Duration::from_secs(3600);
+        let mut written = Vec::new();
+        for name in &self.plugins {
+            let path = plugins_dir.join(format!("lib{name}.so"));
+            std::fs::copy(plugin_file(name), &path).expect("copy plugin");
+            written.push(path);
+        }
+        for (name, bytes) in &self.files {
+            let path = plugins_dir.join(name);
+            std::fs::write(&path, bytes).expect("write file");
+            written.push(path);
+        }
+        for (i, path) in written.iter().enumerate() {
+            let file = std::fs::File::options().write(true).open(path).expect("open");
+            file.set_modified(base + Duration::from_secs(i as u64)).expect("set mtime");
+        }
+        let mut command = Command::new(plughost_bin());
+        command
+            .current_dir(dir.path())
+            .env_remove("RUST_LOG")
+            .env("PLUGINS_DIR", &plugins_dir)
+            .env("DATA_DIR", dir.path().join("data"))
+            .env("BIND", "127.0.0.1:0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("spawn plughost");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err_pipe = child.stderr.take().expect("stderr");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = err_pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(50)) {
+                let addr = line
+                    .rsplit("http://")
+                    .next()
+                    .and_then(|a| a.trim().parse().ok())
+                    .unwrap_or_else(|| panic!("unexpected stdout line: {line}"));
+                return Launch::Running(App {
+                    child,
+                    addr,
+                    stderr,
+                    _dir: dir,
+                });
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                return Launch::Exited {
+                    status,
+                    stderr: stderr.lock().unwrap().clone(),
+                };
+            }
+            assert!(
+                Instant::now() < deadline,
+                "plughost did not start within 60 s:\n{}",
+                stderr.lock().unwrap()
+            );
+        }
+    }
+}
+
+enum Launch {
+    Running(App),
+    Exited { status: ExitStatus, stderr: String },
+}
+
+/// A running server; killed (by its PID) when dropped.
+pub struct App {
+    child: Child,
+    pub addr: SocketAddr,
+    stderr: Arc<Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+/// A server with the example plugins.
+pub fn examples() -> App {
+    Setup::default().plugins(EXAMPLES).start()
+}
+
+impl App {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn client() -> reqwest::blocking::Client {
+        reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("client")
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        Reply::from(Self::client().get(self.url(path)).send().expect("GET"))
+    }
+
+    pub fn send(&self, method: &str, path: &str, json: Option<&Value>) -> Reply {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut request = Self::client().request(method, self.url(path));
+        if let Some(body) = json {
+            request = request.json(body);
+        }
+        Reply::from(request.send().expect("request"))
+    }
+
+    /// Sends raw bytes (for requests an HTTP client would tidy up) and reads the whole answer.
+    pub fn raw(&self, request: &[u8]) -> Reply {
+        let mut stream = TcpStream::connect(self.addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        stream.write_all(request).expect("write");
+        let mut bytes = Vec::new();
+        let _ = stream.read_to_end(&mut bytes);
+        Reply::parse(&bytes)
+    }
+
+    /// Everything the server wrote to stderr so far.
+    pub fn logs(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM and waits (at most `within`) for the process to exit.
+    pub fn terminate(&mut self, within: Duration) -> Option<ExitStatus> {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl From<reqwest::blocking::Response> for Reply {
+    fn from(response: reqwest::blocking::Response) -> Self {
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+            .collect();
+        let body = response.bytes().expect("body").to_vec();
+        Reply { status, headers, body }
+    }
+}
+
+impl Reply {
+    fn parse(bytes: &[u8]) -> Reply {
+        let split = bytes
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("no HTTP head in {:?}", String::from_utf8_lossy(bytes)));
+        let head = String::from_utf8_lossy(&bytes[..split]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .expect("status line");
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        let mut body = bytes[split + 4..].to_vec();
+        if headers.iter().any(|(n, v)| n == "transfer-encoding" && v.contains("chunked")) {
+            body = dechunk(&body);
+        }
+        Reply { status, headers, body }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Asserts the status and the shape every error shares; returns the body.
+    pub fn error(&self, status: u16, code: &str) -> Value {
+        assert_eq!(self.status, status, "body: {}", self.text());
+        assert_eq!(self.header("content-type"), Some("application/json"));
+        let body = self.json();
+        assert_eq!(body["status"], status, "{body}");
+        assert_eq!(body["error"], code, "{body}");
+        assert!(body["error_description"].as_str().is_some_and(|d| !d.is_empty()), "{body}");
+        let id = body["error_id"].as_str().expect("error_id");
+        uuid::Uuid::parse_str(id).expect("error_id is a UUID");
+        assert!(self.header("x-request-id").is_some(), "X-Request-Id missing");
+        body
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(String::from_utf8_lossy(&data[..eol]).split(';').next().unwrap_or("0").trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        let start = eol + 2;
+        out.extend_from_slice(&data[start..start + size]);
+        data = &data[start + size + 2..];
+    }
+    out
+}
+
+/// The ten positional segments of the reference framework's examples.
+pub const TEN: &str = "1/2/3/4/5/6/7/8/9/10";
+/// Its query string.
+pub const ABCD: &str = "a=1&b=2&c=3&d=4";
+
+/// Its JSON body.
+pub fn reference_body() -> Value {
+    serde_json::json!({"args": [1, 2, 3, 4, 5, 6], "name1": "one", "name2": "two", "name3": "three", "name4": "four"})
+}
