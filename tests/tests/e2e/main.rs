@@ -8,5 +8,6 @@ mod bad_input;
 mod errors;
 mod lifecycle;
 mod plugins;
+mod readme;
 mod routing;
 mod support;
