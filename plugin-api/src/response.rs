@@ -12,17 +12,23 @@ pub struct Response {
     content_type: String,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
+    /// Set when the response could not be built (a value that does not serialize); the call then
+    /// fails with this error instead.
+    failure: Option<Error>,
 }
 
 impl Response {
     /// 200 with `value` serialized as JSON.
     ///
-    /// A value that cannot be serialized (a map with non-string keys, say) becomes a 500 whose
-    /// message says so, rather than a panic.
+    /// A value that cannot be serialized (a map with non-string keys, say) makes the call fail
+    /// with an internal error that says so, rather than a panic.
     pub fn json(value: impl Serialize) -> Response {
         match serde_json::to_vec(&value) {
             Ok(body) => Response::bytes(body).with_content_type("application/json"),
-            Err(err) => Response::json_error(&Error::internal(format!("response is not serializable as JSON: {err}"))),
+            Err(err) => Response {
+                failure: Some(Error::internal(format!("the response is not serializable as JSON: {err}"))),
+                ..Response::empty(500)
+            },
         }
     }
 
@@ -38,6 +44,7 @@ impl Response {
             content_type: "application/octet-stream".to_owned(),
             headers: Vec::new(),
             body: body.into(),
+            failure: None,
         }
     }
 
@@ -85,15 +92,15 @@ impl Response {
         &self.body
     }
 
-    fn json_error(err: &Error) -> Response {
-        let body = serde_json::json!({"status": 500, "error": "PLUGIN_ERROR", "error_description": err.message()});
-        Response::bytes(body.to_string().into_bytes())
-            .with_status(500)
-            .with_content_type("application/json")
+    pub(crate) fn failure(&self) -> Option<&Error> {
+        self.failure.as_ref()
     }
 
-    pub(crate) fn into_abi(self) -> CallResponse {
-        CallResponse {
+    pub(crate) fn into_abi(self) -> Result<CallResponse, Error> {
+        if let Some(failure) = self.failure {
+            return Err(failure);
+        }
+        Ok(CallResponse {
             status: self.status,
             content_type: self.content_type.into(),
             headers: self
@@ -102,7 +109,7 @@ impl Response {
                 .map(|(name, value)| Tuple2(name.into(), value.into()))
                 .collect(),
             body: self.body.into(),
-        }
+        })
     }
 }
 

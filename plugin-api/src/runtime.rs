@@ -144,10 +144,10 @@ extern "C" fn call<'a>(index: u32, raw: &'a CallRequest<'a>) -> RResult<CallResp
             .and_then(|i| built.handlers.get(i))
             .ok_or_else(|| crate::Error::internal(format!("no function at index {index}")))?;
         let request = Request::from_abi(raw)?;
-        handler(&request)
+        handler(&request)?.into_abi()
     }));
     match outcome {
-        Ok(Ok(response)) => RResult::ROk(response.into_abi()),
+        Ok(Ok(response)) => RResult::ROk(response),
         Ok(Err(err)) => RResult::RErr(err.into_abi()),
         Err(payload) => {
             let recorded = LAST_PANIC.with(|last| last.borrow_mut().take());

@@ -90,6 +90,26 @@ impl TestRequest {
             request_id: RStr::from_str("test-request"),
         };
         let request = Request::from_abi(&raw)?;
-        function(&request).map(IntoResponse::into_response)
+        let response = function(&request)?.into_response();
+        match response.failure() {
+            Some(failure) => Err(failure.clone()),
+            None => Ok(response),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ErrorKind, Json};
+    use std::collections::HashMap;
+
+    #[test]
+    fn an_unserializable_response_is_an_internal_error() {
+        let err = TestRequest::get()
+            .call(|_req| Ok(Json(HashMap::from([((1, 2), "tuple keys are not JSON")]))))
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Internal);
+        assert!(err.message().contains("not serializable"), "{}", err.message());
     }
 }

@@ -197,7 +197,9 @@ fn head_and_options() {
         Some("DELETE, OPTIONS")
     );
     // HEAD is not answered for a function without GET.
-    app.send("HEAD", "/rest/services/sample-one/", None);
+    let head = app.send("HEAD", "/rest/services/sample-one/", None);
+    assert_eq!(head.status, 405);
+    assert_eq!(head.header("allow"), Some("POST, OPTIONS"));
     let reply = app.send("PATCH", "/rest/services/sample-one/", None);
     reply.error(405, "METHOD_NOT_ALLOWED");
     assert_eq!(reply.header("allow"), Some("POST, OPTIONS"));
