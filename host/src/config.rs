@@ -30,6 +30,9 @@ pub const KNOWN_VARS: &[(&str, &str, &str)] = &[
         "30000",
         "how long in-flight requests may take to finish on shutdown",
     ),
+    ("RELOAD_DEBOUNCE_MS", "50", "quiet time after a write before a changed plugin file is loaded"),
+    ("RESCAN_INTERVAL_MS", "2000", "how often the plugins folder is rescanned for missed changes"),
+    ("RELOAD_LEAK_BUDGET_MB", "256", "recycle the process when unloadable old plugin images exceed this (0: never)"),
     ("LOG_FORMAT", "pretty", "pretty (for a terminal) or json (for machines)"),
     ("RUST_LOG", "info", "log filter, e.g. info,plughost=debug"),
 ];
@@ -56,6 +59,10 @@ pub struct Config {
     pub max_header_bytes: usize,
     pub call_timeout: Duration,
     pub shutdown_grace: Duration,
+    pub reload_debounce: Duration,
+    pub rescan_interval: Duration,
+    /// `None` when recycling for leaks is off.
+    pub leak_budget_bytes: Option<u64>,
     pub log_format: LogFormat,
     pub log_filter: String,
 }
@@ -118,12 +125,17 @@ impl Config {
         };
 
         let plugins_dir = PathBuf::from(var("PLUGINS_DIR", "./plugins"));
-        if !plugins_dir.is_dir() {
-            errors.push(format!(
-                "PLUGINS_DIR={} is not a folder: create it, or point PLUGINS_DIR at the folder holding your plugin .so files",
-                plugins_dir.display()
-            ));
-        }
+        // Absolute, so that paths from the watcher and from directory listings compare equal.
+        let plugins_dir = match std::fs::canonicalize(&plugins_dir) {
+            Ok(path) if path.is_dir() => path,
+            _ => {
+                errors.push(format!(
+                    "PLUGINS_DIR={} is not a folder: create it, or point PLUGINS_DIR at the folder holding your plugin .so files",
+                    plugins_dir.display()
+                ));
+                plugins_dir
+            }
+        };
         let bind_text = var("BIND", "127.0.0.1:8080");
         let bind = bind_text.parse::<SocketAddr>().unwrap_or_else(|_| {
             errors.push(format!(
@@ -185,6 +197,10 @@ impl Config {
             0,
             3_600_000,
         ));
+        let reload_debounce = Duration::from_millis(parse_number(&mut errors, "RELOAD_DEBOUNCE_MS", &var("RELOAD_DEBOUNCE_MS", "50"), 0, 60_000));
+        let rescan_interval = Duration::from_millis(parse_number(&mut errors, "RESCAN_INTERVAL_MS", &var("RESCAN_INTERVAL_MS", "2000"), 100, 3_600_000));
+        let budget_mb = parse_number(&mut errors, "RELOAD_LEAK_BUDGET_MB", &var("RELOAD_LEAK_BUDGET_MB", "256"), 0, 1 << 20);
+        let leak_budget_bytes = (budget_mb > 0).then_some(budget_mb * 1024 * 1024);
         let log_format = match var("LOG_FORMAT", "pretty").to_ascii_lowercase().as_str() {
             "pretty" => LogFormat::Pretty,
             "json" => LogFormat::Json,
@@ -211,6 +227,9 @@ impl Config {
                 max_header_bytes,
                 call_timeout,
                 shutdown_grace,
+                reload_debounce,
+                rescan_interval,
+                leak_budget_bytes,
                 log_format,
                 log_filter,
             })

@@ -6,10 +6,13 @@
 //! swapped atomically, read without locks); [`kwargs`] and [`params`] turn the body, query and URL
 //! into the call's typed kwargs; [`dispatch`] runs the plugin on the blocking pool under a
 //! deadline; errors of every layer become one JSON shape in `http::error`. [`config`] turns `.env`
-//! into a validated [`config::Config`] first.
+//! into a validated [`config::Config`] first. [`reload`] watches the plugins folder and swaps
+//! changed files in; [`supervisor`] keeps a worker process serving and replaces it with a fresh
+//! one, without downtime, when old plugin images have leaked too much memory.
 
 pub mod config;
 pub mod dispatch;
+pub mod elf;
 pub mod http;
 pub mod kwargs;
 pub mod loader;
@@ -17,10 +20,37 @@ pub mod manifest;
 pub mod params;
 pub mod plugins;
 pub mod registry;
+pub mod reload;
 pub mod server;
+pub mod supervisor;
+
+use std::sync::{atomic::AtomicBool, Arc};
+
+/// Whether this process serves alone or as a worker under `plughost serve`'s supervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Standalone,
+    Worker,
+}
 
 /// What every request handler shares.
 pub struct AppState {
     pub config: config::Config,
-    pub plugins: plugins::Plugins,
+    pub plugins: Arc<plugins::Plugins>,
+    pub role: Role,
+    pub started_at: std::time::SystemTime,
+    /// Set while shutting down: responses then carry `Connection: close`.
+    pub draining: AtomicBool,
+}
+
+impl AppState {
+    pub fn new(config: config::Config, plugins: Arc<plugins::Plugins>, role: Role) -> AppState {
+        AppState {
+            config,
+            plugins,
+            role,
+            started_at: std::time::SystemTime::now(),
+            draining: AtomicBool::new(false),
+        }
+    }
 }

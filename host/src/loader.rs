@@ -31,8 +31,8 @@ pub enum LoadError {
     Read(#[source] std::io::Error),
     #[error("the file is {0} bytes, over the {MAX_PLUGIN_BYTES}-byte limit for a plugin")]
     TooLarge(u64),
-    #[error("not a shared library (no ELF shared-object header): build the plugin as a cdylib")]
-    NotSharedLibrary,
+    #[error(transparent)]
+    Elf(#[from] crate::elf::ElfError),
     #[error("cannot write the shadow copy under {0}: {1}")]
     Shadow(PathBuf, #[source] std::io::Error),
     #[error("the dynamic loader refused it: {0}")]
@@ -47,6 +47,14 @@ pub enum LoadError {
     Manifest(String),
     #[error("its manifest is invalid: {0}")]
     InvalidManifest(String),
+}
+
+impl LoadError {
+    /// Whether the library was mapped before the error: abi_stable never unmaps it, so it counts
+    /// against the reload leak budget.
+    pub fn left_mapped(&self) -> bool {
+        !matches!(self, LoadError::Read(_) | LoadError::TooLarge(_) | LoadError::Elf(_) | LoadError::Shadow(..) | LoadError::Open(_))
+    }
 }
 
 /// The plugin-api version this host was built with.
@@ -82,18 +90,39 @@ impl LoadedModule {
     }
 }
 
-/// Loads `file`, keeping its shadow copy under `shadow_dir` only while it is being mapped.
-pub fn load(file: &Path, shadow_dir: &Path) -> Result<LoadedModule, LoadError> {
+/// A plugin file read into memory: the exact bytes that will be loaded, and their hash.
+pub struct Candidate {
+    pub file: PathBuf,
+    pub bytes: Vec<u8>,
+    pub sha256: String,
+}
+
+/// Reads `file` and checks that it is a complete shared object for this machine.
+pub fn read(file: &Path) -> Result<Candidate, LoadError> {
     let size = fs::metadata(file).map_err(LoadError::Read)?.len();
     if size > MAX_PLUGIN_BYTES {
         return Err(LoadError::TooLarge(size));
     }
     let bytes = fs::read(file).map_err(LoadError::Read)?;
-    if !is_elf_shared_object(&bytes) {
-        return Err(LoadError::NotSharedLibrary);
-    }
+    crate::elf::check(&bytes)?;
     let sha256 = hex::encode(Sha256::digest(&bytes));
-    let shadow = write_shadow(&bytes, &sha256, file, shadow_dir)?;
+    Ok(Candidate {
+        file: file.to_path_buf(),
+        bytes,
+        sha256,
+    })
+}
+
+/// Reads and loads `file` (see [`read`] and [`load_candidate`]).
+pub fn load(file: &Path, shadow_dir: &Path) -> Result<LoadedModule, LoadError> {
+    load_candidate(read(file)?, shadow_dir)
+}
+
+/// Loads what [`read`] returned from a shadow copy under `shadow_dir`, kept only while it is
+/// being mapped, then checks the ABI version and the manifest.
+pub fn load_candidate(candidate: Candidate, shadow_dir: &Path) -> Result<LoadedModule, LoadError> {
+    let Candidate { file, bytes, sha256 } = candidate;
+    let shadow = write_shadow(&bytes, &sha256, &file, shadow_dir)?;
     let loaded = open(&shadow);
     // The mapped image outlives its directory entry; removing it keeps DATA_DIR from filling up.
     let _ = fs::remove_file(&shadow);
@@ -111,25 +140,12 @@ pub fn load(file: &Path, shadow_dir: &Path) -> Result<LoadedModule, LoadError> {
     let spec = ModuleSpec::from_abi(&manifest).map_err(LoadError::InvalidManifest)?;
     Ok(LoadedModule {
         spec,
-        file: file.to_path_buf(),
+        file,
         sha256,
-        size,
+        size: bytes.len() as u64,
         loaded_at: SystemTime::now(),
         root,
     })
-}
-
-/// `\x7fELF` and `e_type == ET_DYN` (little- or big-endian).
-fn is_elf_shared_object(bytes: &[u8]) -> bool {
-    if bytes.len() < 18 || &bytes[..4] != b"\x7fELF" {
-        return false;
-    }
-    let e_type = match bytes[5] {
-        1 => u16::from_le_bytes([bytes[16], bytes[17]]),
-        2 => u16::from_be_bytes([bytes[16], bytes[17]]),
-        _ => return false,
-    };
-    e_type == 3
 }
 
 /// Writes the bytes to `<shadow_dir>/<sha256>-<file name>` through a temporary file and a rename,
@@ -209,23 +225,5 @@ extern "C" fn plugin_log(level: LogLevel, module: RStr<'_>, message: RStr<'_>) {
         LogLevel::Info => tracing::info!(target: "plugin", module, "{message}"),
         LogLevel::Debug => tracing::debug!(target: "plugin", module, "{message}"),
         LogLevel::Trace => tracing::trace!(target: "plugin", module, "{message}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn elf_check() {
-        let mut header = vec![0u8; 64];
-        header[..4].copy_from_slice(b"\x7fELF");
-        header[5] = 1;
-        header[16] = 3;
-        assert!(is_elf_shared_object(&header));
-        header[16] = 2; // an executable
-        assert!(!is_elf_shared_object(&header));
-        assert!(!is_elf_shared_object(b"#!/bin/sh\necho not a library\n"));
-        assert!(!is_elf_shared_object(b""));
     }
 }

@@ -9,6 +9,8 @@ use plughost::{
     loader,
     manifest::visibility_name,
     server::App,
+    supervisor::{self, WorkerCommand},
+    Role,
 };
 
 #[derive(Parser)]
@@ -33,6 +35,16 @@ enum Command {
         /// The plugin's .so file.
         file: PathBuf,
     },
+    /// Ask the running server (found through DATA_DIR/plughost.pid) to replace its worker process
+    /// with a fresh one, without downtime.
+    Recycle {
+        /// Env file to read for DATA_DIR (default: ./.env when present).
+        #[arg(long, value_name = "PATH")]
+        env_file: Option<PathBuf>,
+    },
+    /// A worker process under the supervisor (started by `serve`, not by hand).
+    #[command(name = "__worker", hide = true)]
+    Worker(ServeArgs),
 }
 
 #[derive(clap::Args, Clone, Default)]
@@ -46,12 +58,17 @@ struct ServeArgs {
     /// Overrides PLUGINS_DIR.
     #[arg(long, value_name = "DIR")]
     plugins_dir: Option<PathBuf>,
+    /// Serve from this one process, without the supervisor that recycles worker processes.
+    #[arg(long)]
+    no_supervisor: bool,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Check { file }) => check(&file),
+        Some(Command::Recycle { env_file }) => recycle(env_file),
+        Some(Command::Worker(args)) => worker(args),
         Some(Command::Serve(args)) => serve(args),
         None => serve(cli.serve),
     };
@@ -64,35 +81,93 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+fn overrides(args: &ServeArgs) -> Vec<(&'static str, String)> {
     let mut overrides = Vec::new();
-    if let Some(bind) = args.bind {
-        overrides.push(("BIND", bind));
+    if let Some(bind) = &args.bind {
+        overrides.push(("BIND", bind.clone()));
     }
-    if let Some(dir) = args.plugins_dir {
+    if let Some(dir) = &args.plugins_dir {
         overrides.push(("PLUGINS_DIR", dir.display().to_string()));
     }
-    let config = match Config::load(args.env_file.as_deref(), &overrides) {
+    overrides
+}
+
+fn load_config(args: &ServeArgs) -> Result<Config, ExitCode> {
+    Config::load(args.env_file.as_deref(), &overrides(args)).map_err(|errors| {
+        eprint!("plughost: {errors}");
+        ExitCode::from(2)
+    })
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let config = match load_config(&args) {
         Ok(config) => config,
-        Err(errors) => {
-            eprint!("plughost: {errors}");
-            return Ok(ExitCode::from(2));
-        }
+        Err(code) => return Ok(code),
     };
     init_logging(config.log_format, &config.log_filter);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    if args.no_supervisor {
+        return run_server(config, None, Role::Standalone);
+    }
+    // Workers re-read the env file and get the command-line overrides as variables, so that a
+    // recycled worker picks up an edited .env.
+    let mut worker_args: Vec<std::ffi::OsString> = vec!["__worker".into()];
+    if let Some(file) = &args.env_file {
+        worker_args.push("--env-file".into());
+        worker_args.push(file.clone().into_os_string());
+    }
+    let mut env: Vec<(String, String)> = overrides(&args).into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    env.push(("PLUGINS_DIR".to_owned(), config.plugins_dir.display().to_string()));
+    let command = WorkerCommand {
+        program: std::env::current_exe().context("cannot find the plughost executable")?,
+        args: worker_args,
+        env,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
+    runtime.block_on(supervisor::run(config.bind, &config.data_dir, config.shutdown_grace, command))?;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn worker(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    supervisor::die_with_parent();
+    let listener = supervisor::inherited_listener()?;
+    let config = match load_config(&args) {
+        Ok(config) => config,
+        Err(code) => return Ok(code),
+    };
+    init_logging(config.log_format, &config.log_filter);
+    let role = if listener.is_some() { Role::Worker } else { Role::Standalone };
+    run_server(config, listener, role)
+}
+
+fn run_server(config: Config, listener: Option<std::net::TcpListener>, role: Role) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let app = App::build(config).await?;
+        let app = App::build(config, listener, role).await?;
         let addr = app.local_addr()?;
-        // The one line on stdout, for people and for scripts that bound port 0.
-        println!("plughost listening on http://{addr}");
-        tracing::info!(%addr, "listening");
+        match role {
+            Role::Worker => supervisor::signal_ready(),
+            // The one line on stdout, for people and for scripts that bound port 0.
+            Role::Standalone => println!("plughost listening on http://{addr}"),
+        }
+        tracing::info!(%addr, pid = std::process::id(), "listening");
         app.run_until_stopped(shutdown_signal()).await
     })?;
-    tracing::info!("stopped");
+    tracing::info!(pid = std::process::id(), "stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn recycle(env_file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let args = ServeArgs {
+        env_file,
+        ..ServeArgs::default()
+    };
+    let config = match load_config(&args) {
+        Ok(config) => config,
+        Err(code) => return Ok(code),
+    };
+    let pid = supervisor::send_recycle(&config.data_dir)?;
+    println!("asked plughost (pid {pid}) to recycle its worker");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,10 +1,14 @@
-//! The plugins folder as the server sees it: the routing table in force, and a status record for
-//! every file seen (loaded, failed, removed) for operators.
+//! The plugins folder as the server sees it: the routing table in force, a status record for every
+//! file seen (loaded, failed, removed), and the count of library images mapped for good.
+//!
+//! Changes are applied file by file: a new version is loaded beside the old one and swapped in
+//! atomically only if it loaded and its names are free; otherwise the old version keeps serving.
+//! Requests in flight hold their module and finish on the version they started with.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, MutexGuard},
     time::{Instant, SystemTime},
 };
 
@@ -29,19 +33,58 @@ pub enum FileState {
 #[derive(Debug, Clone, Serialize)]
 pub struct PluginStatus {
     pub file: String,
+    /// `loaded` while a version of the file is served, even if a newer one failed.
     pub state: FileState,
     pub module: Option<String>,
     pub version: Option<String>,
     pub sha256: Option<String>,
+    pub size_bytes: Option<u64>,
     pub loaded_at: Option<String>,
+    /// The last load failure; cleared when a version loads.
     pub error: Option<String>,
+    pub failed_at: Option<String>,
+    /// How many times a new version replaced a served one.
     pub reload_count: u32,
+    #[serde(skip)]
+    collided: bool,
+    #[serde(skip)]
+    failed_sha256: Option<String>,
+    /// Modification time and size when the file was last looked at, for cheap rescans.
+    #[serde(skip)]
+    fingerprint: Option<(SystemTime, u64)>,
 }
 
-/// The routing table (read lock-free on every request) and the status list (read by operators).
+/// Library images mapped into this process. abi_stable never unmaps one, so images no longer
+/// served are leaked until the process is recycled.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct ImageStats {
+    pub mapped: usize,
+    pub mapped_bytes: u64,
+    pub leaked: usize,
+    pub leaked_bytes: u64,
+}
+
+/// What one round of changes did.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Files whose new version is now served, with the module name.
+    pub swapped: Vec<(PathBuf, String)>,
+    pub removed: Vec<PathBuf>,
+    pub failed: Vec<PathBuf>,
+}
+
+#[derive(Default)]
+struct Inner {
+    status: BTreeMap<PathBuf, PluginStatus>,
+    /// sha256 → size of every image mapped, routed or not.
+    images: HashMap<String, u64>,
+}
+
+/// The routing table (read lock-free on every request) and the bookkeeping behind it (changed by
+/// one loader at a time).
 pub struct Plugins {
     registry: ArcSwap<Registry>,
-    status: Mutex<BTreeMap<PathBuf, PluginStatus>>,
+    inner: Mutex<Inner>,
     shadow_dir: PathBuf,
 }
 
@@ -49,7 +92,7 @@ impl Plugins {
     pub fn new(data_dir: &Path) -> Plugins {
         Plugins {
             registry: ArcSwap::from_pointee(Registry::default()),
-            status: Mutex::new(BTreeMap::new()),
+            inner: Mutex::new(Inner::default()),
             shadow_dir: data_dir.join("shadow"),
         }
     }
@@ -59,102 +102,270 @@ impl Plugins {
         self.registry.load()
     }
 
-    /// Every file seen, with its state.
-    pub fn status(&self) -> Vec<PluginStatus> {
-        self.status.lock().map(|s| s.values().cloned().collect()).unwrap_or_default()
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Loads every `.so` file directly in `dir` and routes what loaded. Bad files are skipped with
-    /// one log line each and recorded as failed.
-    ///
-    /// Files load oldest first (by modification time, then name), so that when two modules claim
-    /// the same name or alias, the one that was there first keeps it across restarts.
-    pub fn load_folder(&self, dir: &Path) -> std::io::Result<()> {
-        let started = Instant::now();
+    /// Every file seen, with its state.
+    pub fn status(&self) -> Vec<PluginStatus> {
+        self.lock().status.values().cloned().collect()
+    }
+
+    /// Images mapped, and how many of them are no longer served.
+    pub fn images(&self) -> ImageStats {
+        let inner = self.lock();
+        let registry = self.registry.load();
+        let routed: Vec<&str> = registry.modules().iter().map(|m| m.sha256.as_str()).collect();
+        let mut stats = ImageStats::default();
+        for (sha, size) in &inner.images {
+            stats.mapped += 1;
+            stats.mapped_bytes += size;
+            if !routed.contains(&sha.as_str()) {
+                stats.leaked += 1;
+                stats.leaked_bytes += size;
+            }
+        }
+        stats
+    }
+
+    /// The plugin files directly in `dir`, oldest first (by modification time, then name), so
+    /// that when two modules claim one name, the one that was there first keeps it across restarts.
+    pub fn list_folder(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         let mut files: Vec<(SystemTime, PathBuf)> = std::fs::read_dir(dir)?
             .filter_map(Result::ok)
             .map(|entry| entry.path())
-            .filter(|path| path.is_file() && path.extension().is_some_and(|ext| ext == "so"))
-            .map(|path| {
-                (
-                    std::fs::metadata(&path)
-                        .and_then(|m| m.modified())
-                        .unwrap_or(SystemTime::UNIX_EPOCH),
-                    path,
-                )
-            })
+            .filter(|path| is_plugin_path(path) && path.is_file())
+            .map(|path| (std::fs::metadata(&path).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH), path))
             .collect();
         files.sort();
-        let files: Vec<PathBuf> = files.into_iter().map(|(_, path)| path).collect();
-        let mut loaded = Vec::new();
-        for file in &files {
-            match loader::load(file, &self.shadow_dir) {
-                Ok(module) => loaded.push(Arc::new(module)),
-                Err(err) => {
-                    tracing::warn!(file = %file.display(), "plugin not loaded: {err}");
-                    self.record_failure(file, err.to_string());
-                }
-            }
-        }
-        let (registry, refused) = Registry::build(loaded);
-        for (module, reason) in refused {
-            tracing::warn!(file = %module.file.display(), "plugin not loaded: {reason}");
-            self.record_failure(&module.file, reason);
-        }
-        for module in registry.modules() {
-            self.record_loaded(module);
-            tracing::info!(
-                file = %module.file.display(),
-                module = %module.spec.name,
-                version = %module.spec.version,
-                functions = module.spec.functions.len(),
-                "plugin loaded"
-            );
-        }
+        Ok(files.into_iter().map(|(_, path)| path).collect())
+    }
+
+    /// Loads every plugin file in `dir` at start-up. Bad files are skipped with one log line each.
+    pub fn load_folder(&self, dir: &Path) -> std::io::Result<()> {
+        let started = Instant::now();
+        let files = Self::list_folder(dir)?;
+        let applied = self.apply(&files);
         tracing::info!(
-            loaded = registry.modules().len(),
-            failed = files.len() - registry.modules().len(),
+            loaded = applied.swapped.len(),
+            failed = applied.failed.len(),
             elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
             "plugins folder {} scanned",
             dir.display()
         );
-        self.registry.store(Arc::new(registry));
         Ok(())
     }
 
-    fn record_loaded(&self, module: &LoadedModule) {
-        self.update(&module.file, |status| {
-            status.state = FileState::Loaded;
-            status.module = Some(module.spec.name.clone());
-            status.version = Some(module.spec.version.clone());
-            status.sha256 = Some(module.sha256.clone());
-            status.loaded_at = Some(timestamp(module.loaded_at));
-            status.error = None;
-        });
+    /// Brings the routing table in line with `dir`: loads files that are new or whose modification
+    /// time or size changed, unroutes deleted ones. For rescans after missed events or a
+    /// recreated folder; cheap when nothing changed (one `stat` per file).
+    pub fn reconcile(&self, dir: &Path) -> Applied {
+        let on_disk = Self::list_folder(dir).unwrap_or_default();
+        let changed: Vec<PathBuf> = {
+            let inner = self.lock();
+            let mut changed: Vec<PathBuf> = on_disk
+                .iter()
+                .filter(|path| inner.status.get(*path).and_then(|s| s.fingerprint) != fingerprint(path))
+                .cloned()
+                .collect();
+            changed.extend(inner.status.iter().filter(|(p, s)| s.state != FileState::Removed && !on_disk.contains(p)).map(|(p, _)| p.clone()));
+            changed
+        };
+        if changed.is_empty() {
+            return Applied::default();
+        }
+        self.apply(&changed)
     }
 
-    fn record_failure(&self, file: &Path, error: String) {
-        self.update(file, |status| {
-            status.state = FileState::Failed;
-            status.error = Some(error);
-        });
+    /// Applies the current content of `files`: a file that exists is loaded if its content
+    /// changed; a file that is gone is unrouted. Modules refused for a name collision are tried
+    /// again when a removal may have freed their name.
+    pub fn apply(&self, files: &[PathBuf]) -> Applied {
+        let mut inner = self.lock();
+        let mut modules: Vec<Arc<LoadedModule>> = self.registry.load().modules().to_vec();
+        let mut applied = Applied::default();
+        self.apply_files(&mut inner, &mut modules, files, &mut applied);
+        if !applied.removed.is_empty() {
+            let retry: Vec<PathBuf> = inner.status.iter().filter(|(_, s)| s.collided && s.state == FileState::Failed).map(|(p, _)| p.clone()).collect();
+            if !retry.is_empty() {
+                for path in &retry {
+                    if let Some(status) = inner.status.get_mut(path) {
+                        status.failed_sha256 = None;
+                    }
+                }
+                self.apply_files(&mut inner, &mut modules, &retry, &mut applied);
+            }
+        }
+        let (registry, refused) = Registry::build(modules);
+        for (module, reason) in refused {
+            tracing::error!(file = %module.file.display(), "unexpected name collision after checks: {reason}");
+        }
+        self.registry.store(Arc::new(registry));
+        applied
     }
 
-    fn update(&self, file: &Path, change: impl FnOnce(&mut PluginStatus)) {
-        if let Ok(mut all) = self.status.lock() {
-            let status = all.entry(file.to_path_buf()).or_insert_with(|| PluginStatus {
-                file: file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-                state: FileState::Failed,
-                module: None,
-                version: None,
-                sha256: None,
-                loaded_at: None,
-                error: None,
-                reload_count: 0,
-            });
-            change(status);
+    fn apply_files(&self, inner: &mut Inner, modules: &mut Vec<Arc<LoadedModule>>, files: &[PathBuf], applied: &mut Applied) {
+        for file in files {
+            let served = modules.iter().position(|m| &m.file == file);
+            if !file.is_file() {
+                if let Some(i) = served {
+                    let module = modules.remove(i);
+                    tracing::info!(file = %file.display(), module = %module.spec.name, "plugin removed: its routes are gone");
+                    applied.removed.push(file.clone());
+                }
+                if let Some(status) = inner.status.get_mut(file) {
+                    status.state = FileState::Removed;
+                }
+                continue;
+            }
+            let print = fingerprint(file);
+            status_entry(inner, file).fingerprint = print;
+            let candidate = match loader::read(file) {
+                Ok(candidate) => candidate,
+                Err(err) => {
+                    fail(inner, file, served.is_some(), None, err.to_string(), false);
+                    applied.failed.push(file.clone());
+                    continue;
+                }
+            };
+            if served.is_some_and(|i| modules[i].sha256 == candidate.sha256) {
+                tracing::debug!(file = %file.display(), "content unchanged; not reloaded");
+                if let Some(status) = inner.status.get_mut(file) {
+                    status.error = None;
+                    status.failed_sha256 = None;
+                }
+                continue;
+            }
+            let status_sha = inner.status.get(file).and_then(|s| s.failed_sha256.clone());
+            if status_sha.as_deref() == Some(candidate.sha256.as_str()) {
+                tracing::debug!(file = %file.display(), "content unchanged since it failed; not retried");
+                continue;
+            }
+            let sha = candidate.sha256.clone();
+            let size = candidate.bytes.len() as u64;
+            let module = match loader::load_candidate(candidate, &self.shadow_dir) {
+                Ok(module) => Arc::new(module),
+                Err(err) => {
+                    if err.left_mapped() {
+                        inner.images.insert(sha.clone(), size);
+                    }
+                    fail(inner, file, served.is_some(), Some(sha), err.to_string(), false);
+                    applied.failed.push(file.clone());
+                    continue;
+                }
+            };
+            inner.images.insert(sha.clone(), size);
+            if let Some(reason) = collision(modules, &module) {
+                fail(inner, file, served.is_some(), Some(sha), reason, true);
+                applied.failed.push(file.clone());
+                continue;
+            }
+            let replaced = match served {
+                Some(i) => Some(std::mem::replace(&mut modules[i], module.clone())),
+                None => {
+                    modules.push(module.clone());
+                    None
+                }
+            };
+            record_loaded(inner, &module, replaced.is_some());
+            match &replaced {
+                Some(old) => tracing::info!(
+                    file = %file.display(),
+                    module = %module.spec.name,
+                    from = %old.spec.version,
+                    to = %module.spec.version,
+                    sha256 = %&module.sha256[..12],
+                    "plugin replaced: new requests go to the new version"
+                ),
+                None => tracing::info!(
+                    file = %file.display(),
+                    module = %module.spec.name,
+                    version = %module.spec.version,
+                    functions = module.spec.functions.len(),
+                    "plugin loaded"
+                ),
+            }
+            applied.swapped.push((file.clone(), module.spec.name.clone()));
         }
     }
+}
+
+/// Whether a plugin file name is one the server loads: `*.so`, not hidden (editors' and
+/// deploy tools' temporary files start with a dot).
+pub fn is_plugin_path(path: &Path) -> bool {
+    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    name.ends_with(".so") && !name.starts_with('.')
+}
+
+/// A reason if `module`'s name or alias is taken by a module from another file.
+fn collision(modules: &[Arc<LoadedModule>], module: &LoadedModule) -> Option<String> {
+    let keys: Vec<&str> = std::iter::once(module.spec.name.as_str()).chain(module.spec.alias.as_deref()).collect();
+    modules.iter().filter(|other| other.file != module.file).find_map(|other| {
+        let taken = keys.iter().find(|k| **k == other.spec.name || Some(**k) == other.spec.alias.as_deref())?;
+        Some(format!(
+            "module '{}' collides with '{}' already loaded from {}: the name or alias '{taken}' is taken",
+            module.spec.name,
+            other.spec.name,
+            file_name(&other.file)
+        ))
+    })
+}
+
+fn status_entry<'a>(inner: &'a mut Inner, file: &Path) -> &'a mut PluginStatus {
+    inner.status.entry(file.to_path_buf()).or_insert_with(|| PluginStatus {
+        file: file_name(file),
+        state: FileState::Failed,
+        module: None,
+        version: None,
+        sha256: None,
+        size_bytes: None,
+        loaded_at: None,
+        error: None,
+        failed_at: None,
+        reload_count: 0,
+        collided: false,
+        failed_sha256: None,
+        fingerprint: None,
+    })
+}
+
+fn fail(inner: &mut Inner, file: &Path, still_served: bool, sha: Option<String>, error: String, collided: bool) {
+    if still_served {
+        tracing::warn!(file = %file.display(), "new version not loaded, the previous one keeps serving: {error}");
+    } else {
+        tracing::warn!(file = %file.display(), "plugin not loaded: {error}");
+    }
+    let status = status_entry(inner, file);
+    status.state = if still_served { FileState::Loaded } else { FileState::Failed };
+    status.error = Some(error);
+    status.failed_at = Some(timestamp(SystemTime::now()));
+    status.collided = collided;
+    status.failed_sha256 = sha;
+}
+
+fn record_loaded(inner: &mut Inner, module: &LoadedModule, replaced: bool) {
+    let status = status_entry(inner, &module.file);
+    status.state = FileState::Loaded;
+    status.module = Some(module.spec.name.clone());
+    status.version = Some(module.spec.version.clone());
+    status.sha256 = Some(module.sha256.clone());
+    status.size_bytes = Some(module.size);
+    status.loaded_at = Some(timestamp(module.loaded_at));
+    status.error = None;
+    status.collided = false;
+    status.failed_sha256 = None;
+    if replaced {
+        status.reload_count += 1;
+    }
+}
+
+fn fingerprint(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 /// RFC 3339, to the second, in UTC.

@@ -1,7 +1,13 @@
 //! The server: binds its listener (port 0 in tests), serves connections with hyper, gives every
 //! request an id and an access-log line, and shuts down gracefully.
 
-use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time::Instant};
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, Instant},
+};
 
 use ::http::{HeaderValue, Request, StatusCode};
 use anyhow::Context;
@@ -14,7 +20,17 @@ use tokio::net::TcpListener;
 use tower_service::Service;
 use tracing::Instrument;
 
-use crate::{config::Config, http, plugins::Plugins, AppState};
+use crate::{
+    config::Config,
+    http,
+    plugins::Plugins,
+    reload::{self, ReloadSettings},
+    AppState, Role,
+};
+
+/// How long a stopping server keeps answering on open connections (with `Connection: close`)
+/// before it closes idle ones, so that keep-alive clients move to the next process calmly.
+const DRAIN: Duration = Duration::from_millis(300);
 
 /// A bound, loaded server, ready to run.
 pub struct App {
@@ -23,19 +39,39 @@ pub struct App {
 }
 
 impl App {
-    /// Loads the plugins folder and binds the listener.
-    pub async fn build(config: Config) -> anyhow::Result<App> {
+    /// Loads the plugins folder, starts watching it, and binds the listener (or takes over
+    /// `listener`, the supervisor's socket).
+    pub async fn build(config: Config, listener: Option<std::net::TcpListener>, role: Role) -> anyhow::Result<App> {
         std::fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create DATA_DIR {}", config.data_dir.display()))?;
-        let plugins = Plugins::new(&config.data_dir);
+        let plugins = Arc::new(Plugins::new(&config.data_dir));
         plugins
             .load_folder(&config.plugins_dir)
             .with_context(|| format!("cannot read PLUGINS_DIR {}", config.plugins_dir.display()))?;
-        let listener = TcpListener::bind(config.bind)
-            .await
-            .with_context(|| format!("cannot listen on {} (BIND): is another process using it?", config.bind))?;
+        let settings = ReloadSettings {
+            dir: config.plugins_dir.clone(),
+            debounce: config.reload_debounce,
+            rescan_every: config.rescan_interval,
+            leak_budget_bytes: config.leak_budget_bytes,
+        };
+        let on_budget: Box<dyn Fn(u64) + Send> = match role {
+            Role::Worker => Box::new(|_| crate::supervisor::request_recycle()),
+            Role::Standalone => Box::new(|_| {
+                tracing::warn!("plughost runs without its supervisor (--no-supervisor), so it cannot recycle itself: restart it to free memory");
+            }),
+        };
+        reload::spawn(plugins.clone(), settings, on_budget).with_context(|| format!("cannot watch PLUGINS_DIR {}", config.plugins_dir.display()))?;
+        let listener = match listener {
+            Some(listener) => {
+                listener.set_nonblocking(true).context("cannot use the inherited listening socket")?;
+                TcpListener::from_std(listener).context("cannot use the inherited listening socket")?
+            }
+            None => TcpListener::bind(config.bind)
+                .await
+                .with_context(|| format!("cannot listen on {} (BIND): is another process using it?", config.bind))?,
+        };
         Ok(App {
             listener,
-            state: Arc::new(AppState { config, plugins }),
+            state: Arc::new(AppState::new(config, plugins, role)),
         })
     }
 
@@ -66,9 +102,17 @@ impl App {
             };
             let _ = stream.set_nodelay(true);
             let filtered = warp::service(routes.clone());
+            let state = self.state.clone();
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let mut filtered = filtered.clone();
-                async move { Ok::<_, Infallible>(handle(&mut filtered, request, peer, max_header_bytes).await) }
+                let state = state.clone();
+                async move {
+                    let mut response = handle(&mut filtered, request, peer, max_header_bytes).await;
+                    if state.draining.load(Ordering::Relaxed) {
+                        response.headers_mut().insert(::http::header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    Ok::<_, Infallible>(response)
+                }
             });
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder.http1().max_buf_size(max_header_bytes.max(8192) * 4 + 16 * 1024);
@@ -83,7 +127,9 @@ impl App {
         drop(self.listener);
         let grace = self.state.config.shutdown_grace;
         tracing::info!("shutting down: no new connections; waiting up to {grace:?} for requests in flight");
-        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        self.state.draining.store(true, Ordering::Relaxed);
+        tokio::time::sleep(DRAIN.min(grace)).await;
+        if tokio::time::timeout(grace.saturating_sub(DRAIN), graceful.shutdown()).await.is_err() {
             tracing::warn!("requests still in flight after {grace:?}; exiting anyway");
         }
         Ok(())

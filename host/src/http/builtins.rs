@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use warp::reply::Response;
 
 use super::error::{json_response, ApiError};
-use crate::{plugins::FileState, AppState};
+use crate::{plugins::FileState, AppState, Role};
 
 /// Answers a built-in for `GET` and `HEAD`; 405 otherwise.
 pub fn answer(method: &Method, path: &str, body: impl FnOnce() -> Value) -> Response {
@@ -34,11 +34,43 @@ pub fn health(state: &AppState) -> Value {
     let count = |wanted: FileState| files.iter().filter(|f| f.state == wanted).count();
     json!({
         "status": "ok",
+        "process": process(state),
         "plugins": {
             "loaded": count(FileState::Loaded),
             "failed": count(FileState::Failed),
             "removed": count(FileState::Removed),
+            "images": images(state),
             "files": files,
         },
+    })
+}
+
+/// `GET /rest/admin/plugins`: every file seen and the leak accounting.
+pub fn admin_plugins(state: &AppState) -> Value {
+    json!({
+        "plugins": state.plugins.status(),
+        "images": images(state),
+    })
+}
+
+fn images(state: &AppState) -> Value {
+    let stats = state.plugins.images();
+    json!({
+        "mapped": stats.mapped,
+        "mapped_bytes": stats.mapped_bytes,
+        "leaked": stats.leaked,
+        "leaked_bytes": stats.leaked_bytes,
+        "leak_budget_bytes": state.config.leak_budget_bytes,
+    })
+}
+
+fn process(state: &AppState) -> Value {
+    json!({
+        "pid": std::process::id(),
+        "supervisor_pid": match state.role {
+            Role::Worker => rustix::process::getppid().map(|p| p.as_raw_nonzero().get()),
+            Role::Standalone => None,
+        },
+        "started_at": crate::plugins::timestamp(state.started_at),
     })
 }

@@ -24,6 +24,11 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .and(warp::method())
         .and(with(&state))
         .map(|m, s: Arc<AppState>| builtins::answer(&m, "/health", || builtins::health(&s)));
+    // Open until authentication lands (issue 4); it shows file names and hashes, no secrets.
+    let admin_plugins = warp::path!("rest" / "admin" / "plugins")
+        .and(warp::method())
+        .and(with(&state))
+        .map(|m, s: Arc<AppState>| builtins::answer(&m, "/rest/admin/plugins", || builtins::admin_plugins(&s)));
     let services = warp::path("rest")
         .and(warp::path("services"))
         .and(warp::path::tail())
@@ -38,6 +43,8 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
     ping.or(version)
         .unify()
         .or(health)
+        .unify()
+        .or(admin_plugins)
         .unify()
         .or(services)
         .unify()
