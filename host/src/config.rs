@@ -30,9 +30,21 @@ pub const KNOWN_VARS: &[(&str, &str, &str)] = &[
         "30000",
         "how long in-flight requests may take to finish on shutdown",
     ),
-    ("RELOAD_DEBOUNCE_MS", "50", "quiet time after a write before a changed plugin file is loaded"),
-    ("RESCAN_INTERVAL_MS", "2000", "how often the plugins folder is rescanned for missed changes"),
-    ("RELOAD_LEAK_BUDGET_MB", "256", "recycle the process when unloadable old plugin images exceed this (0: never)"),
+    (
+        "RELOAD_DEBOUNCE_MS",
+        "50",
+        "quiet time after a write before a changed plugin file is loaded",
+    ),
+    (
+        "RESCAN_INTERVAL_MS",
+        "2000",
+        "how often the plugins folder is rescanned for missed changes",
+    ),
+    (
+        "RELOAD_LEAK_BUDGET_MB",
+        "256",
+        "recycle the process when unloadable old plugin images exceed this (0: never)",
+    ),
     ("LOG_FORMAT", "pretty", "pretty (for a terminal) or json (for machines)"),
     ("RUST_LOG", "info", "log filter, e.g. info,plughost=debug"),
 ];
@@ -197,9 +209,27 @@ impl Config {
             0,
             3_600_000,
         ));
-        let reload_debounce = Duration::from_millis(parse_number(&mut errors, "RELOAD_DEBOUNCE_MS", &var("RELOAD_DEBOUNCE_MS", "50"), 0, 60_000));
-        let rescan_interval = Duration::from_millis(parse_number(&mut errors, "RESCAN_INTERVAL_MS", &var("RESCAN_INTERVAL_MS", "2000"), 100, 3_600_000));
-        let budget_mb = parse_number(&mut errors, "RELOAD_LEAK_BUDGET_MB", &var("RELOAD_LEAK_BUDGET_MB", "256"), 0, 1 << 20);
+        let reload_debounce = Duration::from_millis(parse_number(
+            &mut errors,
+            "RELOAD_DEBOUNCE_MS",
+            &var("RELOAD_DEBOUNCE_MS", "50"),
+            0,
+            60_000,
+        ));
+        let rescan_interval = Duration::from_millis(parse_number(
+            &mut errors,
+            "RESCAN_INTERVAL_MS",
+            &var("RESCAN_INTERVAL_MS", "2000"),
+            100,
+            3_600_000,
+        ));
+        let budget_mb = parse_number(
+            &mut errors,
+            "RELOAD_LEAK_BUDGET_MB",
+            &var("RELOAD_LEAK_BUDGET_MB", "256"),
+            0,
+            1 << 20,
+        );
         let leak_budget_bytes = (budget_mb > 0).then_some(budget_mb * 1024 * 1024);
         let log_format = match var("LOG_FORMAT", "pretty").to_ascii_lowercase().as_str() {
             "pretty" => LogFormat::Pretty,

@@ -86,7 +86,11 @@ mod tests {
     /// This test binary's own dependencies include real shared objects: libc's is everywhere.
     fn real_shared_object() -> Vec<u8> {
         let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-        let path = maps.split_whitespace().find(|w| w.contains("libc.so") || w.contains("libc-")).unwrap().to_owned();
+        let path = maps
+            .split_whitespace()
+            .find(|w| w.contains("libc.so") || w.contains("libc-"))
+            .unwrap()
+            .to_owned();
         std::fs::read(path).unwrap()
     }
 

@@ -53,7 +53,10 @@ impl LoadError {
     /// Whether the library was mapped before the error: abi_stable never unmaps it, so it counts
     /// against the reload leak budget.
     pub fn left_mapped(&self) -> bool {
-        !matches!(self, LoadError::Read(_) | LoadError::TooLarge(_) | LoadError::Elf(_) | LoadError::Shadow(..) | LoadError::Open(_))
+        !matches!(
+            self,
+            LoadError::Read(_) | LoadError::TooLarge(_) | LoadError::Elf(_) | LoadError::Shadow(..) | LoadError::Open(_)
+        )
     }
 }
 

@@ -122,7 +122,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         args: worker_args,
         env,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     runtime.block_on(supervisor::run(config.bind, &config.data_dir, config.shutdown_grace, command))?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
@@ -141,7 +144,10 @@ fn worker(args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_server(config: Config, listener: Option<std::net::TcpListener>, role: Role) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let app = App::build(config, listener, role).await?;
         let addr = app.local_addr()?;

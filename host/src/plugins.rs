@@ -135,7 +135,14 @@ impl Plugins {
             .filter_map(Result::ok)
             .map(|entry| entry.path())
             .filter(|path| is_plugin_path(path) && path.is_file())
-            .map(|path| (std::fs::metadata(&path).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH), path))
+            .map(|path| {
+                (
+                    std::fs::metadata(&path)
+                        .and_then(|m| m.modified())
+                        .unwrap_or(SystemTime::UNIX_EPOCH),
+                    path,
+                )
+            })
             .collect();
         files.sort();
         Ok(files.into_iter().map(|(_, path)| path).collect())
@@ -168,7 +175,13 @@ impl Plugins {
                 .filter(|path| inner.status.get(*path).and_then(|s| s.fingerprint) != fingerprint(path))
                 .cloned()
                 .collect();
-            changed.extend(inner.status.iter().filter(|(p, s)| s.state != FileState::Removed && !on_disk.contains(p)).map(|(p, _)| p.clone()));
+            changed.extend(
+                inner
+                    .status
+                    .iter()
+                    .filter(|(p, s)| s.state != FileState::Removed && !on_disk.contains(p))
+                    .map(|(p, _)| p.clone()),
+            );
             changed
         };
         if changed.is_empty() {
@@ -186,7 +199,12 @@ impl Plugins {
         let mut applied = Applied::default();
         self.apply_files(&mut inner, &mut modules, files, &mut applied);
         if !applied.removed.is_empty() {
-            let retry: Vec<PathBuf> = inner.status.iter().filter(|(_, s)| s.collided && s.state == FileState::Failed).map(|(p, _)| p.clone()).collect();
+            let retry: Vec<PathBuf> = inner
+                .status
+                .iter()
+                .filter(|(_, s)| s.collided && s.state == FileState::Failed)
+                .map(|(p, _)| p.clone())
+                .collect();
             if !retry.is_empty() {
                 for path in &retry {
                     if let Some(status) = inner.status.get_mut(path) {
@@ -299,9 +317,13 @@ pub fn is_plugin_path(path: &Path) -> bool {
 
 /// A reason if `module`'s name or alias is taken by a module from another file.
 fn collision(modules: &[Arc<LoadedModule>], module: &LoadedModule) -> Option<String> {
-    let keys: Vec<&str> = std::iter::once(module.spec.name.as_str()).chain(module.spec.alias.as_deref()).collect();
+    let keys: Vec<&str> = std::iter::once(module.spec.name.as_str())
+        .chain(module.spec.alias.as_deref())
+        .collect();
     modules.iter().filter(|other| other.file != module.file).find_map(|other| {
-        let taken = keys.iter().find(|k| **k == other.spec.name || Some(**k) == other.spec.alias.as_deref())?;
+        let taken = keys
+            .iter()
+            .find(|k| **k == other.spec.name || Some(**k) == other.spec.alias.as_deref())?;
         Some(format!(
             "module '{}' collides with '{}' already loaded from {}: the name or alias '{taken}' is taken",
             module.spec.name,

@@ -71,7 +71,13 @@ pub fn spawn(plugins: Arc<Plugins>, settings: ReloadSettings, on_budget: Box<dyn
     Ok(())
 }
 
-fn run(plugins: Arc<Plugins>, settings: ReloadSettings, mut watcher: notify::RecommendedWatcher, rx: mpsc::Receiver<Signal>, on_budget: Box<dyn Fn(u64) + Send>) {
+fn run(
+    plugins: Arc<Plugins>,
+    settings: ReloadSettings,
+    mut watcher: notify::RecommendedWatcher,
+    rx: mpsc::Receiver<Signal>,
+    on_budget: Box<dyn Fn(u64) + Send>,
+) {
     let dir = settings.dir.clone();
     let mut pending: HashMap<PathBuf, Instant> = HashMap::new();
     let mut last_event: HashMap<PathBuf, Instant> = HashMap::new();
@@ -130,7 +136,11 @@ fn run(plugins: Arc<Plugins>, settings: ReloadSettings, mut watcher: notify::Rec
             let leaked = plugins.images().leaked_bytes;
             if leaked > budget && !budget_reported {
                 budget_reported = true;
-                tracing::warn!(leaked_bytes = leaked, budget_bytes = budget, "reload leak budget exceeded; recycling the process");
+                tracing::warn!(
+                    leaked_bytes = leaked,
+                    budget_bytes = budget,
+                    "reload leak budget exceeded; recycling the process"
+                );
                 on_budget(leaked);
             }
         }

@@ -56,13 +56,18 @@ impl App {
         let on_budget: Box<dyn Fn(u64) + Send> = match role {
             Role::Worker => Box::new(|_| crate::supervisor::request_recycle()),
             Role::Standalone => Box::new(|_| {
-                tracing::warn!("plughost runs without its supervisor (--no-supervisor), so it cannot recycle itself: restart it to free memory");
+                tracing::warn!(
+                    "plughost runs without its supervisor (--no-supervisor), so it cannot recycle itself: restart it to free memory"
+                );
             }),
         };
-        reload::spawn(plugins.clone(), settings, on_budget).with_context(|| format!("cannot watch PLUGINS_DIR {}", config.plugins_dir.display()))?;
+        reload::spawn(plugins.clone(), settings, on_budget)
+            .with_context(|| format!("cannot watch PLUGINS_DIR {}", config.plugins_dir.display()))?;
         let listener = match listener {
             Some(listener) => {
-                listener.set_nonblocking(true).context("cannot use the inherited listening socket")?;
+                listener
+                    .set_nonblocking(true)
+                    .context("cannot use the inherited listening socket")?;
                 TcpListener::from_std(listener).context("cannot use the inherited listening socket")?
             }
             None => TcpListener::bind(config.bind)
@@ -109,7 +114,9 @@ impl App {
                 async move {
                     let mut response = handle(&mut filtered, request, peer, max_header_bytes).await;
                     if state.draining.load(Ordering::Relaxed) {
-                        response.headers_mut().insert(::http::header::CONNECTION, HeaderValue::from_static("close"));
+                        response
+                            .headers_mut()
+                            .insert(::http::header::CONNECTION, HeaderValue::from_static("close"));
                     }
                     Ok::<_, Infallible>(response)
                 }
@@ -129,7 +136,10 @@ impl App {
         tracing::info!("shutting down: no new connections; waiting up to {grace:?} for requests in flight");
         self.state.draining.store(true, Ordering::Relaxed);
         tokio::time::sleep(DRAIN.min(grace)).await;
-        if tokio::time::timeout(grace.saturating_sub(DRAIN), graceful.shutdown()).await.is_err() {
+        if tokio::time::timeout(grace.saturating_sub(DRAIN), graceful.shutdown())
+            .await
+            .is_err()
+        {
             tracing::warn!("requests still in flight after {grace:?}; exiting anyway");
         }
         Ok(())

@@ -42,7 +42,9 @@ pub struct WorkerCommand {
 
 /// In a worker: the listening socket the supervisor handed over, if any.
 pub fn inherited_listener() -> anyhow::Result<Option<TcpListener>> {
-    listenfd::ListenFd::from_env().take_tcp_listener(0).context("the inherited socket (LISTEN_FDS) is not a TCP listener")
+    listenfd::ListenFd::from_env()
+        .take_tcp_listener(0)
+        .context("the inherited socket (LISTEN_FDS) is not a TCP listener")
 }
 
 /// In a worker: die with the supervisor, whatever kills it.
@@ -81,11 +83,18 @@ pub fn pid_file(data_dir: &Path) -> PathBuf {
 /// `plughost recycle`: sends SIGHUP to the supervisor named in the PID file.
 pub fn send_recycle(data_dir: &Path) -> anyhow::Result<u32> {
     let path = pid_file(data_dir);
-    let text = std::fs::read_to_string(&path).with_context(|| format!("no PID file at {}: is plughost serving with this DATA_DIR?", path.display()))?;
-    let pid: i32 = text.trim().parse().with_context(|| format!("{} does not hold a PID", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("no PID file at {}: is plughost serving with this DATA_DIR?", path.display()))?;
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .with_context(|| format!("{} does not hold a PID", path.display()))?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     if !String::from_utf8_lossy(&cmdline).contains("plughost") {
-        anyhow::bail!("{} names pid {pid}, which is not a running plughost: the file is stale", path.display());
+        anyhow::bail!(
+            "{} names pid {pid}, which is not a running plughost: the file is stale",
+            path.display()
+        );
     }
     let target = Pid::from_raw(pid).context("the PID file holds an invalid PID")?;
     kill_process(target, Signal::HUP).with_context(|| format!("cannot signal pid {pid}"))?;
@@ -113,7 +122,9 @@ pub async fn run(bind: SocketAddr, data_dir: &Path, grace: Duration, command: Wo
     let pid_path = pid_file(data_dir);
     std::fs::write(&pid_path, format!("{}\n", std::process::id())).with_context(|| format!("cannot write {}", pid_path.display()))?;
 
-    let mut current = start(&command, &listener, &mut ready).await.context("the first worker did not start")?;
+    let mut current = start(&command, &listener, &mut ready)
+        .await
+        .context("the first worker did not start")?;
     println!("plughost listening on http://{addr}");
     tracing::info!(%addr, supervisor = std::process::id(), worker = current.pid, "serving");
 
@@ -168,7 +179,11 @@ async fn replace(
     tracing::info!(worker = old.pid, reason = why, "recycling: starting a fresh worker");
     match start(command, listener, ready).await {
         Ok(new) => {
-            tracing::info!(worker = new.pid, retiring = old.pid, "recycled: the fresh worker serves; the old one drains");
+            tracing::info!(
+                worker = new.pid,
+                retiring = old.pid,
+                "recycled: the fresh worker serves; the old one drains"
+            );
             retiring.retain(|handle| !handle.is_finished());
             retiring.push(retire(old, Duration::from_secs(3600)));
             new

@@ -9,5 +9,6 @@ mod errors;
 mod lifecycle;
 mod plugins;
 mod readme;
+mod reload;
 mod routing;
 mod support;

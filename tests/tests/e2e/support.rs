@@ -226,6 +226,23 @@ impl App {
         Reply::parse(&bytes)
     }
 
+    /// The plugins folder the server watches.
+    pub fn plugins_dir(&self) -> PathBuf {
+        self._dir.path().join("plugins")
+    }
+
+    /// The PID of the process serving requests (the worker under the supervisor).
+    pub fn worker_pid(&self) -> u64 {
+        self.get("/health").json()["process"]["pid"]
+            .as_u64()
+            .expect("process.pid in /health")
+    }
+
+    /// The supervisor's PID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Everything the server wrote to stderr so far.
     pub fn logs(&self) -> String {
         self.stderr.lock().unwrap().clone()
@@ -351,4 +368,48 @@ pub const ABCD: &str = "a=1&b=2&c=3&d=4";
 /// Its JSON body.
 pub fn reference_body() -> Value {
     serde_json::json!({"args": [1, 2, 3, 4, 5, 6], "name1": "one", "name2": "two", "name3": "three", "name4": "four"})
+}
+
+/// The `many` fixture with its module name (8 characters, like `many_000`) and its marker letter
+/// patched in, making a distinct module or version from one build.
+pub fn many(name: &str, mark: char) -> Vec<u8> {
+    assert_eq!(name.len(), 8, "module names patched into `many` are 8 characters long");
+    let mut bytes = std::fs::read(plugin_file("many")).expect("read libmany.so");
+    let patch = |bytes: &mut Vec<u8>, from: &[u8], to: &[u8]| {
+        let at = bytes.windows(from.len()).position(|w| w == from).expect("marker in libmany.so");
+        bytes[at..at + to.len()].copy_from_slice(to);
+    };
+    patch(&mut bytes, b"many_000", name.as_bytes());
+    patch(&mut bytes, b"mark-A", format!("mark-{mark}").as_bytes());
+    bytes
+}
+
+/// Writes a file the way deploy tools do: a hidden temporary file, then a rename into place.
+pub fn write_by_rename(dir: &Path, name: &str, bytes: &[u8]) {
+    let temp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&temp, bytes).expect("write temp");
+    std::fs::rename(&temp, dir.join(name)).expect("rename into place");
+}
+
+/// Polls `check` until it holds or `timeout` passes; returns how long it took.
+pub fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if check() {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
+/// A process's resident memory, in KiB.
+pub fn rss_kib(pid: u64) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
 }
