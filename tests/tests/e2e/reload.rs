@@ -214,6 +214,11 @@ fn swaps_and_recycles_under_load_fail_no_request() {
         &failures[..failures.len().min(10)]
     );
     assert!(ok.load(Ordering::Relaxed) > 200, "the load ran");
+    eprintln!(
+        "under load: {} requests answered 200, {} failed, across 50 swaps and 5 recycles",
+        ok.load(Ordering::Relaxed),
+        failures.len()
+    );
     assert_ne!(app.worker_pid(), first_worker);
 }
 
