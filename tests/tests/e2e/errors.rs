@@ -108,3 +108,20 @@ fn request_ids_are_echoed_when_sane_and_made_up_otherwise() {
     let reply = client.get(app.url("/nowhere")).send().unwrap();
     assert!(reply.headers().contains_key("x-request-id"));
 }
+
+#[test]
+fn a_plugin_that_kills_its_process_costs_one_request_and_the_worker_is_replaced() {
+    let app = Setup::default().plugins(&["panicky", "module1"]).start();
+    let first = app.worker_pid();
+    let crashed = App::client().get(app.url("/rest/services/crash/")).send();
+    assert!(crashed.is_err(), "the connection of the crashing call is lost: {crashed:?}");
+    let back = crate::support::wait_for(Duration::from_secs(20), || {
+        App::client()
+            .get(app.url("/rest/services/fine/"))
+            .send()
+            .is_ok_and(|r| r.status() == 200)
+    });
+    assert!(back.is_some(), "a fresh worker serves again:\n{}", app.logs());
+    assert_ne!(app.worker_pid(), first);
+    assert!(app.logs().contains("worker exited unexpectedly"));
+}
