@@ -86,6 +86,8 @@ pub struct Plugins {
     registry: ArcSwap<Registry>,
     inner: Mutex<Inner>,
     shadow_dir: PathBuf,
+    /// How many rounds of changes were applied; shown to operators, and steady when idle.
+    rounds: std::sync::atomic::AtomicU64,
 }
 
 impl Plugins {
@@ -94,6 +96,7 @@ impl Plugins {
             registry: ArcSwap::from_pointee(Registry::default()),
             inner: Mutex::new(Inner::default()),
             shadow_dir: data_dir.join("shadow"),
+            rounds: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -109,6 +112,11 @@ impl Plugins {
     /// Every file seen, with its state.
     pub fn status(&self) -> Vec<PluginStatus> {
         self.lock().status.values().cloned().collect()
+    }
+
+    /// How many rounds of changes were applied since start-up.
+    pub fn rounds(&self) -> u64 {
+        self.rounds.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Images mapped, and how many of them are no longer served.
@@ -194,6 +202,7 @@ impl Plugins {
     /// changed; a file that is gone is unrouted. Modules refused for a name collision are tried
     /// again when a removal may have freed their name.
     pub fn apply(&self, files: &[PathBuf]) -> Applied {
+        self.rounds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut inner = self.lock();
         let mut modules: Vec<Arc<LoadedModule>> = self.registry.load().modules().to_vec();
         let mut applied = Applied::default();

@@ -48,6 +48,11 @@ pub fn spawn(plugins: Arc<Plugins>, settings: ReloadSettings, on_budget: Box<dyn
             if event.need_rescan() {
                 let _ = events.send(Signal::Rescan);
             }
+            // Opening and reading a file (which the loader itself does) changes nothing: only
+            // creations, writes, renames and removals matter, or the loader would feed itself.
+            if matches!(event.kind, EventKind::Access(kind) if kind != AccessKind::Close(AccessMode::Write)) {
+                return;
+            }
             let settled = matches!(
                 event.kind,
                 EventKind::Access(AccessKind::Close(AccessMode::Write))

@@ -50,6 +50,7 @@ pub fn admin_plugins(state: &AppState) -> Value {
     json!({
         "plugins": state.plugins.status(),
         "images": images(state),
+        "load_rounds": state.plugins.rounds(),
     })
 }
 

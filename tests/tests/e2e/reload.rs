@@ -267,3 +267,24 @@ fn the_leak_budget_recycles_the_worker_and_memory_comes_back() {
     );
     eprintln!("RSS: start {start_rss} KiB, peak {peak_rss} KiB after {reloads} reloads, fresh worker {after_rss} KiB");
 }
+
+#[test]
+fn an_idle_loader_does_no_work() {
+    let app = Setup::default()
+        .plugins(&["module1", "hello"])
+        .env("RESCAN_INTERVAL_MS", "100")
+        .start();
+    let rounds = || app.get("/rest/admin/plugins").json()["load_rounds"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = rounds();
+    // Reading the plugins (as the loader and any backup tool do) is not a change.
+    for _ in 0..5 {
+        for entry in std::fs::read_dir(app.plugins_dir()).unwrap() {
+            let _ = std::fs::read(entry.unwrap().path()).unwrap();
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(rounds(), before, "nothing changed, yet the loader applied changes");
+    std::fs::write(app.plugins_dir().join("libnew.so"), many("idle_new", 'A')).unwrap();
+    wait_for(SOON, || rounds() > before).expect("a real change is applied");
+}
