@@ -40,7 +40,8 @@ def main():
     work = tempfile.mkdtemp()
     plugins = os.path.join(work, "plugins")
     os.mkdir(plugins)
-    env = dict(os.environ, PLUGINS_DIR=plugins, DATA_DIR=os.path.join(work, "data"), BIND="127.0.0.1:0",
+    identity = subprocess.run([os.path.join(ROOT, "target/release/plughost"), "keygen", "--env"], capture_output=True, text=True, check=True).stdout
+    env = dict(os.environ, **dict(line.split("=", 1) for line in identity.split()), PLUGINS_DIR=plugins, DATA_DIR=os.path.join(work, "data"), BIND="127.0.0.1:0",
                RELOAD_LEAK_BUDGET_MB="0", RUST_LOG="info", LOG_FORMAT="json")
     log = open(os.path.join(work, "log"), "w+")
     server = subprocess.Popen([os.path.join(ROOT, "target/release/plughost")], env=env, stdout=subprocess.PIPE, stderr=log, text=True)

@@ -45,6 +45,26 @@ pub const KNOWN_VARS: &[(&str, &str, &str)] = &[
         "256",
         "recycle the process when unloadable old plugin images exceed this (0: never)",
     ),
+    ("ADMIN_UUID", "", "the admin's UUID (required)"),
+    ("ADMIN_TOTP_SECRET", "", "the admin's TOTP secret, base32 (required)"),
+    (
+        "SECRET_KEY",
+        "",
+        "64 hex characters: encrypts secrets at rest, signs tokens (required; plughost keygen)",
+    ),
+    ("TOKEN_TTL_SECS", "900", "lifetime of a bearer token from POST /rest/auth/token"),
+    ("AUTH_MAX_FAILURES", "5", "failed proofs per UUID before 429"),
+    (
+        "AUTH_LOCKOUT_SECS",
+        "60",
+        "window of AUTH_MAX_FAILURES, and how long the lockout lasts",
+    ),
+    (
+        "MONGODB_URI",
+        "",
+        "use MongoDB instead of the embedded store (e.g. mongodb://127.0.0.1:27017)",
+    ),
+    ("MONGODB_DATABASE", "plughost", "database name on MongoDB"),
     ("LOG_FORMAT", "pretty", "pretty (for a terminal) or json (for machines)"),
     ("RUST_LOG", "info", "log filter, e.g. info,plughost=debug"),
 ];
@@ -77,6 +97,14 @@ pub struct Config {
     pub leak_budget_bytes: Option<u64>,
     pub log_format: LogFormat,
     pub log_filter: String,
+    pub admin_uuid: String,
+    pub admin_totp_secret: String,
+    pub secret_key: crate::tenancy::secrets::SecretKey,
+    pub token_ttl: Duration,
+    pub auth_max_failures: u32,
+    pub auth_lockout: Duration,
+    /// `(uri, database)` when MongoDB is the store.
+    pub mongodb: Option<(String, String)>,
 }
 
 /// Every problem found in the configuration, one per line.
@@ -239,6 +267,68 @@ impl Config {
                 LogFormat::Pretty
             }
         };
+        let admin_uuid = var("ADMIN_UUID", "");
+        let admin_uuid = match uuid::Uuid::parse_str(&admin_uuid) {
+            Ok(uuid) => uuid.hyphenated().to_string(),
+            Err(_) if admin_uuid.is_empty() => {
+                errors.push("ADMIN_UUID is missing: set it to a UUID (`plughost keygen --env` prints a fresh admin identity)".to_owned());
+                admin_uuid
+            }
+            Err(_) => {
+                errors.push(format!(
+                    "ADMIN_UUID={admin_uuid} is not a UUID such as 0b6f6b8e-4b3a-4f8e-9a57-3f1a2c9d7e10"
+                ));
+                admin_uuid
+            }
+        };
+        let admin_totp_secret = var("ADMIN_TOTP_SECRET", "");
+        if admin_totp_secret.is_empty() {
+            errors.push("ADMIN_TOTP_SECRET is missing: set it to a base32 TOTP secret (`plughost keygen --env` prints one)".to_owned());
+        } else if let Err(why) = crate::tenancy::totp::check_secret(&admin_totp_secret) {
+            errors.push(format!("ADMIN_TOTP_SECRET {why}"));
+        }
+        let secret_key_text = var("SECRET_KEY", "");
+        let secret_key = match crate::tenancy::secrets::SecretKey::from_hex(&secret_key_text) {
+            Ok(key) => Some(key),
+            Err(_) if secret_key_text.is_empty() => {
+                errors.push("SECRET_KEY is missing: set it to 64 hexadecimal characters (`plughost keygen` prints a fresh one)".to_owned());
+                None
+            }
+            Err(why) => {
+                errors.push(format!("SECRET_KEY {why}: `plughost keygen` prints a fresh one"));
+                None
+            }
+        };
+        let token_ttl = Duration::from_secs(parse_number(
+            &mut errors,
+            "TOKEN_TTL_SECS",
+            &var("TOKEN_TTL_SECS", "900"),
+            1,
+            86_400 * 30,
+        ));
+        let auth_max_failures = parse_number(&mut errors, "AUTH_MAX_FAILURES", &var("AUTH_MAX_FAILURES", "5"), 1, 1_000_000) as u32;
+        let auth_lockout = Duration::from_secs(parse_number(
+            &mut errors,
+            "AUTH_LOCKOUT_SECS",
+            &var("AUTH_LOCKOUT_SECS", "60"),
+            1,
+            86_400,
+        ));
+        let mongodb_uri = var("MONGODB_URI", "");
+        let mongodb = if mongodb_uri.is_empty() {
+            None
+        } else if !(mongodb_uri.starts_with("mongodb://") || mongodb_uri.starts_with("mongodb+srv://")) {
+            errors.push(format!(
+                "MONGODB_URI={mongodb_uri} is not a MongoDB URI: it starts with mongodb:// or mongodb+srv://"
+            ));
+            None
+        } else {
+            let database = var("MONGODB_DATABASE", "plughost");
+            if database.is_empty() || database.contains(['/', '.', ' ', '$', '\\', '"']) {
+                errors.push(format!("MONGODB_DATABASE={database} is not a valid database name"));
+            }
+            Some((mongodb_uri, database))
+        };
         let log_filter = var("RUST_LOG", "info");
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&log_filter) {
             errors.push(format!(
@@ -246,7 +336,7 @@ impl Config {
             ));
         }
 
-        if errors.is_empty() {
+        if let (true, Some(secret_key)) = (errors.is_empty(), secret_key) {
             Ok(Config {
                 plugins_dir,
                 bind,
@@ -262,6 +352,13 @@ impl Config {
                 leak_budget_bytes,
                 log_format,
                 log_filter,
+                admin_uuid,
+                admin_totp_secret,
+                secret_key,
+                token_ttl,
+                auth_max_failures,
+                auth_lockout,
+                mongodb,
             })
         } else {
             Err(ConfigErrors(errors))
@@ -293,6 +390,11 @@ mod tests {
         let dir = std::env::temp_dir();
         let mut vars: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         vars.entry("PLUGINS_DIR".into()).or_insert_with(|| dir.display().to_string());
+        vars.entry("ADMIN_UUID".into())
+            .or_insert_with(|| "0b6f6b8e-4b3a-4f8e-9a57-3f1a2c9d7e10".into());
+        vars.entry("ADMIN_TOTP_SECRET".into())
+            .or_insert_with(|| "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP".into());
+        vars.entry("SECRET_KEY".into()).or_insert_with(|| "ab".repeat(32));
         Config::from_vars(&|key| vars.get(key).cloned())
     }
 
@@ -338,6 +440,28 @@ mod tests {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
         assert_eq!(errors.0.len(), 7);
+    }
+
+    #[test]
+    fn identity_settings_are_required_and_checked() {
+        let errors = config(&[
+            ("ADMIN_UUID", "admin"),
+            ("ADMIN_TOTP_SECRET", "short"),
+            ("SECRET_KEY", "00"),
+            ("MONGODB_URI", "localhost"),
+        ])
+        .unwrap_err();
+        let text = errors.to_string();
+        for needle in [
+            "ADMIN_UUID=admin is not a UUID",
+            "ADMIN_TOTP_SECRET",
+            "SECRET_KEY must be 32 bytes",
+            "MONGODB_URI=localhost",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+        let mongo = config(&[("MONGODB_URI", "mongodb://127.0.0.1:27017")]).unwrap();
+        assert_eq!(mongo.mongodb, Some(("mongodb://127.0.0.1:27017".to_owned(), "plughost".to_owned())));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! changed files in; [`supervisor`] keeps a worker process serving and replaces it with a fresh
 //! one, without downtime, when old plugin images have leaked too much memory.
 
+pub mod cli;
 pub mod config;
 pub mod dispatch;
 pub mod elf;
@@ -23,6 +24,7 @@ pub mod registry;
 pub mod reload;
 pub mod server;
 pub mod supervisor;
+pub mod tenancy;
 
 use std::sync::{atomic::AtomicBool, Arc};
 
@@ -37,6 +39,7 @@ pub enum Role {
 pub struct AppState {
     pub config: config::Config,
     pub plugins: Arc<plugins::Plugins>,
+    pub auth: Arc<tenancy::auth::Authenticator>,
     pub role: Role,
     pub started_at: std::time::SystemTime,
     /// Set while shutting down: responses then carry `Connection: close`.
@@ -44,10 +47,11 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: config::Config, plugins: Arc<plugins::Plugins>, role: Role) -> AppState {
+    pub fn new(config: config::Config, plugins: Arc<plugins::Plugins>, auth: Arc<tenancy::auth::Authenticator>, role: Role) -> AppState {
         AppState {
             config,
             plugins,
+            auth,
             role,
             started_at: std::time::SystemTime::now(),
             draining: AtomicBool::new(false),

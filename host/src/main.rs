@@ -42,6 +42,25 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         env_file: Option<PathBuf>,
     },
+    /// Print a fresh SECRET_KEY; with --env, a whole admin identity (ADMIN_UUID, ADMIN_TOTP_SECRET,
+    /// SECRET_KEY) to append to .env.
+    Keygen {
+        #[arg(long)]
+        env: bool,
+    },
+    /// Manage tenants (works beside a running server).
+    Tenant {
+        #[arg(long, value_name = "PATH", global = true)]
+        env_file: Option<PathBuf>,
+        #[command(subcommand)]
+        command: plughost::cli::TenantCommand,
+    },
+    /// Print the current TOTP code of a principal (the admin or a tenant), read from the store.
+    Totp {
+        uuid: String,
+        #[arg(long, value_name = "PATH")]
+        env_file: Option<PathBuf>,
+    },
     /// A worker process under the supervisor (started by `serve`, not by hand).
     #[command(name = "__worker", hide = true)]
     Worker(ServeArgs),
@@ -69,6 +88,9 @@ fn main() -> ExitCode {
         Some(Command::Check { file }) => check(&file),
         Some(Command::Recycle { env_file }) => recycle(env_file),
         Some(Command::Worker(args)) => worker(args),
+        Some(Command::Keygen { env }) => Ok(plughost::cli::keygen(env)),
+        Some(Command::Tenant { env_file, command }) => with_config(env_file, |config| plughost::cli::tenant(config, command)),
+        Some(Command::Totp { uuid, env_file }) => with_config(env_file, |config| plughost::cli::current_code(config, &uuid)),
         Some(Command::Serve(args)) => serve(args),
         None => serve(cli.serve),
     };
@@ -161,6 +183,17 @@ fn run_server(config: Config, listener: Option<std::net::TcpListener>, role: Rol
     })?;
     tracing::info!(pid = std::process::id(), "stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+fn with_config(env_file: Option<PathBuf>, run: impl FnOnce(&Config) -> anyhow::Result<ExitCode>) -> anyhow::Result<ExitCode> {
+    let args = ServeArgs {
+        env_file,
+        ..ServeArgs::default()
+    };
+    match load_config(&args) {
+        Ok(config) => run(&config),
+        Err(code) => Ok(code),
+    }
 }
 
 fn recycle(env_file: Option<PathBuf>) -> anyhow::Result<ExitCode> {

@@ -74,9 +74,22 @@ impl App {
                 .await
                 .with_context(|| format!("cannot listen on {} (BIND): is another process using it?", config.bind))?,
         };
+        let tenancy = Arc::new(
+            crate::tenancy::tenants::Tenancy::open(&config)
+                .await
+                .context("cannot open the identity store")?,
+        );
+        record_admin(tenancy.clone(), config.admin_uuid.clone(), config.admin_totp_secret.clone()).await;
+        let auth = Arc::new(crate::tenancy::auth::Authenticator::new(
+            tenancy,
+            config.admin_uuid.clone(),
+            config.token_ttl,
+            config.auth_max_failures,
+            config.auth_lockout,
+        ));
         Ok(App {
             listener,
-            state: Arc::new(AppState::new(config, plugins, role)),
+            state: Arc::new(AppState::new(config, plugins, auth, role)),
         })
     }
 
@@ -143,6 +156,26 @@ impl App {
             tracing::warn!("requests still in flight after {grace:?}; exiting anyway");
         }
         Ok(())
+    }
+}
+
+/// Records the configured admin in the store; if the store is unreachable, keeps trying in the
+/// background (authentication fails closed meanwhile, public functions are served).
+async fn record_admin(tenancy: Arc<crate::tenancy::tenants::Tenancy>, uuid: String, secret: String) {
+    if let Err(err) = tenancy.record_admin(&uuid, &secret).await {
+        tracing::warn!("the admin could not be recorded in the store yet ({err}); retrying in the background");
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                match tenancy.record_admin(&uuid, &secret).await {
+                    Ok(()) => {
+                        tracing::info!("the admin is recorded in the store");
+                        break;
+                    }
+                    Err(err) => tracing::debug!("the admin is not recorded yet: {err}"),
+                }
+            }
+        });
     }
 }
 

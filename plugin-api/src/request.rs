@@ -160,10 +160,38 @@ impl<'a> Request<'a> {
         Ok(serde_json::from_slice(self.body())?)
     }
 
+    /// Who is calling, as the host authenticated them: `None` for a public call without
+    /// credentials. (The host removes credentials from the headers a plugin sees.)
+    pub fn caller(&self) -> Option<Caller<'_>> {
+        let kind = match self.header("x-plughost-caller-kind")? {
+            "admin" => CallerKind::Admin,
+            "tenant" => CallerKind::Tenant,
+            _ => return None,
+        };
+        Some(Caller {
+            kind,
+            uuid: self.header("x-plughost-caller-uuid")?,
+        })
+    }
+
     /// The request id, also sent back to the client in `X-Request-Id`.
     pub fn request_id(&self) -> &str {
         self.raw.request_id.as_str()
     }
+}
+
+/// Whether the caller is the admin or a tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallerKind {
+    Admin,
+    Tenant,
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller<'a> {
+    pub kind: CallerKind,
+    pub uuid: &'a str,
 }
 
 fn missing(name: &str) -> Error {

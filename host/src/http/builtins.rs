@@ -29,7 +29,28 @@ pub fn version() -> Value {
     })
 }
 
-pub fn health(state: &AppState) -> Value {
+/// `/health`: 503 when the identity store is unreachable.
+pub async fn health(state: &AppState) -> Response {
+    let store = state.auth.tenancy().store.clone();
+    let reachable = tokio::time::timeout(std::time::Duration::from_secs(3), store.ping()).await;
+    let (status, store_json) = match reachable {
+        Ok(Ok(())) => (StatusCode::OK, json!({"kind": store.kind(), "reachable": true})),
+        Ok(Err(err)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"kind": store.kind(), "reachable": false, "error": err.to_string()}),
+        ),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"kind": store.kind(), "reachable": false, "error": "no answer within 3 s"}),
+        ),
+    };
+    let mut body = health_body(state);
+    body["status"] = json!(if status == StatusCode::OK { "ok" } else { "degraded" });
+    body["store"] = store_json;
+    json_response(status, &body)
+}
+
+fn health_body(state: &AppState) -> Value {
     let files = state.plugins.status();
     let count = |wanted: FileState| files.iter().filter(|f| f.state == wanted).count();
     json!({

@@ -4,29 +4,35 @@ use serde_json::{json, Value};
 
 use crate::{
     loader::LoadedModule,
-    manifest::{kind_name, visibility_name},
+    manifest::{kind_name, visibility_name, FunctionSpec},
     plugins::timestamp,
     registry::Registry,
 };
 
-/// Every module, with the URL parameter names in force.
-pub fn all(registry: &Registry, url_params: &[String]) -> Value {
+/// Every module with a function the caller may call, with the URL parameter names in force.
+pub fn all(registry: &Registry, url_params: &[String], visible: &dyn Fn(&FunctionSpec) -> bool) -> Value {
     json!({
         "url_params": url_params,
-        "modules": registry.modules().iter().map(|m| module_entry(m, registry)).collect::<Vec<_>>(),
+        "modules": registry
+            .modules()
+            .iter()
+            .filter(|m| m.spec.functions.iter().any(visible))
+            .map(|m| module_entry(m, registry, visible))
+            .collect::<Vec<_>>(),
     })
 }
 
-/// One module.
-pub fn module(module: &LoadedModule, registry: &Registry) -> Value {
-    module_entry(module, registry)
+/// One module, with the functions the caller may call.
+pub fn module(module: &LoadedModule, registry: &Registry, visible: &dyn Fn(&FunctionSpec) -> bool) -> Value {
+    module_entry(module, registry, visible)
 }
 
-fn module_entry(module: &LoadedModule, registry: &Registry) -> Value {
+fn module_entry(module: &LoadedModule, registry: &Registry, visible: &dyn Fn(&FunctionSpec) -> bool) -> Value {
     let spec = &module.spec;
     let functions: Vec<Value> = spec
         .functions
         .iter()
+        .filter(|f| visible(f))
         .map(|f| {
             let path = format!("/rest/services/{}/{}/", spec.route_name(), f.route_name());
             let unqualified = registry

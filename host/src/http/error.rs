@@ -17,6 +17,8 @@ pub struct ApiError {
     pub internal: Option<String>,
     /// The `Allow` header, for 405.
     pub allow: Option<String>,
+    /// The `Retry-After` header, in seconds, for 429.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -27,6 +29,7 @@ impl ApiError {
             description: description.into(),
             internal: None,
             allow: None,
+            retry_after: None,
         }
     }
 
@@ -73,6 +76,14 @@ impl ApiError {
         let mut response = json_response(self.status, &body);
         if let Some(allow) = self.allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
             response.headers_mut().insert(header::ALLOW, allow);
+        }
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"plughost\""));
         }
         response
     }

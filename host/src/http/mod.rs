@@ -1,5 +1,7 @@
 //! The URL space on one screen. Each route is a filter; one `recover` answers what matched none.
 
+mod admin;
+mod auth;
 mod builtins;
 mod dir;
 pub mod error;
@@ -23,12 +25,49 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
     let health = warp::path!("health")
         .and(warp::method())
         .and(with(&state))
-        .map(|m, s: Arc<AppState>| builtins::answer(&m, "/health", || builtins::health(&s)));
-    // Open until authentication lands (issue 4); it shows file names and hashes, no secrets.
-    let admin_plugins = warp::path!("rest" / "admin" / "plugins")
+        .then(|m: http::Method, s: Arc<AppState>| async move {
+            if m != http::Method::GET && m != http::Method::HEAD {
+                return error::ApiError::method_not_allowed(&m, "/health", "GET, HEAD".to_owned()).into_response();
+            }
+            builtins::health(&s).await
+        });
+    let token = warp::path!("rest" / "auth" / "token")
         .and(warp::method())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
         .and(with(&state))
-        .map(|m, s: Arc<AppState>| builtins::answer(&m, "/rest/admin/plugins", || builtins::admin_plugins(&s)));
+        .then(
+            |method: http::Method, headers: http::HeaderMap, body, state: Arc<AppState>| async move {
+                if method != http::Method::POST {
+                    return error::ApiError::method_not_allowed(&method, "/rest/auth/token", "POST".to_owned()).into_response();
+                }
+                let result = async {
+                    let body = services::read_body(&headers, body, 64 * 1024).await?;
+                    auth::token(&state, &body).await
+                };
+                result.await.unwrap_or_else(error::ApiError::into_response)
+            },
+        );
+    let admin = warp::path("rest")
+        .and(warp::path("admin"))
+        .and(warp::path::tail())
+        .and(warp::method())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .and(with(&state))
+        .then(
+            |tail: warp::path::Tail, method: http::Method, headers: http::HeaderMap, body, state: Arc<AppState>| async move {
+                let result = async {
+                    let body = if method == http::Method::POST {
+                        services::read_body(&headers, body, 64 * 1024).await?
+                    } else {
+                        bytes::Bytes::new()
+                    };
+                    admin::handle(&state, tail.as_str(), &method, &headers, body).await
+                };
+                result.await.unwrap_or_else(error::ApiError::into_response)
+            },
+        );
     let services = warp::path("rest")
         .and(warp::path("services"))
         .and(warp::path::tail())
@@ -44,7 +83,9 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .unify()
         .or(health)
         .unify()
-        .or(admin_plugins)
+        .or(token)
+        .unify()
+        .or(admin)
         .unify()
         .or(services)
         .unify()

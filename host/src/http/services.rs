@@ -8,7 +8,7 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use plugin_api::ErrorKind;
 use warp::reply::Response;
 
-use super::{dir, error::ApiError, path};
+use super::{auth, dir, error::ApiError, path};
 use crate::{
     dispatch::{self, CallError, CallInput, PluginReply},
     kwargs::{self, BodyKind},
@@ -56,9 +56,12 @@ where
                 if method != Method::GET && method != Method::HEAD {
                     return Err(ApiError::method_not_allowed(&method, "__dir__", "GET, HEAD".to_owned()));
                 }
+                let registry = registry.clone();
+                let caller = auth::caller(state, headers).await?;
+                let visible = |f: &crate::manifest::FunctionSpec| auth::may_call(f.visibility, caller.as_ref());
                 let listing = match module {
-                    Some(module) => dir::module(&module, &registry),
-                    None => dir::all(&registry, &state.config.url_params),
+                    Some(module) => dir::module(&module, &registry, &visible),
+                    None => dir::all(&registry, &state.config.url_params, &visible),
                 };
                 return Ok(super::error::json_response(StatusCode::OK, &listing));
             }
@@ -108,6 +111,17 @@ where
         let what = format!("function '{}'", function.route_name());
         return Err(ApiError::method_not_allowed(&method, &what, function.methods.allow_header()));
     }
+    // Public functions never touch the identity store.
+    let caller = if function.visibility == plugin_api::Visibility::Public {
+        None
+    } else {
+        auth::caller(state, headers).await?
+    };
+    auth::require(
+        function.visibility,
+        caller.as_ref(),
+        &format!("function '{}'", function.route_name()),
+    )?;
 
     let has_body = method != Method::GET && method != Method::HEAD;
     let body = if has_body {
@@ -135,10 +149,7 @@ where
         method: method.as_str().to_owned(),
         kwargs_json: serde_json::Value::Object(kwargs).to_string(),
         query,
-        headers: headers
-            .iter()
-            .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
-            .collect(),
+        headers: auth::plugin_headers(headers, caller.as_ref()),
         body,
         content_type,
         request_id: header_text(headers, "x-request-id"),
@@ -152,7 +163,7 @@ where
 
 /// Reads the body up to `limit` bytes: 413 as soon as `Content-Length` or the bytes received
 /// pass it. Works for chunked bodies and for requests without `Content-Length`.
-async fn read_body<S, B>(headers: &HeaderMap, body: S, limit: usize) -> Result<Bytes, ApiError>
+pub(super) async fn read_body<S, B>(headers: &HeaderMap, body: S, limit: usize) -> Result<Bytes, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,

@@ -4,6 +4,7 @@
 // A failed expectation in the harness is a failed test, which is what a panic reports.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod auth;
 mod bad_input;
 mod errors;
 mod lifecycle;

@@ -18,7 +18,7 @@ fn mark(app: &App, module: &str) -> Option<String> {
 }
 
 fn status_of(app: &App, file: &str) -> Value {
-    let all = app.get("/rest/admin/plugins").json();
+    let all = app.admin("GET", "/rest/admin/plugins", None).json();
     all["plugins"]
         .as_array()
         .unwrap()
@@ -274,7 +274,11 @@ fn an_idle_loader_does_no_work() {
         .plugins(&["module1", "hello"])
         .env("RESCAN_INTERVAL_MS", "100")
         .start();
-    let rounds = || app.get("/rest/admin/plugins").json()["load_rounds"].as_u64().unwrap();
+    let rounds = || {
+        app.admin("GET", "/rest/admin/plugins", None).json()["load_rounds"]
+            .as_u64()
+            .unwrap()
+    };
     std::thread::sleep(Duration::from_millis(300));
     let before = rounds();
     // Reading the plugins (as the loader and any backup tool do) is not a change.

@@ -11,6 +11,27 @@ use std::{
 
 use serde_json::Value;
 
+/// The admin identity every test server gets.
+pub const ADMIN_UUID: &str = "0b6f6b8e-4b3a-4f8e-9a57-3f1a2c9d7e10";
+pub const ADMIN_SECRET: &str = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
+pub const SECRET_KEY: &str = "6a1f3c5e7b9d2f4a6c8e0b1d3f5a7c9e2b4d6f8a0c1e3b5d7f9a2c4e6b8d0f1a";
+
+/// The TOTP code of `secret` at `unix_secs`.
+pub fn code_at(secret: &str, unix_secs: u64) -> String {
+    let totp = totp_rs::Builder::new()
+        .with_secret(totp_rs::Secret::try_from_base32(secret).expect("base32 secret"))
+        .build()
+        .expect("TOTP");
+    totp.generate(unix_secs).to_string()
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
 /// The example plugins every routing test loads.
 pub const EXAMPLES: &[&str] = &["module1", "module2", "product_v1", "product_v2", "hello"];
 
@@ -114,12 +135,24 @@ impl Setup {
             .env("PLUGINS_DIR", &plugins_dir)
             .env("DATA_DIR", dir.path().join("data"))
             .env("BIND", "127.0.0.1:0")
+            .env("ADMIN_UUID", ADMIN_UUID)
+            .env("ADMIN_TOTP_SECRET", ADMIN_SECRET)
+            .env("SECRET_KEY", SECRET_KEY)
+            .env_remove("MONGODB_URI")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (key, value) in &self.env {
             command.env(key, value);
         }
+        let mut env: Vec<(String, String)> = vec![
+            ("PLUGINS_DIR".into(), plugins_dir.display().to_string()),
+            ("DATA_DIR".into(), dir.path().join("data").display().to_string()),
+            ("ADMIN_UUID".into(), ADMIN_UUID.into()),
+            ("ADMIN_TOTP_SECRET".into(), ADMIN_SECRET.into()),
+            ("SECRET_KEY".into(), SECRET_KEY.into()),
+        ];
+        env.extend(self.env.iter().cloned());
         let mut child = command.spawn().expect("spawn plughost");
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut err_pipe = child.stderr.take().expect("stderr");
@@ -155,6 +188,8 @@ impl Setup {
                     addr,
                     stderr,
                     _dir: dir,
+                    admin_token: std::sync::OnceLock::new(),
+                    env,
                 });
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -184,6 +219,9 @@ pub struct App {
     pub addr: SocketAddr,
     stderr: Arc<Mutex<String>>,
     _dir: tempfile::TempDir,
+    admin_token: std::sync::OnceLock<String>,
+    /// The variables the server was started with, for CLI commands on the same store.
+    env: Vec<(String, String)>,
 }
 
 /// A server with the example plugins.
@@ -224,6 +262,57 @@ impl App {
         let mut bytes = Vec::new();
         let _ = stream.read_to_end(&mut bytes);
         Reply::parse(&bytes)
+    }
+
+    /// A bearer token for the admin, exchanged once per server for a fresh code.
+    pub fn admin_token(&self) -> String {
+        self.admin_token
+            .get_or_init(|| {
+                // Try this step's code and the next (a code is single-use; ±1 step is accepted).
+                for offset in [0, 30] {
+                    let body = serde_json::json!({"uuid": ADMIN_UUID, "totp": code_at(ADMIN_SECRET, now() + offset)});
+                    let reply = self.send("POST", "/rest/auth/token", Some(&body));
+                    if reply.status == 200 {
+                        return reply.json()["token"].as_str().expect("token").to_owned();
+                    }
+                }
+                panic!("no admin token:\n{}", self.logs());
+            })
+            .clone()
+    }
+
+    /// A request with the admin's bearer token.
+    pub fn admin(&self, method: &str, path: &str, json: Option<&Value>) -> Reply {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut request = Self::client().request(method, self.url(path)).bearer_auth(self.admin_token());
+        if let Some(body) = json {
+            request = request.json(body);
+        }
+        Reply::from(request.send().expect("request"))
+    }
+
+    /// Runs `plughost ARGS…` with the server's configuration (same store); returns its output.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(plughost_bin())
+            .args(args)
+            .current_dir(self._dir.path())
+            .env_remove("MONGODB_URI")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("run plughost")
+    }
+
+    /// A request with extra headers.
+    pub fn with_headers(&self, method: &str, path: &str, headers: &[(&str, &str)], json: Option<&Value>) -> Reply {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut request = Self::client().request(method, self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = json {
+            request = request.json(body);
+        }
+        Reply::from(request.send().expect("request"))
     }
 
     /// The plugins folder the server watches.

@@ -1,0 +1,149 @@
+//! The operator commands that work on identities: `keygen`, `tenant …`, `totp`. They open the
+//! same store as the server (SQLite: safely beside a running server; or MongoDB).
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context;
+use clap::Subcommand;
+use qrcode::{render::unicode, QrCode};
+
+use crate::{
+    config::Config,
+    tenancy::{
+        secrets::SecretKey,
+        tenants::{Enrolment, Tenancy},
+        totp,
+    },
+};
+
+#[derive(Subcommand, Clone)]
+pub enum TenantCommand {
+    /// Add a tenant; prints its UUID, secret, otpauth:// URI and a QR code to enrol an authenticator.
+    Add {
+        name: String,
+        /// Print `{"uuid", "name", "secret", "otpauth_uri"}` only, for scripts.
+        #[arg(long)]
+        json: bool,
+        /// Also write the QR code as a PNG image.
+        #[arg(long, value_name = "FILE")]
+        png: Option<PathBuf>,
+    },
+    /// List tenants.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one tenant.
+    Show { uuid: String },
+    /// Disable a tenant: its codes and tokens are refused at once.
+    Disable { uuid: String },
+    /// Enable a disabled tenant.
+    Enable { uuid: String },
+    /// Remove a tenant.
+    Remove { uuid: String },
+    /// Give a tenant a new TOTP secret; the old one and its tokens stop working.
+    RotateTotp {
+        uuid: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, value_name = "FILE")]
+        png: Option<PathBuf>,
+    },
+}
+
+/// `plughost keygen`: a fresh SECRET_KEY, or with `--env` a whole admin identity for `.env`.
+pub fn keygen(env: bool) -> ExitCode {
+    if env {
+        println!("ADMIN_UUID={}", uuid::Uuid::new_v4().hyphenated());
+        println!("ADMIN_TOTP_SECRET={}", totp::new_secret());
+        println!("SECRET_KEY={}", SecretKey::generate_hex());
+    } else {
+        println!("{}", SecretKey::generate_hex());
+    }
+    ExitCode::SUCCESS
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+async fn open(config: &Config) -> anyhow::Result<Tenancy> {
+    let tenancy = Tenancy::open(config).await.context("cannot open the identity store")?;
+    tenancy
+        .record_admin(&config.admin_uuid, &config.admin_totp_secret)
+        .await
+        .context("cannot record the admin in the store")?;
+    Ok(tenancy)
+}
+
+/// `plughost tenant …`.
+pub fn tenant(config: &Config, command: TenantCommand) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        let tenancy = open(config).await?;
+        let actor = format!("cli:{}", config.admin_uuid);
+        match command {
+            TenantCommand::Add { name, json, png } => print_enrolment(&tenancy.add(&name, &actor).await?, json, png.as_deref())?,
+            TenantCommand::RotateTotp { uuid, json, png } => print_enrolment(&tenancy.rotate(&uuid, &actor).await?, json, png.as_deref())?,
+            TenantCommand::List { json } => {
+                let tenants = tenancy.list().await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&tenants)?);
+                } else {
+                    println!("{:<36}  {:<8}  {:<20}  NAME", "UUID", "STATUS", "CREATED");
+                    for t in tenants {
+                        println!("{:<36}  {:<8}  {:<20}  {}", t.uuid, t.status, t.created_at, t.name);
+                    }
+                }
+            }
+            TenantCommand::Show { uuid } => println!("{}", serde_json::to_string_pretty(&tenancy.show(&uuid).await?)?),
+            TenantCommand::Disable { uuid } => println!(
+                "{}",
+                serde_json::to_string_pretty(&tenancy.set_active(&uuid, false, &actor).await?)?
+            ),
+            TenantCommand::Enable { uuid } => {
+                println!("{}", serde_json::to_string_pretty(&tenancy.set_active(&uuid, true, &actor).await?)?)
+            }
+            TenantCommand::Remove { uuid } => {
+                tenancy.remove(&uuid, &actor).await?;
+                println!("removed tenant {uuid}");
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `plughost totp UUID`: the current code of a principal.
+pub fn current_code(config: &Config, uuid: &str) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        let tenancy = open(config).await?;
+        println!("{}", tenancy.current_code(uuid).await?);
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn print_enrolment(enrolment: &Enrolment, json: bool, png: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let code = QrCode::new(enrolment.otpauth_uri.as_bytes()).context("cannot draw the QR code")?;
+    if let Some(path) = png {
+        let image = code.render::<image::Luma<u8>>().min_dimensions(256, 256).build();
+        image
+            .save_with_format(path, image::ImageFormat::Png)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if json {
+        println!("{}", serde_json::to_string(enrolment)?);
+        return Ok(());
+    }
+    println!("tenant   {}", enrolment.name);
+    println!("uuid     {}", enrolment.uuid);
+    println!("secret   {}", enrolment.secret);
+    println!("otpauth  {}", enrolment.otpauth_uri);
+    println!("\nScan with an authenticator app (shown once; rotate-totp makes a new one):\n");
+    println!("{}", code.render::<unicode::Dense1x2>().quiet_zone(true).build());
+    if let Some(path) = png {
+        println!("QR code written to {}", path.display());
+    }
+    Ok(())
+}

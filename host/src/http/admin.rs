@@ -1,0 +1,65 @@
+//! `/rest/admin/…`: for the admin only. Plugin status, tenants, and the audit log.
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode};
+use plugin_api::Visibility;
+use serde_json::{json, Value};
+use warp::reply::Response;
+
+use super::{
+    auth, builtins,
+    error::{json_response, ApiError},
+    path,
+};
+use crate::{tenancy::tenants::TenantError, AppState};
+
+/// Serves one admin request; `tail` is the path after `/rest/admin/`.
+pub async fn handle(state: &AppState, tail: &str, method: &Method, headers: &HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    let caller = auth::caller(state, headers).await?;
+    auth::require(Visibility::Admin, caller.as_ref(), "/rest/admin/")?;
+    let actor = caller.as_ref().map(|c| c.uuid().to_owned()).unwrap_or_default();
+    let segments = path::segments(tail)?;
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let tenancy = state.auth.tenancy();
+    let ok = |value: Value| Ok(json_response(StatusCode::OK, &value));
+    match (method, segments.as_slice()) {
+        (&Method::GET, ["plugins"]) => ok(builtins::admin_plugins(state)),
+        (&Method::GET, ["audit"]) => {
+            let entries = tenancy.store.audit_log(200).await.map_err(store_error)?;
+            ok(json!({ "entries": entries }))
+        }
+        (&Method::GET, ["tenants"]) => ok(json!({ "tenants": tenancy.list().await.map_err(tenant_error)? })),
+        (&Method::POST, ["tenants"]) => {
+            let parsed: Value = serde_json::from_slice(&body).map_err(|err| ApiError::bad_request("INVALID_JSON", format!("send {{\"name\": \"…\"}} ({err})")))?;
+            let name = parsed["name"].as_str().ok_or_else(|| ApiError::bad_request("INVALID_REQUEST", "send {\"name\": \"…\"}"))?;
+            let enrolment = tenancy.add(name, &actor).await.map_err(tenant_error)?;
+            Ok(json_response(StatusCode::CREATED, &json!(enrolment)))
+        }
+        (&Method::GET, ["tenants", uuid]) => ok(json!(tenancy.show(uuid).await.map_err(tenant_error)?)),
+        (&Method::DELETE, ["tenants", uuid]) => {
+            tenancy.remove(uuid, &actor).await.map_err(tenant_error)?;
+            ok(json!({ "removed": uuid }))
+        }
+        (&Method::POST, ["tenants", uuid, "disable"]) => ok(json!(tenancy.set_active(uuid, false, &actor).await.map_err(tenant_error)?)),
+        (&Method::POST, ["tenants", uuid, "enable"]) => ok(json!(tenancy.set_active(uuid, true, &actor).await.map_err(tenant_error)?)),
+        (&Method::POST, ["tenants", uuid, "rotate-totp"]) => ok(json!(tenancy.rotate(uuid, &actor).await.map_err(tenant_error)?)),
+        _ => Err(ApiError::not_found(
+            "ROUTE_NOT_FOUND",
+            format!(
+                "no admin route {method} /rest/admin/{tail}: use GET plugins, GET audit, GET|POST tenants, GET|DELETE tenants/<uuid>, POST tenants/<uuid>/disable|enable|rotate-totp"
+            ),
+        )),
+    }
+}
+
+fn store_error(err: crate::tenancy::StoreError) -> ApiError {
+    auth::auth_error(crate::tenancy::auth::AuthError::StoreUnavailable(err.to_string()))
+}
+
+fn tenant_error(err: TenantError) -> ApiError {
+    match err {
+        TenantError::NotFound(uuid) => ApiError::not_found("TENANT_NOT_FOUND", format!("no tenant has UUID {uuid}")),
+        TenantError::Invalid(why) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "INVALID_TENANT", why),
+        TenantError::Store(err) => store_error(err),
+    }
+}

@@ -1,0 +1,113 @@
+//! Credentials and policy at the HTTP edge: who calls, whether they may, and the token exchange.
+
+use http::{header, HeaderMap, HeaderValue, StatusCode};
+use plugin_api::Visibility;
+use serde_json::json;
+use warp::reply::Response;
+
+use super::error::{json_response, ApiError};
+use crate::{
+    tenancy::auth::{AuthError, Caller},
+    AppState,
+};
+
+/// The caller the request proves, if it carries credentials.
+pub async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Option<Caller>, ApiError> {
+    state.auth.authenticate(headers).await.map_err(auth_error)
+}
+
+/// Whether `caller` may call a function of this visibility.
+pub fn may_call(visibility: Visibility, caller: Option<&Caller>) -> bool {
+    match visibility {
+        Visibility::Public => true,
+        Visibility::Tenant => caller.is_some(),
+        Visibility::Admin => caller.is_some_and(Caller::is_admin),
+    }
+}
+
+/// `Ok` if `caller` may call; the right 401 or 403 otherwise.
+pub fn require(visibility: Visibility, caller: Option<&Caller>, what: &str) -> Result<(), ApiError> {
+    match (may_call(visibility, caller), caller) {
+        (true, _) => Ok(()),
+        (false, None) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "AUTHORIZATION_HEADER_MISSING",
+            format!("{what} needs credentials: `Authorization: Bearer <token>` (from POST /rest/auth/token), or X-Plughost-UUID and X-Plughost-TOTP"),
+        )),
+        (false, Some(_)) => Err(ApiError::new(StatusCode::FORBIDDEN, "FORBIDDEN", format!("{what} is for the admin only"))),
+    }
+}
+
+/// One JSON error per authentication failure.
+pub fn auth_error(err: AuthError) -> ApiError {
+    let message = err.to_string();
+    match err {
+        AuthError::Missing(_) => ApiError::new(StatusCode::UNAUTHORIZED, "AUTHORIZATION_HEADER_MISSING", message),
+        AuthError::TokenInvalid(_) => ApiError::new(StatusCode::UNAUTHORIZED, "TOKEN_INVALID", message),
+        AuthError::TokenExpired => ApiError::new(StatusCode::UNAUTHORIZED, "TOKEN_EXPIRED", message),
+        AuthError::TotpInvalid(_) => ApiError::new(StatusCode::UNAUTHORIZED, "TOTP_INVALID", message),
+        AuthError::TotpReplayed => ApiError::new(StatusCode::UNAUTHORIZED, "TOTP_REPLAYED", message),
+        AuthError::Forbidden(_) => ApiError::new(StatusCode::FORBIDDEN, "FORBIDDEN", message),
+        AuthError::TooManyAttempts(secs) => {
+            let mut err = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_ATTEMPTS", message);
+            err.retry_after = Some(secs);
+            err
+        }
+        AuthError::StoreUnavailable(cause) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "STORE_UNAVAILABLE",
+            "the identity store is unavailable; authentication is refused until it is back",
+        )
+        .with_internal(cause),
+    }
+}
+
+/// Removes credentials before headers reach a plugin, and tells it who calls.
+pub fn plugin_headers(headers: &HeaderMap, caller: Option<&Caller>) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = headers
+        .iter()
+        .filter(|(name, _)| {
+            !matches!(
+                name.as_str(),
+                "authorization" | "x-plughost-totp" | "x-plughost-uuid" | "x-plughost-caller-kind" | "x-plughost-caller-uuid" | "cookie"
+            )
+        })
+        .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
+        .collect();
+    if let Some(caller) = caller {
+        out.push(("x-plughost-caller-kind".to_owned(), caller.kind().to_owned()));
+        out.push(("x-plughost-caller-uuid".to_owned(), caller.uuid().to_owned()));
+    }
+    out
+}
+
+/// `POST /rest/auth/token` with `{"uuid": …, "totp": …}`.
+pub async fn token(state: &AppState, body: &[u8]) -> Result<Response, ApiError> {
+    let parsed: serde_json::Value = serde_json::from_slice(body).map_err(|err| {
+        ApiError::bad_request(
+            "INVALID_JSON",
+            format!("send a JSON object {{\"uuid\": \"…\", \"totp\": \"123456\"}} ({err})"),
+        )
+    })?;
+    let (Some(uuid), Some(code)) = (
+        parsed["uuid"].as_str(),
+        parsed["totp"]
+            .as_str()
+            .map(str::to_owned)
+            .or_else(|| parsed["totp"].as_u64().map(|n| format!("{n:06}"))),
+    ) else {
+        return Err(ApiError::bad_request(
+            "INVALID_REQUEST",
+            "send a JSON object {\"uuid\": \"…\", \"totp\": \"123456\"}",
+        ));
+    };
+    let (token, ttl, caller) = state.auth.exchange(uuid, &code).await.map_err(auth_error)?;
+    let mut response = json_response(
+        StatusCode::OK,
+        &json!({"token": token, "token_type": "Bearer", "expires_in": ttl.as_secs(), "kind": caller.kind(), "uuid": caller.uuid()}),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}

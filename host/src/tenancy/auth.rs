@@ -1,0 +1,287 @@
+//! Authentication: a bearer token (HMAC-signed, stateless) or a one-shot UUID + TOTP code, checked
+//! against the store through a cache that is at most `CACHE_TTL` old, so that a tenant disabled on
+//! one process is refused on every process within about a second.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant},
+};
+
+use base64ct::{Base64UrlUnpadded, Encoding};
+use http::HeaderMap;
+
+use super::{tenants::Tenancy, totp, PrincipalRecord, StoreError};
+
+/// How stale a cached principal may be.
+const CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    Admin { uuid: String },
+    Tenant { uuid: String },
+}
+
+impl Caller {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Caller::Admin { .. } => "admin",
+            Caller::Tenant { .. } => "tenant",
+        }
+    }
+
+    pub fn uuid(&self) -> &str {
+        match self {
+            Caller::Admin { uuid } | Caller::Tenant { uuid } => uuid,
+        }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Caller::Admin { .. })
+    }
+}
+
+/// Why a caller was not authenticated; each maps to one HTTP error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("{0}")]
+    Missing(String),
+    #[error("{0}")]
+    TokenInvalid(String),
+    #[error("the token expired; get a new one at POST /rest/auth/token")]
+    TokenExpired,
+    #[error("{0}")]
+    TotpInvalid(String),
+    #[error("this code was already used; wait for the next one (codes are single-use)")]
+    TotpReplayed,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("too many failed attempts for this UUID; retry in {0} s")]
+    TooManyAttempts(u64),
+    #[error("the identity store is unavailable; authentication is refused until it is back")]
+    StoreUnavailable(String),
+}
+
+impl From<StoreError> for AuthError {
+    fn from(err: StoreError) -> Self {
+        AuthError::StoreUnavailable(err.to_string())
+    }
+}
+
+struct Cached {
+    record: Option<Arc<PrincipalRecord>>,
+    fetched: Instant,
+}
+
+struct Failures {
+    count: u32,
+    since: Instant,
+}
+
+/// Checks credentials and issues tokens.
+pub struct Authenticator {
+    tenancy: Arc<Tenancy>,
+    admin_uuid: String,
+    token_ttl: Duration,
+    max_failures: u32,
+    lockout: Duration,
+    cache: RwLock<HashMap<String, Cached>>,
+    failures: Mutex<HashMap<String, Failures>>,
+}
+
+const INVALID_CODE: &str = "the UUID and TOTP code do not match an active principal";
+
+impl Authenticator {
+    pub fn new(tenancy: Arc<Tenancy>, admin_uuid: String, token_ttl: Duration, max_failures: u32, lockout: Duration) -> Authenticator {
+        Authenticator {
+            tenancy,
+            admin_uuid,
+            token_ttl,
+            max_failures,
+            lockout,
+            cache: RwLock::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn tenancy(&self) -> &Arc<Tenancy> {
+        &self.tenancy
+    }
+
+    /// The caller the headers prove, `None` when they carry no credentials.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Caller>, AuthError> {
+        if let Some(value) = headers.get(http::header::AUTHORIZATION) {
+            let text = value.to_str().unwrap_or("").trim();
+            if text.is_empty() {
+                return Err(AuthError::Missing(
+                    "the Authorization header is empty; send `Authorization: Bearer <token>`".to_owned(),
+                ));
+            }
+            let mut words = text.split_ascii_whitespace();
+            return match (words.next(), words.next(), words.next()) {
+                (Some(scheme), Some(token), None) if scheme.eq_ignore_ascii_case("bearer") => self.check_token(token).await.map(Some),
+                (Some(scheme), None, None) if scheme.eq_ignore_ascii_case("bearer") => {
+                    Err(AuthError::TokenInvalid("`Bearer` is not followed by a token".to_owned()))
+                }
+                _ => Err(AuthError::TokenInvalid(
+                    "the Authorization header must be `Bearer <token>`".to_owned(),
+                )),
+            };
+        }
+        let uuid = headers.get("x-plughost-uuid").map(|v| v.to_str().unwrap_or("").trim().to_owned());
+        let code = headers.get("x-plughost-totp").map(|v| v.to_str().unwrap_or("").trim().to_owned());
+        match (uuid, code) {
+            (None, None) => Ok(None),
+            (Some(uuid), Some(code)) => self.check_code(&uuid, &code).await.map(Some),
+            _ => Err(AuthError::Missing(
+                "send both X-Plughost-UUID and X-Plughost-TOTP, or `Authorization: Bearer <token>`".to_owned(),
+            )),
+        }
+    }
+
+    /// `POST /rest/auth/token`: a code for a token.
+    pub async fn exchange(&self, uuid: &str, code: &str) -> Result<(String, Duration, Caller), AuthError> {
+        let caller = self.check_code(uuid, code).await?;
+        let record = self
+            .principal(caller.uuid(), true)
+            .await?
+            .ok_or_else(|| AuthError::TotpInvalid(INVALID_CODE.to_owned()))?;
+        let expires = totp::now() + self.token_ttl.as_secs();
+        let payload = format!("{}.{}.{}", record.uuid, record.generation, expires);
+        let tag = self.tenancy.key.sign(payload.as_bytes());
+        let token = format!(
+            "{}.{}",
+            Base64UrlUnpadded::encode_string(payload.as_bytes()),
+            Base64UrlUnpadded::encode_string(&tag)
+        );
+        Ok((token, self.token_ttl, caller))
+    }
+
+    async fn check_token(&self, token: &str) -> Result<Caller, AuthError> {
+        let invalid = || AuthError::TokenInvalid("the token is not one this server issued, or it was revoked".to_owned());
+        let (payload, tag) = token.split_once('.').ok_or_else(invalid)?;
+        let payload = Base64UrlUnpadded::decode_vec(payload).map_err(|_| invalid())?;
+        let tag = Base64UrlUnpadded::decode_vec(tag).map_err(|_| invalid())?;
+        if !self.tenancy.key.verify(&payload, &tag) {
+            return Err(invalid());
+        }
+        let payload = String::from_utf8(payload).map_err(|_| invalid())?;
+        let mut parts = payload.split('.');
+        let (Some(uuid), Some(generation), Some(expires), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+            return Err(invalid());
+        };
+        let expires: u64 = expires.parse().map_err(|_| invalid())?;
+        if totp::now() >= expires {
+            return Err(AuthError::TokenExpired);
+        }
+        let record = self.principal(uuid, false).await?.ok_or_else(invalid)?;
+        if generation != record.generation.to_string() {
+            return Err(invalid());
+        }
+        self.caller_of(&record)
+    }
+
+    async fn check_code(&self, uuid: &str, code: &str) -> Result<Caller, AuthError> {
+        let uuid = match uuid::Uuid::parse_str(uuid) {
+            Ok(uuid) => uuid.hyphenated().to_string(),
+            Err(_) => return Err(AuthError::TotpInvalid("X-Plughost-UUID is not a UUID".to_owned())),
+        };
+        if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
+            self.fail(&uuid)?;
+            return Err(AuthError::TotpInvalid("a TOTP code is exactly 6 digits".to_owned()));
+        }
+        self.throttle(&uuid)?;
+        let record = self.principal(&uuid, true).await?;
+        let secret = record.as_ref().and_then(|r| self.tenancy.key.decrypt(&uuid, &r.secret).ok());
+        // An unknown UUID costs the same work as a wrong code, and answers the same.
+        let step = totp::verify(secret.as_deref().unwrap_or("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"), code, totp::now());
+        let (Some(record), Some(step), Some(_)) = (record, step, secret) else {
+            self.fail(&uuid)?;
+            return Err(AuthError::TotpInvalid(INVALID_CODE.to_owned()));
+        };
+        let caller = self.caller_of(&record)?;
+        let expires_at = ((step + totp::SKEW_STEPS + 2) * totp::STEP_SECS) as i64;
+        if !self.tenancy.store.use_code(&uuid, step, expires_at).await? {
+            self.fail(&uuid)?;
+            return Err(AuthError::TotpReplayed);
+        }
+        if let Ok(mut failures) = self.failures.lock() {
+            failures.remove(&uuid);
+        }
+        Ok(caller)
+    }
+
+    fn caller_of(&self, record: &PrincipalRecord) -> Result<Caller, AuthError> {
+        if !record.is_active() {
+            return Err(AuthError::Forbidden(format!("{} {} is disabled", record.kind, record.uuid)));
+        }
+        if record.kind == "admin" && record.uuid == self.admin_uuid {
+            Ok(Caller::Admin { uuid: record.uuid.clone() })
+        } else if record.kind == "tenant" {
+            Ok(Caller::Tenant { uuid: record.uuid.clone() })
+        } else {
+            // A former admin UUID, no longer the configured one.
+            Err(AuthError::Forbidden(format!("{} is no longer the admin", record.uuid)))
+        }
+    }
+
+    /// The principal, from the cache when it is fresh enough (or always from the store).
+    async fn principal(&self, uuid: &str, fresh: bool) -> Result<Option<Arc<PrincipalRecord>>, AuthError> {
+        if !fresh {
+            if let Ok(cache) = self.cache.read() {
+                if let Some(cached) = cache.get(uuid).filter(|c| c.fetched.elapsed() < CACHE_TTL) {
+                    return Ok(cached.record.clone());
+                }
+            }
+        }
+        let record = self.tenancy.store.get(uuid).await?.map(Arc::new);
+        if let Ok(mut cache) = self.cache.write() {
+            if cache.len() > 100_000 {
+                cache.retain(|_, c| c.fetched.elapsed() < CACHE_TTL);
+            }
+            cache.insert(
+                uuid.to_owned(),
+                Cached {
+                    record: record.clone(),
+                    fetched: Instant::now(),
+                },
+            );
+        }
+        Ok(record)
+    }
+
+    fn throttle(&self, uuid: &str) -> Result<(), AuthError> {
+        let Ok(failures) = self.failures.lock() else { return Ok(()) };
+        match failures.get(uuid) {
+            Some(f) if f.count >= self.max_failures && f.since.elapsed() < self.lockout => {
+                Err(AuthError::TooManyAttempts((self.lockout - f.since.elapsed()).as_secs().max(1)))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a failure; past the limit, answers 429 instead.
+    fn fail(&self, uuid: &str) -> Result<(), AuthError> {
+        let Ok(mut failures) = self.failures.lock() else { return Ok(()) };
+        if failures.len() > 100_000 {
+            let lockout = self.lockout;
+            failures.retain(|_, f| f.since.elapsed() < lockout);
+        }
+        let entry = failures.entry(uuid.to_owned()).or_insert(Failures {
+            count: 0,
+            since: Instant::now(),
+        });
+        if entry.since.elapsed() >= self.lockout {
+            *entry = Failures {
+                count: 0,
+                since: Instant::now(),
+            };
+        }
+        entry.count += 1;
+        if entry.count > self.max_failures {
+            return Err(AuthError::TooManyAttempts((self.lockout - entry.since.elapsed()).as_secs().max(1)));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,190 @@
+//! The MongoDB store (official `mongodb` driver). Collections: `principals`, `used_codes` (unique
+//! on uuid+step, TTL on `expires_at`), `audit`. Indexes are created at start-up. Kept to plain
+//! inserts, finds, replaces and deletes, so that it runs on a real mongod and on wire-compatible
+//! servers alike.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::TryStreamExt;
+use mongodb::{
+    bson::{doc, DateTime},
+    error::{ErrorKind, WriteFailure},
+    options::{ClientOptions, IndexOptions},
+    Client, Collection, IndexModel,
+};
+use serde::{Deserialize, Serialize};
+
+use super::store::{AuditEntry, PrincipalRecord, Store, StoreError};
+
+pub struct MongoStore {
+    client: Client,
+    principals: Collection<PrincipalRecord>,
+    codes: Collection<UsedCode>,
+    audit: Collection<AuditEntry>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct UsedCode {
+    uuid: String,
+    step: i64,
+    expires_at: DateTime,
+}
+
+fn unavailable(err: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(err.to_string())
+}
+
+fn is_duplicate(err: &mongodb::error::Error) -> bool {
+    match err.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == 11000,
+        ErrorKind::InsertMany(e) => e.write_errors.as_ref().is_some_and(|errs| errs.iter().any(|e| e.code == 11000)),
+        _ => err.to_string().contains("E11000") || err.to_string().contains("11000"),
+    }
+}
+
+impl MongoStore {
+    /// Connects (lazily: an unreachable server shows up as `Unavailable` on first use) and
+    /// creates the indexes when the server is reachable.
+    pub async fn connect(uri: &str, database: &str) -> Result<MongoStore, StoreError> {
+        let mut options = ClientOptions::parse(uri)
+            .await
+            .map_err(|err| StoreError::Unavailable(format!("MONGODB_URI is not usable: {err}")))?;
+        options.app_name = Some("plughost".to_owned());
+        options.server_selection_timeout = Some(options.server_selection_timeout.unwrap_or(Duration::from_secs(2)));
+        options.connect_timeout = Some(options.connect_timeout.unwrap_or(Duration::from_secs(2)));
+        let client = Client::with_options(options).map_err(unavailable)?;
+        let db = client.database(database);
+        let store = MongoStore {
+            principals: db.collection("principals"),
+            codes: db.collection("used_codes"),
+            audit: db.collection("audit"),
+            client,
+        };
+        if let Err(err) = store.create_indexes().await {
+            tracing::warn!("MongoDB indexes not created yet ({err}); retried at the next start-up");
+        }
+        Ok(store)
+    }
+
+    async fn create_indexes(&self) -> Result<(), StoreError> {
+        let unique = IndexModel::builder()
+            .keys(doc! {"uuid": 1, "step": 1})
+            .options(IndexOptions::builder().unique(true).name("uuid_step_unique".to_owned()).build())
+            .build();
+        let ttl = IndexModel::builder()
+            .keys(doc! {"expires_at": 1})
+            .options(
+                IndexOptions::builder()
+                    .expire_after(Duration::from_secs(0))
+                    .name("expires_at_ttl".to_owned())
+                    .build(),
+            )
+            .build();
+        self.codes.create_index(unique).await.map_err(unavailable)?;
+        self.codes.create_index(ttl).await.map_err(unavailable)?;
+        let kind = IndexModel::builder().keys(doc! {"kind": 1}).build();
+        self.principals.create_index(kind).await.map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for MongoStore {
+    fn kind(&self) -> &'static str {
+        "mongodb"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.client
+            .database("admin")
+            .run_command(doc! {"ping": 1})
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn put(&self, record: &PrincipalRecord) -> Result<(), StoreError> {
+        let replaced = self
+            .principals
+            .replace_one(doc! {"_id": &record.uuid}, record)
+            .await
+            .map_err(unavailable)?;
+        if replaced.matched_count == 0 {
+            match self.principals.insert_one(record).await {
+                Ok(_) => {}
+                // Another process inserted it in between: replace that one.
+                Err(err) if is_duplicate(&err) => {
+                    self.principals
+                        .replace_one(doc! {"_id": &record.uuid}, record)
+                        .await
+                        .map_err(unavailable)?;
+                }
+                Err(err) => return Err(unavailable(err)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn insert(&self, record: &PrincipalRecord) -> Result<(), StoreError> {
+        match self.principals.insert_one(record).await {
+            Ok(_) => Ok(()),
+            Err(err) if is_duplicate(&err) => Err(StoreError::Exists(record.uuid.clone())),
+            Err(err) => Err(unavailable(err)),
+        }
+    }
+
+    async fn get(&self, uuid: &str) -> Result<Option<PrincipalRecord>, StoreError> {
+        self.principals.find_one(doc! {"_id": uuid}).await.map_err(unavailable)
+    }
+
+    async fn list(&self, kind: &str) -> Result<Vec<PrincipalRecord>, StoreError> {
+        let cursor = self.principals.find(doc! {"kind": kind}).await.map_err(unavailable)?;
+        let mut records: Vec<PrincipalRecord> = cursor.try_collect().await.map_err(unavailable)?;
+        records.sort_by_key(|r| r.created_at);
+        Ok(records)
+    }
+
+    async fn replace(&self, record: &PrincipalRecord) -> Result<bool, StoreError> {
+        let result = self
+            .principals
+            .replace_one(doc! {"_id": &record.uuid}, record)
+            .await
+            .map_err(unavailable)?;
+        Ok(result.matched_count > 0)
+    }
+
+    async fn remove(&self, uuid: &str) -> Result<bool, StoreError> {
+        let result = self.principals.delete_one(doc! {"_id": uuid}).await.map_err(unavailable)?;
+        Ok(result.deleted_count > 0)
+    }
+
+    async fn use_code(&self, uuid: &str, step: u64, expires_at: i64) -> Result<bool, StoreError> {
+        let step = i64::try_from(step).map_err(|_| StoreError::Corrupt("time step out of range".to_owned()))?;
+        let record = UsedCode {
+            uuid: uuid.to_owned(),
+            step,
+            expires_at: DateTime::from_millis(expires_at.saturating_mul(1000)),
+        };
+        match self.codes.insert_one(&record).await {
+            Ok(_) => Ok(true),
+            Err(err) if is_duplicate(&err) => Ok(false),
+            Err(err) => Err(unavailable(err)),
+        }
+    }
+
+    async fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        self.audit.insert_one(entry).await.map(|_| ()).map_err(unavailable)
+    }
+
+    async fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let cursor = self
+            .audit
+            .find(doc! {})
+            .sort(doc! {"at": -1})
+            .limit(limit as i64)
+            .await
+            .map_err(unavailable)?;
+        cursor.try_collect().await.map_err(unavailable)
+    }
+}

@@ -1,0 +1,196 @@
+//! The embedded store: one SQLite file under `DATA_DIR` (WAL, `synchronous=FULL`, so an
+//! acknowledged write survives a crash). Several processes (the server, the CLI) may use it at once.
+
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+};
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::store::{AuditEntry, PrincipalRecord, Store, StoreError};
+
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn unavailable(err: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(err.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(unavailable)?;
+        }
+        let conn = Connection::open(path).map_err(unavailable)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(unavailable)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             CREATE TABLE IF NOT EXISTS principals (uuid TEXT PRIMARY KEY, kind TEXT NOT NULL, doc TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS used_codes (uuid TEXT NOT NULL, step INTEGER NOT NULL, expires_at INTEGER NOT NULL, PRIMARY KEY (uuid, step));
+             CREATE INDEX IF NOT EXISTS used_codes_expiry ON used_codes (expires_at);
+             CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY AUTOINCREMENT, doc TEXT NOT NULL);",
+        )
+        .map_err(unavailable)?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            work(&conn)
+        })
+        .await
+        .map_err(unavailable)?
+    }
+}
+
+fn decode(doc: String) -> Result<PrincipalRecord, StoreError> {
+    serde_json::from_str(&doc).map_err(|err| StoreError::Corrupt(err.to_string()))
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|err| StoreError::Corrupt(err.to_string()))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.with(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(unavailable))
+            .await
+    }
+
+    async fn put(&self, record: &PrincipalRecord) -> Result<(), StoreError> {
+        let (uuid, kind, doc) = (record.uuid.clone(), record.kind.clone(), encode(record)?);
+        self.with(move |conn| {
+            conn.execute(
+                "INSERT INTO principals (uuid, kind, doc) VALUES (?1, ?2, ?3) ON CONFLICT (uuid) DO UPDATE SET kind = ?2, doc = ?3",
+                params![uuid, kind, doc],
+            )
+            .map(|_| ())
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn insert(&self, record: &PrincipalRecord) -> Result<(), StoreError> {
+        let (uuid, kind, doc) = (record.uuid.clone(), record.kind.clone(), encode(record)?);
+        self.with(move |conn| {
+            let inserted = conn
+                .execute(
+                    "INSERT INTO principals (uuid, kind, doc) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                    params![uuid, kind, doc],
+                )
+                .map_err(unavailable)?;
+            if inserted == 0 {
+                Err(StoreError::Exists(uuid))
+            } else {
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    async fn get(&self, uuid: &str) -> Result<Option<PrincipalRecord>, StoreError> {
+        let uuid = uuid.to_owned();
+        self.with(move |conn| {
+            let doc: Option<String> = conn
+                .query_row("SELECT doc FROM principals WHERE uuid = ?1", [uuid], |row| row.get(0))
+                .optional()
+                .map_err(unavailable)?;
+            doc.map(decode).transpose()
+        })
+        .await
+    }
+
+    async fn list(&self, kind: &str) -> Result<Vec<PrincipalRecord>, StoreError> {
+        let kind = kind.to_owned();
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare("SELECT doc FROM principals WHERE kind = ?1 ORDER BY rowid")
+                .map_err(unavailable)?;
+            let docs = stmt.query_map([kind], |row| row.get::<_, String>(0)).map_err(unavailable)?;
+            let mut records = Vec::new();
+            for doc in docs {
+                records.push(decode(doc.map_err(unavailable)?)?);
+            }
+            records.sort_by_key(|r| r.created_at);
+            Ok(records)
+        })
+        .await
+    }
+
+    async fn replace(&self, record: &PrincipalRecord) -> Result<bool, StoreError> {
+        let (uuid, doc) = (record.uuid.clone(), encode(record)?);
+        self.with(move |conn| {
+            conn.execute("UPDATE principals SET doc = ?2 WHERE uuid = ?1", params![uuid, doc])
+                .map(|n| n > 0)
+                .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn remove(&self, uuid: &str) -> Result<bool, StoreError> {
+        let uuid = uuid.to_owned();
+        self.with(move |conn| {
+            conn.execute("DELETE FROM principals WHERE uuid = ?1", [uuid])
+                .map(|n| n > 0)
+                .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn use_code(&self, uuid: &str, step: u64, expires_at: i64) -> Result<bool, StoreError> {
+        let uuid = uuid.to_owned();
+        let step = i64::try_from(step).map_err(|_| StoreError::Corrupt("time step out of range".to_owned()))?;
+        self.with(move |conn| {
+            let now = super::totp::now() as i64;
+            conn.execute("DELETE FROM used_codes WHERE expires_at < ?1", [now])
+                .map_err(unavailable)?;
+            let inserted = conn
+                .execute(
+                    "INSERT INTO used_codes (uuid, step, expires_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                    params![uuid, step, expires_at],
+                )
+                .map_err(unavailable)?;
+            Ok(inserted == 1)
+        })
+        .await
+    }
+
+    async fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        let doc = encode(entry)?;
+        self.with(move |conn| {
+            conn.execute("INSERT INTO audit (doc) VALUES (?1)", [doc])
+                .map(|_| ())
+                .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare("SELECT doc FROM audit ORDER BY id DESC LIMIT ?1")
+                .map_err(unavailable)?;
+            let docs = stmt.query_map([limit as i64], |row| row.get::<_, String>(0)).map_err(unavailable)?;
+            docs.map(|doc| serde_json::from_str(&doc.map_err(unavailable)?).map_err(|e| StoreError::Corrupt(e.to_string())))
+                .collect()
+        })
+        .await
+    }
+}

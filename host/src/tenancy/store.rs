@@ -1,0 +1,76 @@
+//! The store behind identities: one trait, an embedded SQLite implementation (the default) and a
+//! MongoDB one (`MONGODB_URI`), with the same behaviour, checked by one contract test suite.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// A principal as stored: the admin or a tenant. The TOTP secret is encrypted with `SECRET_KEY`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrincipalRecord {
+    #[serde(rename = "_id")]
+    pub uuid: String,
+    /// `admin` or `tenant`.
+    pub kind: String,
+    pub name: String,
+    /// `active` or `disabled`. (A string: some MongoDB-compatible servers store booleans as integers.)
+    pub status: String,
+    pub secret: String,
+    /// Bumped whenever tokens issued before must stop working (disable, rotate).
+    pub generation: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// Per-tenant overrides of sandbox limits; empty for now.
+    pub limits: serde_json::Value,
+}
+
+impl PrincipalRecord {
+    pub fn is_active(&self) -> bool {
+        self.status == "active"
+    }
+}
+
+/// One admin action, kept for the record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub detail: String,
+}
+
+/// Why the store could not answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("a principal with UUID {0} already exists")]
+    Exists(String),
+    #[error("a stored record is unreadable: {0}")]
+    Corrupt(String),
+}
+
+/// What every store offers.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// A short name for logs and `/health`: `sqlite` or `mongodb`.
+    fn kind(&self) -> &'static str;
+    /// Answers when the store is reachable.
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// Inserts or replaces this one record (the admin's, at start-up).
+    async fn put(&self, record: &PrincipalRecord) -> Result<(), StoreError>;
+    /// Inserts a new record; `Exists` if the UUID is taken.
+    async fn insert(&self, record: &PrincipalRecord) -> Result<(), StoreError>;
+    async fn get(&self, uuid: &str) -> Result<Option<PrincipalRecord>, StoreError>;
+    /// Every record of `kind`, oldest first.
+    async fn list(&self, kind: &str) -> Result<Vec<PrincipalRecord>, StoreError>;
+    /// Replaces an existing record; `false` if there is none.
+    async fn replace(&self, record: &PrincipalRecord) -> Result<bool, StoreError>;
+    async fn remove(&self, uuid: &str) -> Result<bool, StoreError>;
+    /// Records that `uuid` used the code of time step `step`; `false` if it was used before.
+    /// Records expire by themselves after `expires_at` (Unix seconds).
+    async fn use_code(&self, uuid: &str, step: u64, expires_at: i64) -> Result<bool, StoreError>;
+    async fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+    /// The most recent entries, newest first.
+    async fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
+}

@@ -1,0 +1,220 @@
+//! Operations on principals, shared by the CLI and the admin REST API; every change is audited.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::json;
+
+use super::{secrets::SecretKey, totp, AuditEntry, PrincipalRecord, Store, StoreError};
+use crate::config::Config;
+
+/// What enrolling an authenticator app needs; shown once, when a tenant is added or rotated.
+#[derive(Debug, Clone, Serialize)]
+pub struct Enrolment {
+    pub uuid: String,
+    pub name: String,
+    pub secret: String,
+    pub otpauth_uri: String,
+}
+
+/// A principal as listed: never its secret.
+#[derive(Debug, Clone, Serialize)]
+pub struct PrincipalView {
+    pub uuid: String,
+    pub kind: String,
+    pub name: String,
+    pub status: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<&PrincipalRecord> for PrincipalView {
+    fn from(r: &PrincipalRecord) -> Self {
+        let at = |secs: i64| crate::plugins::timestamp(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64));
+        PrincipalView {
+            uuid: r.uuid.clone(),
+            kind: r.kind.clone(),
+            name: r.name.clone(),
+            status: r.status.clone(),
+            created_at: at(r.created_at),
+            updated_at: at(r.updated_at),
+        }
+    }
+}
+
+/// Why an operation on a tenant failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TenantError {
+    #[error("no tenant has UUID {0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The store with the key that protects its secrets.
+pub struct Tenancy {
+    pub store: Arc<dyn Store>,
+    pub key: SecretKey,
+}
+
+impl Tenancy {
+    /// Opens the store the configuration names.
+    pub async fn open(config: &Config) -> Result<Tenancy, StoreError> {
+        let store: Arc<dyn Store> = match &config.mongodb {
+            Some((uri, database)) => Arc::new(super::mongo::MongoStore::connect(uri, database).await?),
+            None => Arc::new(super::sqlite::SqliteStore::open(&config.data_dir.join("plughost.sqlite3"))?),
+        };
+        Ok(Tenancy {
+            store,
+            key: config.secret_key.clone(),
+        })
+    }
+
+    /// Records the admin from the configuration, touching no other record. A changed secret
+    /// ends the admin's earlier tokens.
+    pub async fn record_admin(&self, uuid: &str, secret: &str) -> Result<(), StoreError> {
+        let now = totp::now() as i64;
+        let existing = self.store.get(uuid).await?;
+        let same_secret = existing
+            .as_ref()
+            .is_some_and(|r| self.key.decrypt(uuid, &r.secret).ok().as_deref() == Some(secret));
+        let record = match existing {
+            Some(mut record) if same_secret && record.kind == "admin" && record.is_active() => {
+                record.name = "admin".to_owned();
+                record
+            }
+            Some(mut record) => {
+                record.kind = "admin".to_owned();
+                record.status = "active".to_owned();
+                record.secret = self.key.encrypt(uuid, secret);
+                record.generation += 1;
+                record.updated_at = now;
+                record
+            }
+            None => PrincipalRecord {
+                uuid: uuid.to_owned(),
+                kind: "admin".to_owned(),
+                name: "admin".to_owned(),
+                status: "active".to_owned(),
+                secret: self.key.encrypt(uuid, secret),
+                generation: 1,
+                created_at: now,
+                updated_at: now,
+                limits: json!({}),
+            },
+        };
+        self.store.put(&record).await
+    }
+
+    fn enrolment(&self, record: &PrincipalRecord, secret: String) -> Result<Enrolment, TenantError> {
+        let otpauth_uri = totp::otpauth_uri(&secret, &format!("{} ({})", record.name, &record.uuid[..8])).map_err(TenantError::Invalid)?;
+        Ok(Enrolment {
+            uuid: record.uuid.clone(),
+            name: record.name.clone(),
+            secret,
+            otpauth_uri,
+        })
+    }
+
+    async fn audit(&self, actor: &str, action: &str, target: &str, detail: String) {
+        let entry = AuditEntry {
+            at: totp::now() as i64,
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            detail,
+        };
+        if let Err(err) = self.store.audit(&entry).await {
+            tracing::warn!("audit entry not written ({err}): {actor} {action} {target}");
+        }
+    }
+
+    /// Adds an active tenant with a fresh UUID and secret.
+    pub async fn add(&self, name: &str, actor: &str) -> Result<Enrolment, TenantError> {
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+            return Err(TenantError::Invalid("a tenant name is 1 to 100 printable characters".to_owned()));
+        }
+        let uuid = uuid::Uuid::new_v4().hyphenated().to_string();
+        let secret = totp::new_secret();
+        let now = totp::now() as i64;
+        let record = PrincipalRecord {
+            uuid: uuid.clone(),
+            kind: "tenant".to_owned(),
+            name: name.to_owned(),
+            status: "active".to_owned(),
+            secret: self.key.encrypt(&uuid, &secret),
+            generation: 1,
+            created_at: now,
+            updated_at: now,
+            limits: json!({}),
+        };
+        self.store.insert(&record).await?;
+        self.audit(actor, "tenant.add", &uuid, format!("name={name}")).await;
+        self.enrolment(&record, secret)
+    }
+
+    pub async fn list(&self) -> Result<Vec<PrincipalView>, TenantError> {
+        Ok(self.store.list("tenant").await?.iter().map(PrincipalView::from).collect())
+    }
+
+    async fn tenant(&self, uuid: &str) -> Result<PrincipalRecord, TenantError> {
+        match self.store.get(uuid).await? {
+            Some(record) if record.kind == "tenant" => Ok(record),
+            _ => Err(TenantError::NotFound(uuid.to_owned())),
+        }
+    }
+
+    pub async fn show(&self, uuid: &str) -> Result<PrincipalView, TenantError> {
+        Ok(PrincipalView::from(&self.tenant(uuid).await?))
+    }
+
+    /// Enables or disables a tenant; disabling ends its tokens at once.
+    pub async fn set_active(&self, uuid: &str, active: bool, actor: &str) -> Result<PrincipalView, TenantError> {
+        let mut record = self.tenant(uuid).await?;
+        record.status = if active { "active" } else { "disabled" }.to_owned();
+        record.generation += 1;
+        record.updated_at = totp::now() as i64;
+        if !self.store.replace(&record).await? {
+            return Err(TenantError::NotFound(uuid.to_owned()));
+        }
+        self.audit(actor, if active { "tenant.enable" } else { "tenant.disable" }, uuid, String::new())
+            .await;
+        Ok(PrincipalView::from(&record))
+    }
+
+    pub async fn remove(&self, uuid: &str, actor: &str) -> Result<(), TenantError> {
+        self.tenant(uuid).await?;
+        if !self.store.remove(uuid).await? {
+            return Err(TenantError::NotFound(uuid.to_owned()));
+        }
+        self.audit(actor, "tenant.remove", uuid, String::new()).await;
+        Ok(())
+    }
+
+    /// A new secret for a tenant; its earlier codes and tokens stop working.
+    pub async fn rotate(&self, uuid: &str, actor: &str) -> Result<Enrolment, TenantError> {
+        let mut record = self.tenant(uuid).await?;
+        let secret = totp::new_secret();
+        record.secret = self.key.encrypt(uuid, &secret);
+        record.generation += 1;
+        record.updated_at = totp::now() as i64;
+        if !self.store.replace(&record).await? {
+            return Err(TenantError::NotFound(uuid.to_owned()));
+        }
+        self.audit(actor, "tenant.rotate-totp", uuid, String::new()).await;
+        self.enrolment(&record, secret)
+    }
+
+    /// The current code of any principal (`plughost totp`).
+    pub async fn current_code(&self, uuid: &str) -> Result<String, TenantError> {
+        let record = self.store.get(uuid).await?.ok_or_else(|| TenantError::NotFound(uuid.to_owned()))?;
+        let secret = self
+            .key
+            .decrypt(uuid, &record.secret)
+            .map_err(|e| TenantError::Invalid(e.to_string()))?;
+        totp::code_at(&secret, totp::now()).map_err(TenantError::Invalid)
+    }
+}
