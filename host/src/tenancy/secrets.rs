@@ -12,7 +12,8 @@ use sha2::Sha256;
 #[derive(Clone)]
 pub struct SecretKey {
     cipher: ChaCha20Poly1305,
-    token_key: [u8; 32],
+    /// HMAC state with the token key already absorbed: cloned per token, not re-keyed.
+    token_mac: Hmac<Sha256>,
 }
 
 impl std::fmt::Debug for SecretKey {
@@ -35,9 +36,10 @@ impl SecretKey {
             .map_err(|_| "must be 32 bytes (64 hexadecimal characters)".to_owned())?;
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key).map_err(|_| "is not a usable key".to_owned())?;
         mac.update(b"plughost bearer tokens v1");
+        let token_key: [u8; 32] = mac.finalize().into_bytes().into();
         Ok(SecretKey {
             cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
-            token_key: mac.finalize().into_bytes().into(),
+            token_mac: <Hmac<Sha256> as Mac>::new_from_slice(&token_key).map_err(|_| "is not a usable key".to_owned())?,
         })
     }
 
@@ -97,8 +99,7 @@ impl SecretKey {
     }
 
     fn token_mac(&self) -> Hmac<Sha256> {
-        // A 32-byte key is always accepted by HMAC.
-        <Hmac<Sha256> as Mac>::new_from_slice(&self.token_key).unwrap_or_else(|_| unreachable!("HMAC accepts any key length"))
+        self.token_mac.clone()
     }
 }
 
