@@ -1,5 +1,6 @@
-//! The MongoDB store (official `mongodb` driver). Collections: `principals`, `used_codes` (unique
-//! on uuid+step, TTL on `expires_at`), `audit`. Indexes are created at start-up. Kept to plain
+//! The MongoDB store (official `mongodb` driver). Collections: `admins`, `tenants`, `used_codes`
+//! (unique on uuid+step, TTL on `expires_at`), `audit`. Tokens are stateless (signed), so none are
+//! stored. Indexes are created at start-up. Kept to plain
 //! inserts, finds, replaces and deletes, so that it runs on a real mongod and on wire-compatible
 //! servers alike.
 
@@ -19,7 +20,8 @@ use super::store::{AuditEntry, PrincipalRecord, Store, StoreError};
 
 pub struct MongoStore {
     client: Client,
-    principals: Collection<PrincipalRecord>,
+    admins: Collection<PrincipalRecord>,
+    tenants: Collection<PrincipalRecord>,
     codes: Collection<UsedCode>,
     audit: Collection<AuditEntry>,
 }
@@ -56,7 +58,8 @@ impl MongoStore {
         let client = Client::with_options(options).map_err(unavailable)?;
         let db = client.database(database);
         let store = MongoStore {
-            principals: db.collection("principals"),
+            admins: db.collection("admins"),
+            tenants: db.collection("tenants"),
             codes: db.collection("used_codes"),
             audit: db.collection("audit"),
             client,
@@ -83,9 +86,18 @@ impl MongoStore {
             .build();
         self.codes.create_index(unique).await.map_err(unavailable)?;
         self.codes.create_index(ttl).await.map_err(unavailable)?;
-        let kind = IndexModel::builder().keys(doc! {"kind": 1}).build();
-        self.principals.create_index(kind).await.map_err(unavailable)?;
+        let created = IndexModel::builder().keys(doc! {"created_at": 1}).build();
+        self.tenants.create_index(created).await.map_err(unavailable)?;
         Ok(())
+    }
+
+    /// The collection a record of `kind` lives in.
+    fn collection(&self, kind: &str) -> &Collection<PrincipalRecord> {
+        if kind == "admin" {
+            &self.admins
+        } else {
+            &self.tenants
+        }
     }
 }
 
@@ -105,17 +117,20 @@ impl Store for MongoStore {
     }
 
     async fn put(&self, record: &PrincipalRecord) -> Result<(), StoreError> {
-        let replaced = self
-            .principals
+        let collection = self.collection(&record.kind);
+        // A UUID lives in one collection: a record changing kind leaves the other one.
+        let other = if record.kind == "admin" { &self.tenants } else { &self.admins };
+        other.delete_one(doc! {"_id": &record.uuid}).await.map_err(unavailable)?;
+        let replaced = collection
             .replace_one(doc! {"_id": &record.uuid}, record)
             .await
             .map_err(unavailable)?;
         if replaced.matched_count == 0 {
-            match self.principals.insert_one(record).await {
+            match collection.insert_one(record).await {
                 Ok(_) => {}
                 // Another process inserted it in between: replace that one.
                 Err(err) if is_duplicate(&err) => {
-                    self.principals
+                    collection
                         .replace_one(doc! {"_id": &record.uuid}, record)
                         .await
                         .map_err(unavailable)?;
@@ -127,7 +142,10 @@ impl Store for MongoStore {
     }
 
     async fn insert(&self, record: &PrincipalRecord) -> Result<(), StoreError> {
-        match self.principals.insert_one(record).await {
+        if self.get(&record.uuid).await?.is_some() {
+            return Err(StoreError::Exists(record.uuid.clone()));
+        }
+        match self.collection(&record.kind).insert_one(record).await {
             Ok(_) => Ok(()),
             Err(err) if is_duplicate(&err) => Err(StoreError::Exists(record.uuid.clone())),
             Err(err) => Err(unavailable(err)),
@@ -135,11 +153,14 @@ impl Store for MongoStore {
     }
 
     async fn get(&self, uuid: &str) -> Result<Option<PrincipalRecord>, StoreError> {
-        self.principals.find_one(doc! {"_id": uuid}).await.map_err(unavailable)
+        match self.tenants.find_one(doc! {"_id": uuid}).await.map_err(unavailable)? {
+            Some(record) => Ok(Some(record)),
+            None => self.admins.find_one(doc! {"_id": uuid}).await.map_err(unavailable),
+        }
     }
 
     async fn list(&self, kind: &str) -> Result<Vec<PrincipalRecord>, StoreError> {
-        let cursor = self.principals.find(doc! {"kind": kind}).await.map_err(unavailable)?;
+        let cursor = self.collection(kind).find(doc! {}).await.map_err(unavailable)?;
         let mut records: Vec<PrincipalRecord> = cursor.try_collect().await.map_err(unavailable)?;
         records.sort_by_key(|r| r.created_at);
         Ok(records)
@@ -147,7 +168,7 @@ impl Store for MongoStore {
 
     async fn replace(&self, record: &PrincipalRecord) -> Result<bool, StoreError> {
         let result = self
-            .principals
+            .collection(&record.kind)
             .replace_one(doc! {"_id": &record.uuid}, record)
             .await
             .map_err(unavailable)?;
@@ -155,8 +176,9 @@ impl Store for MongoStore {
     }
 
     async fn remove(&self, uuid: &str) -> Result<bool, StoreError> {
-        let result = self.principals.delete_one(doc! {"_id": uuid}).await.map_err(unavailable)?;
-        Ok(result.deleted_count > 0)
+        let tenants = self.tenants.delete_one(doc! {"_id": uuid}).await.map_err(unavailable)?;
+        let admins = self.admins.delete_one(doc! {"_id": uuid}).await.map_err(unavailable)?;
+        Ok(tenants.deleted_count + admins.deleted_count > 0)
     }
 
     async fn use_code(&self, uuid: &str, step: u64, expires_at: i64) -> Result<bool, StoreError> {
