@@ -69,7 +69,7 @@ pub fn plugin_headers(headers: &HeaderMap, caller: Option<&Caller>) -> Vec<(Stri
         .filter(|(name, _)| {
             !matches!(
                 name.as_str(),
-                "authorization" | "x-plughost-totp" | "x-plughost-uuid" | "x-plughost-caller-kind" | "x-plughost-caller-uuid" | "cookie"
+                "authorization" | "x-plughost-totp" | "x-plughost-uuid" | "x-plughost-caller-kind" | "x-plughost-caller-uuid"
             )
         })
         .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
