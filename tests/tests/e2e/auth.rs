@@ -102,6 +102,18 @@ fn visibility_decides_who_may_call_and_what_dir_shows() {
         json!({"kind": "admin", "uuid": ADMIN_UUID})
     );
     bearer(&app, "/rest/services/secure/admin-stats/", &tenant).error(403, "FORBIDDEN");
+    // A client cannot pose as someone else to a plugin by sending the host's caller headers.
+    let spoofed = app.with_headers(
+        "GET",
+        "/rest/services/secure/whoami/",
+        &[
+            ("Authorization", &format!("Bearer {tenant}")),
+            ("X-Plughost-Caller-Kind", "admin"),
+            ("X-Plughost-Caller-Uuid", ADMIN_UUID),
+        ],
+        None,
+    );
+    assert_eq!(spoofed.json(), json!({"kind": "tenant", "uuid": uuid}));
     assert_eq!(bearer(&app, "/rest/services/secure/admin-stats/", &admin).status, 200);
     bearer(&app, "/rest/admin/tenants", &tenant).error(403, "FORBIDDEN");
     app.get("/rest/admin/plugins").error(401, "AUTHORIZATION_HEADER_MISSING");
