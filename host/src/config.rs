@@ -65,6 +65,24 @@ pub const KNOWN_VARS: &[(&str, &str, &str)] = &[
         "use MongoDB instead of the embedded store (e.g. mongodb://127.0.0.1:27017)",
     ),
     ("MONGODB_DATABASE", "plughost", "database name on MongoDB"),
+    (
+        "CORS_ALLOW_ORIGIN",
+        "",
+        "browser origins allowed to call: *, or a comma-separated list (empty: CORS off)",
+    ),
+    (
+        "CORS_ALLOW_HEADERS",
+        "authorization,content-type,x-plughost-uuid,x-plughost-totp,x-request-id",
+        "request headers a browser may send",
+    ),
+    ("CORS_EXPOSE_HEADERS", "x-request-id", "response headers a browser script may read"),
+    ("CORS_MAX_AGE", "600", "seconds a browser may cache a preflight answer"),
+    (
+        "CORS_ALLOW_CREDENTIALS",
+        "false",
+        "whether browsers may send cookies and credentials (never with *)",
+    ),
+    ("PLUGHOST_STAGE", "", "stage name (dev, prod…): .env.<stage> is read over .env"),
     ("LOG_FORMAT", "pretty", "pretty (for a terminal) or json (for machines)"),
     ("RUST_LOG", "info", "log filter, e.g. info,plughost=debug"),
 ];
@@ -105,6 +123,9 @@ pub struct Config {
     pub auth_lockout: Duration,
     /// `(uri, database)` when MongoDB is the store.
     pub mongodb: Option<(String, String)>,
+    pub cors: Option<crate::http::cors::Cors>,
+    /// `PLUGHOST_STAGE`, when set.
+    pub stage: Option<String>,
 }
 
 /// Every problem found in the configuration, one per line.
@@ -129,21 +150,34 @@ impl Config {
     pub fn load(env_file: Option<&Path>, overrides: &[(&str, String)]) -> Result<Config, ConfigErrors> {
         let mut vars = HashMap::new();
         let file = env_file.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".env"));
-        match dotenvy::from_path_iter(&file) {
-            Ok(iter) => {
-                for item in iter {
-                    match item {
-                        Ok((key, value)) => {
-                            vars.insert(key, value);
-                        }
-                        Err(err) => return Err(ConfigErrors(vec![format!("{} is not a valid env file: {err}", file.display())])),
-                    }
-                }
+        read_env_file(&file, env_file.is_some(), &mut vars)?;
+        // A stage layers `.env.<stage>` (beside the env file) over it; the environment wins over both.
+        let stage = std::env::var("PLUGHOST_STAGE")
+            .ok()
+            .or_else(|| vars.get("PLUGHOST_STAGE").cloned())
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty());
+        if let Some(stage) = stage {
+            if !stage.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(ConfigErrors(vec![format!(
+                    "PLUGHOST_STAGE={stage} is not a stage name: use letters, digits, '-' and '_' (e.g. dev, prod)"
+                )]));
             }
-            Err(err) if env_file.is_some() || !err.not_found() => {
-                return Err(ConfigErrors(vec![format!("cannot read env file {}: {err}", file.display())]));
+            let name = format!(
+                "{}.{stage}",
+                file.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| ".env".to_owned())
+            );
+            let stage_file = file.with_file_name(name);
+            if !stage_file.is_file() {
+                return Err(ConfigErrors(vec![format!(
+                    "PLUGHOST_STAGE={stage} but {} does not exist: create it or unset PLUGHOST_STAGE",
+                    stage_file.display()
+                )]));
             }
-            Err(_) => {}
+            read_env_file(&stage_file, true, &mut vars)?;
+            vars.insert("PLUGHOST_STAGE".to_owned(), stage);
         }
         for (key, value) in std::env::vars() {
             vars.insert(key, value);
@@ -329,6 +363,30 @@ impl Config {
             }
             Some((mongodb_uri, database))
         };
+        let credentials = match var("CORS_ALLOW_CREDENTIALS", "false").to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => true,
+            "false" | "0" | "no" => false,
+            other => {
+                errors.push(format!("CORS_ALLOW_CREDENTIALS={other} is not true or false"));
+                false
+            }
+        };
+        let cors_max_age = parse_number(&mut errors, "CORS_MAX_AGE", &var("CORS_MAX_AGE", "600"), 0, 86_400);
+        let cors = crate::http::cors::Cors::parse(
+            &var("CORS_ALLOW_ORIGIN", ""),
+            &var(
+                "CORS_ALLOW_HEADERS",
+                "authorization,content-type,x-plughost-uuid,x-plughost-totp,x-request-id",
+            ),
+            &var("CORS_EXPOSE_HEADERS", "x-request-id"),
+            cors_max_age,
+            credentials,
+        )
+        .unwrap_or_else(|problems| {
+            errors.extend(problems);
+            None
+        });
+        let stage = Some(var("PLUGHOST_STAGE", "")).filter(|s| !s.is_empty());
         let log_filter = var("RUST_LOG", "info");
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&log_filter) {
             errors.push(format!(
@@ -359,10 +417,31 @@ impl Config {
                 auth_max_failures,
                 auth_lockout,
                 mongodb,
+                cors,
+                stage,
             })
         } else {
             Err(ConfigErrors(errors))
         }
+    }
+}
+
+/// Reads one env file into `vars`; a missing file is an error only when `required`.
+fn read_env_file(file: &Path, required: bool, vars: &mut HashMap<String, String>) -> Result<(), ConfigErrors> {
+    match dotenvy::from_path_iter(file) {
+        Ok(iter) => {
+            for item in iter {
+                match item {
+                    Ok((key, value)) => {
+                        vars.insert(key, value);
+                    }
+                    Err(err) => return Err(ConfigErrors(vec![format!("{} is not a valid env file: {err}", file.display())])),
+                }
+            }
+            Ok(())
+        }
+        Err(err) if required || !err.not_found() => Err(ConfigErrors(vec![format!("cannot read env file {}: {err}", file.display())])),
+        Err(_) => Ok(()),
     }
 }
 

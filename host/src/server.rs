@@ -125,7 +125,7 @@ impl App {
                 let mut filtered = filtered.clone();
                 let state = state.clone();
                 async move {
-                    let mut response = handle(&mut filtered, request, peer, max_header_bytes).await;
+                    let mut response = handle(&mut filtered, request, peer, max_header_bytes, state.config.cors.as_ref()).await;
                     if state.draining.load(Ordering::Relaxed) {
                         response
                             .headers_mut()
@@ -181,7 +181,13 @@ async fn record_admin(tenancy: Arc<crate::tenancy::tenants::Tenancy>, uuid: Stri
 
 /// Wraps every request: a sane request id (the client's, or a new one), a header-size check,
 /// the routes, `X-Request-Id` on the response, and one access-log line.
-async fn handle<S>(routes: &mut S, mut request: Request<Incoming>, peer: SocketAddr, max_header_bytes: usize) -> warp::reply::Response
+async fn handle<S>(
+    routes: &mut S,
+    mut request: Request<Incoming>,
+    peer: SocketAddr,
+    max_header_bytes: usize,
+    cors: Option<&crate::http::cors::Cors>,
+) -> warp::reply::Response
 where
     S: Service<Request<Incoming>, Response = warp::reply::Response, Error = Infallible>,
 {
@@ -200,7 +206,12 @@ where
     let span = tracing::info_span!("request", request_id = %request_id);
 
     let header_bytes: usize = request.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
-    let mut response = if header_bytes > max_header_bytes {
+    let origin = request.headers().get(::http::header::ORIGIN).cloned();
+    let preflight = cors.and_then(|c| c.preflight(request.method(), request.headers()));
+    let answered_preflight = preflight.is_some();
+    let mut response = if let Some(answer) = preflight {
+        answer
+    } else if header_bytes > max_header_bytes {
         let _entered = span.enter();
         http::error::ApiError::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -214,6 +225,9 @@ where
             Err(never) => match never {},
         }
     };
+    if let Some(cors) = cors.filter(|_| !answered_preflight) {
+        cors.decorate(origin.as_ref(), &mut response);
+    }
     response.headers_mut().insert("x-request-id", id_value);
     let status = response.status().as_u16();
     span.in_scope(|| {

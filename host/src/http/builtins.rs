@@ -20,9 +20,10 @@ pub fn ping() -> Value {
     json!({})
 }
 
-pub fn version() -> Value {
+pub fn version(stage: Option<&str>) -> Value {
     json!({
         "name": "plughost",
+        "stage": stage,
         "version": env!("CARGO_PKG_VERSION"),
         "abi_version": plugin_api::ABI_VERSION,
         "plugin_api": crate::loader::plugin_api_version(),

@@ -3,6 +3,7 @@
 mod admin;
 mod auth;
 mod builtins;
+pub mod cors;
 mod dir;
 pub mod error;
 mod path;
@@ -21,7 +22,8 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .map(|m| builtins::answer(&m, "/ping", builtins::ping));
     let version = warp::path!("version")
         .and(warp::method())
-        .map(|m| builtins::answer(&m, "/version", builtins::version));
+        .and(with(&state))
+        .map(|m, s: Arc<AppState>| builtins::answer(&m, "/version", || builtins::version(s.config.stage.as_deref())));
     let health = warp::path!("health")
         .and(warp::method())
         .and(with(&state))

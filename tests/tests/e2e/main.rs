@@ -16,3 +16,4 @@ mod reload;
 mod routing;
 mod store_contract;
 mod support;
+mod web;

@@ -71,6 +71,8 @@ pub struct Setup {
     plugins: Vec<String>,
     files: Vec<(String, Vec<u8>)>,
     env: Vec<(String, String)>,
+    /// Files in the server's working directory (such as `.env`).
+    root_files: Vec<(String, String)>,
 }
 
 impl Setup {
@@ -82,6 +84,12 @@ impl Setup {
     /// A file written into the plugins folder as it is.
     pub fn file(mut self, name: &str, bytes: &[u8]) -> Self {
         self.files.push((name.to_owned(), bytes.to_vec()));
+        self
+    }
+
+    /// A file in the server's working directory, such as `.env` or `.env.prod`.
+    pub fn root_file(mut self, name: &str, text: &str) -> Self {
+        self.root_files.push((name.to_owned(), text.to_owned()));
         self
     }
 
@@ -110,6 +118,9 @@ impl Setup {
         let dir = tempfile::tempdir().expect("temp dir");
         let plugins_dir = dir.path().join("plugins");
         std::fs::create_dir(&plugins_dir).expect("plugins dir");
+        for (name, text) in &self.root_files {
+            std::fs::write(dir.path().join(name), text).expect("write root file");
+        }
         // Files get increasing modification times in the order given: the server loads the
         // oldest first, so that the first of two colliding modules wins.
         let base = std::time::SystemTime::now() - Duration::from_secs(3600);

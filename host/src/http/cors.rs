@@ -1,0 +1,201 @@
+//! CORS, configured in `.env` rather than coded: which origins may call from a browser, with which
+//! headers, for how long a preflight is cached, and whether credentials are allowed.
+
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use warp::reply::Response;
+
+/// The allowed origins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origins {
+    Any,
+    List(Vec<String>),
+}
+
+/// The CORS policy; `None` in the configuration when `CORS_ALLOW_ORIGIN` is empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cors {
+    pub origins: Origins,
+    pub allow_headers: String,
+    pub expose_headers: String,
+    pub max_age: u64,
+    pub credentials: bool,
+}
+
+const METHODS: &str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS";
+
+impl Cors {
+    /// Parses the settings; every problem is returned, each naming its variable.
+    pub fn parse(
+        origin: &str,
+        allow_headers: &str,
+        expose_headers: &str,
+        max_age: u64,
+        credentials: bool,
+    ) -> Result<Option<Cors>, Vec<String>> {
+        let origin = origin.trim();
+        if origin.is_empty() {
+            return Ok(None);
+        }
+        let mut errors = Vec::new();
+        let origins = if origin == "*" {
+            if credentials {
+                errors.push("CORS_ALLOW_ORIGIN=* with CORS_ALLOW_CREDENTIALS=true would let any site call with the user's credentials: list the origins instead".to_owned());
+            }
+            Origins::Any
+        } else {
+            let list: Vec<String> = origin
+                .split(',')
+                .map(|o| o.trim().trim_end_matches('/').to_owned())
+                .filter(|o| !o.is_empty())
+                .collect();
+            for o in &list {
+                let valid = (o.starts_with("http://") || o.starts_with("https://"))
+                    && !o.split_once("://").is_some_and(|(_, rest)| rest.is_empty() || rest.contains('/'));
+                if !valid {
+                    errors.push(format!(
+                        "CORS_ALLOW_ORIGIN lists '{o}', which is not an origin such as https://app.example.com or http://localhost:3000"
+                    ));
+                }
+            }
+            Origins::List(list)
+        };
+        for (key, value) in [("CORS_ALLOW_HEADERS", allow_headers), ("CORS_EXPOSE_HEADERS", expose_headers)] {
+            if value
+                .split(',')
+                .map(str::trim)
+                .any(|h| !h.is_empty() && http::HeaderName::from_bytes(h.as_bytes()).is_err())
+            {
+                errors.push(format!("{key}={value} is not a comma-separated list of header names"));
+            }
+        }
+        if errors.is_empty() {
+            let tidy = |v: &str| v.split(',').map(str::trim).filter(|h| !h.is_empty()).collect::<Vec<_>>().join(", ");
+            Ok(Some(Cors {
+                origins,
+                allow_headers: tidy(allow_headers),
+                expose_headers: tidy(expose_headers),
+                max_age,
+                credentials,
+            }))
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The `Access-Control-Allow-Origin` value for `origin`, if it is allowed.
+    fn allow(&self, origin: &str) -> Option<HeaderValue> {
+        match &self.origins {
+            Origins::Any => Some(HeaderValue::from_static("*")),
+            Origins::List(list) => list
+                .iter()
+                .any(|o| o.eq_ignore_ascii_case(origin))
+                .then(|| HeaderValue::from_str(origin).ok())
+                .flatten(),
+        }
+    }
+
+    /// Answers a preflight (`OPTIONS` with `Access-Control-Request-Method`), or `None` for other
+    /// requests, which go on to the routes.
+    pub fn preflight(&self, method: &Method, headers: &HeaderMap) -> Option<Response> {
+        if method != Method::OPTIONS || !headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD) {
+            return None;
+        }
+        let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let Some(allowed) = self.allow(origin) else {
+            let mut refused = super::error::ApiError::new(
+                StatusCode::FORBIDDEN,
+                "CORS_ORIGIN_REFUSED",
+                format!("origin '{origin}' may not call this server from a browser (CORS_ALLOW_ORIGIN)"),
+            )
+            .into_response();
+            refused.headers_mut().insert(header::VARY, HeaderValue::from_static("Origin"));
+            return Some(refused);
+        };
+        let mut response = Response::new(bytes::Bytes::new().into());
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        let out = response.headers_mut();
+        out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allowed);
+        out.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static(METHODS));
+        if let Ok(value) = HeaderValue::from_str(&self.allow_headers) {
+            out.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, value);
+        }
+        out.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(self.max_age));
+        if self.credentials {
+            out.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+        }
+        out.insert(
+            header::VARY,
+            HeaderValue::from_static("Origin, Access-Control-Request-Method, Access-Control-Request-Headers"),
+        );
+        Some(response)
+    }
+
+    /// Adds the CORS headers to an actual response for an allowed `Origin`.
+    pub fn decorate(&self, request_origin: Option<&HeaderValue>, response: &mut Response) {
+        let out = response.headers_mut();
+        if matches!(self.origins, Origins::List(_)) {
+            out.append(header::VARY, HeaderValue::from_static("Origin"));
+        }
+        let Some(allowed) = request_origin.and_then(|o| o.to_str().ok()).and_then(|o| self.allow(o)) else {
+            return;
+        };
+        out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allowed);
+        if !self.expose_headers.is_empty() {
+            if let Ok(value) = HeaderValue::from_str(&self.expose_headers) {
+                out.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, value);
+            }
+        }
+        if self.credentials {
+            out.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cors(origin: &str, credentials: bool) -> Result<Option<Cors>, Vec<String>> {
+        Cors::parse(origin, "authorization, content-type", "x-request-id", 600, credentials)
+    }
+
+    #[test]
+    fn settings() {
+        assert_eq!(cors("", false), Ok(None));
+        assert_eq!(cors("*", false).unwrap().unwrap().origins, Origins::Any);
+        assert!(cors("*", true).unwrap_err()[0].contains("list the origins"));
+        let list = cors("https://a.example, http://localhost:3000/", true).unwrap().unwrap();
+        assert_eq!(
+            list.origins,
+            Origins::List(vec!["https://a.example".into(), "http://localhost:3000".into()])
+        );
+        assert!(cors("a.example", false).is_err());
+        assert!(cors("https://a.example/path", false).is_err());
+        assert!(Cors::parse("*", "bad header", "", 1, false).is_err());
+    }
+
+    #[test]
+    fn preflights_and_decoration() {
+        let policy = cors("https://a.example", true).unwrap().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ORIGIN, HeaderValue::from_static("https://a.example"));
+        headers.insert(header::ACCESS_CONTROL_REQUEST_METHOD, HeaderValue::from_static("POST"));
+        let ok = policy.preflight(&Method::OPTIONS, &headers).unwrap();
+        assert_eq!(ok.status(), StatusCode::NO_CONTENT);
+        assert_eq!(ok.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "https://a.example");
+        assert_eq!(ok.headers()[header::ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
+        assert!(policy.preflight(&Method::GET, &headers).is_none());
+        headers.insert(header::ORIGIN, HeaderValue::from_static("https://evil.example"));
+        assert_eq!(
+            policy.preflight(&Method::OPTIONS, &headers).unwrap().status(),
+            StatusCode::FORBIDDEN
+        );
+
+        let mut response = Response::new(bytes::Bytes::new().into());
+        policy.decorate(Some(&HeaderValue::from_static("https://evil.example")), &mut response);
+        assert!(!response.headers().contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+        assert_eq!(response.headers()[header::VARY], "Origin");
+        policy.decorate(Some(&HeaderValue::from_static("https://a.example")), &mut response);
+        assert_eq!(response.headers()[header::ACCESS_CONTROL_EXPOSE_HEADERS], "x-request-id");
+    }
+}
