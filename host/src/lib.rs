@@ -22,6 +22,7 @@ pub mod params;
 pub mod plugins;
 pub mod registry;
 pub mod reload;
+pub mod scaffold;
 pub mod server;
 pub mod supervisor;
 pub mod tenancy;

@@ -61,6 +61,19 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         env_file: Option<PathBuf>,
     },
+    /// Create a plugin crate that builds and passes `plughost check` at once.
+    ///
+    /// Example: `plughost new orders && cd orders && cargo build --release`
+    New {
+        /// The module and crate name (lower-case letters, digits and '_').
+        name: String,
+        /// Folder to create (default: ./NAME).
+        #[arg(long, value_name = "DIR")]
+        path: Option<PathBuf>,
+        /// The plugin-api sources to depend on (default: those this plughost was built from).
+        #[arg(long, value_name = "DIR")]
+        plugin_api: Option<PathBuf>,
+    },
     /// A worker process under the supervisor (started by `serve`, not by hand).
     #[command(name = "__worker", hide = true)]
     Worker(ServeArgs),
@@ -89,6 +102,16 @@ fn main() -> ExitCode {
         Some(Command::Recycle { env_file }) => recycle(env_file),
         Some(Command::Worker(args)) => worker(args),
         Some(Command::Keygen { env }) => Ok(plughost::cli::keygen(env)),
+        Some(Command::New { name, path, plugin_api }) => {
+            plughost::scaffold::new_plugin(&name, path.as_deref(), plugin_api.as_deref()).map(|dir| {
+                println!(
+                    "created {} — next: cd {} && cargo build --release && plughost check target/release/lib{name}.so",
+                    dir.display(),
+                    dir.display()
+                );
+                ExitCode::SUCCESS
+            })
+        }
         Some(Command::Tenant { env_file, command }) => with_config(env_file, |config| plughost::cli::tenant(config, command)),
         Some(Command::Totp { uuid, env_file }) => with_config(env_file, |config| plughost::cli::current_code(config, &uuid)),
         Some(Command::Serve(args)) => serve(args),

@@ -14,6 +14,7 @@ mod plugins;
 mod readme;
 mod reload;
 mod routing;
+mod scaffold;
 mod store_contract;
 mod support;
 mod web;
