@@ -83,6 +83,16 @@ pub const KNOWN_VARS: &[(&str, &str, &str)] = &[
         "whether browsers may send cookies and credentials (never with *)",
     ),
     ("PLUGHOST_STAGE", "", "stage name (dev, prod…): .env.<stage> is read over .env"),
+    (
+        "METRICS",
+        "admin",
+        "admin: GET /metrics for the admin (and on METRICS_BIND); off: no request metrics",
+    ),
+    (
+        "METRICS_BIND",
+        "",
+        "also serve /metrics without credentials on this address, e.g. 127.0.0.1:9100 (empty: no)",
+    ),
     ("LOG_FORMAT", "pretty", "pretty (for a terminal) or json (for machines)"),
     ("RUST_LOG", "info", "log filter, e.g. info,plughost=debug"),
 ];
@@ -126,6 +136,10 @@ pub struct Config {
     pub cors: Option<crate::http::cors::Cors>,
     /// `PLUGHOST_STAGE`, when set.
     pub stage: Option<String>,
+    /// Whether request metrics are recorded and `/metrics` answers (`METRICS`).
+    pub metrics: bool,
+    /// A second listener serving `/metrics` without credentials (`METRICS_BIND`).
+    pub metrics_bind: Option<SocketAddr>,
 }
 
 /// Every problem found in the configuration, one per line.
@@ -218,6 +232,35 @@ impl Config {
             SocketAddr::from(([127, 0, 0, 1], 8080))
         });
         let data_dir = PathBuf::from(var("DATA_DIR", "./data"));
+        let metrics = match var("METRICS", "admin").to_ascii_lowercase().as_str() {
+            "admin" | "on" => true,
+            "off" => false,
+            other => {
+                errors.push(format!("METRICS={other} is not a metrics mode: use admin or off"));
+                true
+            }
+        };
+        let metrics_text = var("METRICS_BIND", "");
+        let metrics_bind = match metrics_text.trim() {
+            "" => None,
+            text => match text.parse::<SocketAddr>() {
+                Ok(addr) if !metrics => {
+                    errors.push(format!("METRICS_BIND={addr} is set but METRICS=off: unset one of them"));
+                    None
+                }
+                Ok(addr) if addr == bind && addr.port() != 0 => {
+                    errors.push(format!(
+                        "METRICS_BIND={addr} is the same address as BIND: give metrics their own port"
+                    ));
+                    None
+                }
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    errors.push(format!("METRICS_BIND={text} is not an address and port such as 127.0.0.1:9100"));
+                    None
+                }
+            },
+        };
 
         let num_url_parms = parse_number(&mut errors, "NUM_URL_PARMS", &var("NUM_URL_PARMS", "10"), 0, MAX_URL_PARMS as u64) as usize;
         let mut url_params: Vec<String> = Vec::with_capacity(num_url_parms);
@@ -419,6 +462,8 @@ impl Config {
                 mongodb,
                 cors,
                 stage,
+                metrics,
+                metrics_bind,
             })
         } else {
             Err(ConfigErrors(errors))

@@ -18,6 +18,7 @@ pub mod http;
 pub mod kwargs;
 pub mod loader;
 pub mod manifest;
+pub mod metrics;
 pub mod params;
 pub mod plugins;
 pub mod registry;

@@ -201,6 +201,9 @@ fn run_server(config: Config, listener: Option<std::net::TcpListener>, role: Rol
             // The one line on stdout, for people and for scripts that bound port 0.
             Role::Standalone => println!("plughost listening on http://{addr}"),
         }
+        if let (Role::Standalone, Some(metrics)) = (role, app.metrics_addr()) {
+            println!("plughost metrics on http://{metrics}/metrics");
+        }
         tracing::info!(%addr, pid = std::process::id(), "listening");
         app.run_until_stopped(shutdown_signal()).await
     })?;

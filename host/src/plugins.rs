@@ -239,6 +239,7 @@ impl Plugins {
                     let module = modules.remove(i);
                     tracing::info!(file = %file.display(), module = %module.spec.name, "plugin removed: its routes are gone");
                     applied.removed.push(file.clone());
+                    crate::metrics::METRICS.plugin_unloads.inc();
                 }
                 if let Some(status) = inner.status.get_mut(file) {
                     status.state = FileState::Removed;
@@ -366,6 +367,7 @@ fn fail(inner: &mut Inner, file: &Path, still_served: bool, sha: Option<String>,
     } else {
         tracing::warn!(file = %file.display(), "plugin not loaded: {error}");
     }
+    crate::metrics::METRICS.plugin_load_failures.inc();
     let status = status_entry(inner, file);
     status.state = if still_served { FileState::Loaded } else { FileState::Failed };
     status.error = Some(error);
@@ -387,6 +389,9 @@ fn record_loaded(inner: &mut Inner, module: &LoadedModule, replaced: bool) {
     status.failed_sha256 = None;
     if replaced {
         status.reload_count += 1;
+        crate::metrics::METRICS.plugin_reloads.inc();
+    } else {
+        crate::metrics::METRICS.plugin_loads.inc();
     }
 }
 

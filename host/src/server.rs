@@ -22,7 +22,7 @@ use tracing::Instrument;
 
 use crate::{
     config::Config,
-    http,
+    http::{self, RouteInfo},
     plugins::Plugins,
     reload::{self, ReloadSettings},
     AppState, Role,
@@ -35,6 +35,7 @@ const DRAIN: Duration = Duration::from_millis(300);
 /// A bound, loaded server, ready to run.
 pub struct App {
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     state: Arc<AppState>,
 }
 
@@ -74,6 +75,13 @@ impl App {
                 .await
                 .with_context(|| format!("cannot listen on {} (BIND): is another process using it?", config.bind))?,
         };
+        let metrics_listener = match config.metrics_bind {
+            Some(addr) => {
+                Some(bind_shared(addr).with_context(|| format!("cannot listen on {addr} (METRICS_BIND): is another program using it?"))?)
+            }
+            None => None,
+        };
+        crate::metrics::set_enabled(config.metrics);
         let tenancy = Arc::new(
             crate::tenancy::tenants::Tenancy::open(&config)
                 .await
@@ -89,6 +97,7 @@ impl App {
         ));
         Ok(App {
             listener,
+            metrics_listener,
             state: Arc::new(AppState::new(config, plugins, auth, role)),
         })
     }
@@ -98,10 +107,18 @@ impl App {
         self.listener.local_addr()
     }
 
+    /// The address of the `METRICS_BIND` listener, if there is one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// Serves until `shutdown` completes, then stops accepting and lets in-flight requests finish
     /// (for at most `SHUTDOWN_GRACE_MS`).
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let routes = http::routes(self.state.clone());
+        if let Some(listener) = self.metrics_listener {
+            tokio::spawn(serve_metrics(listener, self.state.clone()));
+        }
         let graceful = GracefulShutdown::new();
         let mut shutdown = std::pin::pin!(shutdown);
         let max_header_bytes = self.state.config.max_header_bytes;
@@ -159,6 +176,54 @@ impl App {
     }
 }
 
+/// Binds `addr` so that the next worker can bind it too while this one drains (`SO_REUSEPORT`).
+fn bind_shared(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(128)
+}
+
+/// `METRICS_BIND`: `GET /metrics` without credentials, nothing else.
+async fn serve_metrics(listener: TcpListener, state: Arc<AppState>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                tracing::warn!("metrics listener: accept failed: {err}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let state = state.clone();
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            let state = state.clone();
+            async move {
+                let path = request.uri().path().trim_end_matches('/');
+                let response = match (request.method(), path) {
+                    (&::http::Method::GET | &::http::Method::HEAD, "/metrics") => http::builtins::metrics_response(&state),
+                    (_, "/metrics") => {
+                        http::error::ApiError::method_not_allowed(request.method(), "/metrics", "GET, HEAD".to_owned()).into_response()
+                    }
+                    _ => http::error::ApiError::not_found("ROUTE_NOT_FOUND", "this address serves only GET /metrics (METRICS_BIND)")
+                        .into_response(),
+                };
+                Ok::<_, Infallible>(response)
+            }
+        });
+        tokio::spawn(async move {
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
 /// Records the configured admin in the store; if the store is unreachable, keeps trying in the
 /// background (authentication fails closed meanwhile, public functions are served).
 async fn record_admin(tenancy: Arc<crate::tenancy::tenants::Tenancy>, uuid: String, secret: String) {
@@ -202,13 +267,15 @@ where
     let id_value = HeaderValue::from_str(&request_id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
     request.headers_mut().insert("x-request-id", id_value.clone());
     let method = request.method().clone();
-    let path: String = request.uri().path().chars().take(200).collect();
+    let measure = crate::metrics::enabled();
+    let _in_flight = measure.then(InFlight::enter);
     let span = tracing::info_span!("request", request_id = %request_id);
 
     let header_bytes: usize = request.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
     let origin = request.headers().get(::http::header::ORIGIN).cloned();
     let preflight = cors.and_then(|c| c.preflight(request.method(), request.headers()));
     let answered_preflight = preflight.is_some();
+    let fallback_route = route_template(request.uri().path());
     let mut response = if let Some(answer) = preflight {
         answer
     } else if header_bytes > max_header_bytes {
@@ -220,7 +287,7 @@ where
         )
         .into_response()
     } else {
-        match routes.call(request).instrument(span.clone()).await {
+        match routes.call(request).instrument(span).await {
             Ok(response) => response,
             Err(never) => match never {},
         }
@@ -230,18 +297,76 @@ where
     }
     response.headers_mut().insert("x-request-id", id_value);
     let status = response.status().as_u16();
-    span.in_scope(|| {
-        tracing::info!(
-            target: "plughost::access",
-            %peer,
-            method = %method,
-            path = %path,
-            status,
-            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-            "request"
-        )
-    });
+    let info = response.extensions_mut().remove::<RouteInfo>();
+    let (route, module, function, caller) = match &info {
+        Some(info) => (
+            info.route,
+            info.endpoint.as_ref().map_or("", |e| e.module.spec.route_name()),
+            info.endpoint.as_ref().map_or("", |e| e.function().route_name()),
+            info.caller,
+        ),
+        None => (fallback_route, "", "", "none"),
+    };
+    let elapsed = started.elapsed();
+    if measure {
+        crate::metrics::METRICS.observe_request(
+            crate::metrics::RequestLabels {
+                route,
+                module: module.to_owned(),
+                function: function.to_owned(),
+                method: crate::metrics::method_label(&method),
+                status,
+            },
+            elapsed,
+        );
+    }
+    tracing::info!(
+        target: "plughost::access",
+        request_id = %request_id,
+        method = %method,
+        route,
+        module,
+        function,
+        caller,
+        status,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        %peer,
+        "request"
+    );
     response
+}
+
+/// Counts a request in flight for as long as it lives (also when its client goes away).
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> InFlight {
+        crate::metrics::METRICS.in_flight.inc();
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        crate::metrics::METRICS.in_flight.dec();
+    }
+}
+
+/// The route template of a path the router did not describe (built-ins, and requests refused
+/// before routing): a bounded label, never the raw path.
+fn route_template(path: &str) -> &'static str {
+    let trimmed = path.trim_end_matches('/');
+    match trimmed {
+        "/ping" => "/ping",
+        "/version" => "/version",
+        "/health" => "/health",
+        "/metrics" => "/metrics",
+        "/openapi.json" => "/openapi.json",
+        "/rest/auth/token" => "/rest/auth/token",
+        _ if trimmed.starts_with("/rest/admin") => "/rest/admin/…",
+        _ if trimmed.starts_with("/rest/services") => "/rest/services/…",
+        _ => "unmatched",
+    }
 }
 
 /// 1–128 characters of letters, digits and `-_.:/+=@`.

@@ -22,6 +22,7 @@ pub async fn handle(state: &AppState, tail: &str, method: &Method, headers: &Hea
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     let tenancy = state.auth.tenancy();
     let ok = |value: Value| Ok(json_response(StatusCode::OK, &value));
+    let method = if method == Method::HEAD { &Method::GET } else { method };
     match (method, segments.as_slice()) {
         (&Method::GET, ["plugins"]) => ok(builtins::admin_plugins(state)),
         (&Method::GET, ["audit"]) => {
@@ -43,6 +44,12 @@ pub async fn handle(state: &AppState, tail: &str, method: &Method, headers: &Hea
         (&Method::POST, ["tenants", uuid, "disable"]) => ok(json!(tenancy.set_active(uuid, false, &actor).await.map_err(tenant_error)?)),
         (&Method::POST, ["tenants", uuid, "enable"]) => ok(json!(tenancy.set_active(uuid, true, &actor).await.map_err(tenant_error)?)),
         (&Method::POST, ["tenants", uuid, "rotate-totp"]) => ok(json!(tenancy.rotate(uuid, &actor).await.map_err(tenant_error)?)),
+        (_, ["plugins"] | ["audit"]) => Err(ApiError::method_not_allowed(method, &format!("/rest/admin/{tail}"), "GET, HEAD".to_owned())),
+        (_, ["tenants"]) => Err(ApiError::method_not_allowed(method, "/rest/admin/tenants", "GET, HEAD, POST".to_owned())),
+        (_, ["tenants", _]) => Err(ApiError::method_not_allowed(method, &format!("/rest/admin/{tail}"), "GET, HEAD, DELETE".to_owned())),
+        (_, ["tenants", _, "disable" | "enable" | "rotate-totp"]) => {
+            Err(ApiError::method_not_allowed(method, &format!("/rest/admin/{tail}"), "POST".to_owned()))
+        }
         _ => Err(ApiError::not_found(
             "ROUTE_NOT_FOUND",
             format!(

@@ -13,7 +13,13 @@ use crate::{
 
 /// The caller the request proves, if it carries credentials.
 pub async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Option<Caller>, ApiError> {
-    state.auth.authenticate(headers).await.map_err(auth_error)
+    state.auth.authenticate(headers).await.map_err(refused)
+}
+
+/// Counts a refused credential, then answers it.
+fn refused(err: AuthError) -> ApiError {
+    crate::metrics::METRICS.auth_failure(err.reason());
+    auth_error(err)
 }
 
 /// Whether `caller` may call a function of this visibility.
@@ -29,12 +35,22 @@ pub fn may_call(visibility: Visibility, caller: Option<&Caller>) -> bool {
 pub fn require(visibility: Visibility, caller: Option<&Caller>, what: &str) -> Result<(), ApiError> {
     match (may_call(visibility, caller), caller) {
         (true, _) => Ok(()),
-        (false, None) => Err(ApiError::new(
+        (false, None) => Err({
+            crate::metrics::METRICS.auth_failure("missing");
+            ApiError::new(
             StatusCode::UNAUTHORIZED,
             "AUTHORIZATION_HEADER_MISSING",
             format!("{what} needs credentials: `Authorization: Bearer <token>` (from POST /rest/auth/token), or X-Plughost-UUID and X-Plughost-TOTP"),
-        )),
-        (false, Some(_)) => Err(ApiError::new(StatusCode::FORBIDDEN, "FORBIDDEN", format!("{what} is for the admin only"))),
+            )
+        }),
+        (false, Some(_)) => {
+            crate::metrics::METRICS.auth_failure("not_admin");
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "FORBIDDEN",
+                format!("{what} is for the admin only"),
+            ))
+        }
     }
 }
 
@@ -101,7 +117,7 @@ pub async fn token(state: &AppState, body: &[u8]) -> Result<Response, ApiError> 
             "send a JSON object {\"uuid\": \"…\", \"totp\": \"123456\"}",
         ));
     };
-    let (token, ttl, caller) = state.auth.exchange(uuid, &code).await.map_err(auth_error)?;
+    let (token, ttl, caller) = state.auth.exchange(uuid, &code).await.map_err(refused)?;
     let mut response = json_response(
         StatusCode::OK,
         &json!({"token": token, "token_type": "Bearer", "expires_in": ttl.as_secs(), "kind": caller.kind(), "uuid": caller.uuid()}),

@@ -67,6 +67,57 @@ fn health_body(state: &AppState) -> Value {
     })
 }
 
+/// `GET /metrics`, for the admin.
+pub async fn metrics(state: &AppState, method: &Method, headers: &http::HeaderMap) -> Result<Response, ApiError> {
+    if method != Method::GET && method != Method::HEAD {
+        return Err(ApiError::method_not_allowed(method, "/metrics", "GET, HEAD".to_owned()));
+    }
+    if !state.config.metrics {
+        return Err(ApiError::not_found("METRICS_OFF", "metrics are off on this server (METRICS=off)"));
+    }
+    let caller = super::auth::caller(state, headers).await?;
+    super::auth::require(plugin_api::Visibility::Admin, caller.as_ref(), "/metrics")?;
+    Ok(metrics_response(state))
+}
+
+/// The metrics of this process, with the plugin gauges read now.
+pub fn metrics_response(state: &AppState) -> Response {
+    let metrics = &crate::metrics::METRICS;
+    let stats = state.plugins.images();
+    metrics.plugins_loaded.set(state.plugins.registry().modules().len() as i64);
+    metrics.images_mapped.set(stats.mapped as i64);
+    metrics.images_leaked.set(stats.leaked as i64);
+    metrics.images_leaked_bytes.set(stats.leaked_bytes as i64);
+    let mut response = Response::new(metrics.render().into());
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+    );
+    response
+}
+
+/// `GET /openapi.json`: what this caller may call.
+pub async fn openapi(state: &AppState, method: &Method, headers: &http::HeaderMap) -> Result<Response, ApiError> {
+    if method != Method::GET && method != Method::HEAD {
+        return Err(ApiError::method_not_allowed(method, "/openapi.json", "GET, HEAD".to_owned()));
+    }
+    let caller = super::auth::caller(state, headers).await?;
+    let context = super::openapi::Context {
+        caller: caller.as_ref(),
+        url_params: &state.config.url_params,
+        metrics: state.config.metrics,
+        stage: state.config.stage.as_deref(),
+    };
+    let document = super::openapi::document(&state.plugins.registry(), &context);
+    let mut response = json_response(StatusCode::OK, &document);
+    response.extensions_mut().insert(super::RouteInfo {
+        route: "/openapi.json",
+        endpoint: None,
+        caller: caller.as_ref().map_or("none", |c| c.kind()),
+    });
+    Ok(response)
+}
+
 /// `GET /rest/admin/plugins`: every file seen and the leak accounting.
 pub fn admin_plugins(state: &AppState) -> Value {
     json!({

@@ -2,10 +2,11 @@
 
 mod admin;
 mod auth;
-mod builtins;
+pub mod builtins;
 pub mod cors;
 mod dir;
 pub mod error;
+mod openapi;
 mod path;
 mod services;
 
@@ -13,7 +14,25 @@ use std::{convert::Infallible, sync::Arc};
 
 use warp::{filters::BoxedFilter, reply::Response, Filter};
 
-use crate::AppState;
+use crate::{registry::Endpoint, AppState};
+
+/// What the router learned about a request, for the access log and the metrics; carried in the
+/// response's extensions and taken out before the response is sent.
+#[derive(Clone)]
+pub struct RouteInfo {
+    /// The route template (a bounded label, never the raw path).
+    pub route: &'static str,
+    /// The function called, once the path resolved to one.
+    pub endpoint: Option<Endpoint>,
+    /// `admin`, `tenant`, or `none` when no credentials were checked.
+    pub caller: &'static str,
+}
+
+impl RouteInfo {
+    pub const SERVICES: &'static str = "/rest/services/{module}/{function}/";
+    pub const DIR: &'static str = "/rest/services/__dir__/";
+    pub const UNRESOLVED: &'static str = "/rest/services/…";
+}
 
 /// All routes.
 pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
@@ -32,6 +51,23 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
                 return error::ApiError::method_not_allowed(&m, "/health", "GET, HEAD".to_owned()).into_response();
             }
             builtins::health(&s).await
+        });
+    let metrics = warp::path!("metrics")
+        .and(warp::method())
+        .and(warp::header::headers_cloned())
+        .and(with(&state))
+        .then(|m: http::Method, headers: http::HeaderMap, s: Arc<AppState>| async move {
+            let response = builtins::metrics(&s, &m, &headers).await;
+            as_admin(response, "/metrics")
+        });
+    let openapi = warp::path!("openapi.json")
+        .and(warp::method())
+        .and(warp::header::headers_cloned())
+        .and(with(&state))
+        .then(|m: http::Method, headers: http::HeaderMap, s: Arc<AppState>| async move {
+            builtins::openapi(&s, &m, &headers)
+                .await
+                .unwrap_or_else(error::ApiError::into_response)
         });
     let token = warp::path!("rest" / "auth" / "token")
         .and(warp::method())
@@ -67,7 +103,7 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
                     };
                     admin::handle(&state, tail.as_str(), &method, &headers, body).await
                 };
-                result.await.unwrap_or_else(error::ApiError::into_response)
+                as_admin(result.await, "/rest/admin/…")
             },
         );
     let services = warp::path("rest")
@@ -85,6 +121,10 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .unify()
         .or(health)
         .unify()
+        .or(metrics)
+        .unify()
+        .or(openapi)
+        .unify()
         .or(token)
         .unify()
         .or(admin)
@@ -94,6 +134,21 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .recover(error::recover)
         .unify()
         .boxed()
+}
+
+/// A response of an admin-only route: a success means the admin called.
+fn as_admin(result: Result<Response, error::ApiError>, route: &'static str) -> Response {
+    match result {
+        Ok(mut response) => {
+            response.extensions_mut().insert(RouteInfo {
+                route,
+                endpoint: None,
+                caller: "admin",
+            });
+            response
+        }
+        Err(err) => err.into_response(),
+    }
 }
 
 fn with(state: &Arc<AppState>) -> impl Filter<Extract = (Arc<AppState>,), Error = Infallible> + Clone {

@@ -8,7 +8,7 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use plugin_api::ErrorKind;
 use warp::reply::Response;
 
-use super::{auth, dir, error::ApiError, path};
+use super::{auth, dir, error::ApiError, path, RouteInfo};
 use crate::{
     dispatch::{self, CallError, CallInput, PluginReply},
     kwargs::{self, BodyKind},
@@ -23,10 +23,17 @@ where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
-    match serve(&state, &tail, method, query, &headers, body).await {
+    let mut info = RouteInfo {
+        route: RouteInfo::UNRESOLVED,
+        endpoint: None,
+        caller: "none",
+    };
+    let mut response = match serve(&state, &tail, method, query, &headers, body, &mut info).await {
         Ok(response) => response,
         Err(err) => err.into_response(),
-    }
+    };
+    response.extensions_mut().insert(info);
+    response
 }
 
 async fn serve<S, B>(
@@ -36,6 +43,7 @@ async fn serve<S, B>(
     query: String,
     headers: &HeaderMap,
     body: S,
+    info: &mut RouteInfo,
 ) -> Result<Response, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>>,
@@ -53,11 +61,13 @@ where
         match registry.resolve(&segments) {
             Resolution::Call { endpoint, rest } => (endpoint, rest.to_vec()),
             Resolution::Dir(module) => {
+                info.route = RouteInfo::DIR;
                 if method != Method::GET && method != Method::HEAD {
                     return Err(ApiError::method_not_allowed(&method, "__dir__", "GET, HEAD".to_owned()));
                 }
                 let registry = registry.clone();
                 let caller = auth::caller(state, headers).await?;
+                info.caller = caller.as_ref().map_or("none", |c| c.kind());
                 let visible = |f: &crate::manifest::FunctionSpec| auth::may_call(f.visibility, caller.as_ref());
                 let listing = match module {
                     Some(module) => dir::module(&module, &registry, &visible),
@@ -98,6 +108,8 @@ where
             }
         }
     };
+    info.route = RouteInfo::SERVICES;
+    info.endpoint = Some(endpoint.clone());
     let function = endpoint.function();
     if method == Method::OPTIONS {
         let mut response = Response::new(Bytes::new().into());
@@ -117,6 +129,7 @@ where
     } else {
         auth::caller(state, headers).await?
     };
+    info.caller = caller.as_ref().map_or("none", |c| c.kind());
     auth::require(
         function.visibility,
         caller.as_ref(),

@@ -63,6 +63,22 @@ pub enum AuthError {
     StoreUnavailable(String),
 }
 
+impl AuthError {
+    /// A short, bounded name for the metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing(_) => "missing",
+            AuthError::TokenInvalid(_) => "token_invalid",
+            AuthError::TokenExpired => "token_expired",
+            AuthError::TotpInvalid(_) => "totp_invalid",
+            AuthError::TotpReplayed => "totp_replayed",
+            AuthError::Forbidden(_) => "forbidden",
+            AuthError::TooManyAttempts(_) => "too_many_attempts",
+            AuthError::StoreUnavailable(_) => "store_unavailable",
+        }
+    }
+}
+
 impl From<StoreError> for AuthError {
     fn from(err: StoreError) -> Self {
         AuthError::StoreUnavailable(err.to_string())

@@ -74,3 +74,56 @@ pub trait Store: Send + Sync {
     /// The most recent entries, newest first.
     async fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
 }
+
+/// Wraps a store and records how long each operation takes in the metrics.
+pub struct Timed<S>(pub S);
+
+impl<S: Store> Timed<S> {
+    async fn time<T>(
+        &self,
+        operation: &'static str,
+        work: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = std::time::Instant::now();
+        let result = work.await;
+        crate::metrics::METRICS.store_operation(self.0.kind(), operation, result.is_ok(), started.elapsed());
+        result
+    }
+}
+
+#[async_trait]
+impl<S: Store> Store for Timed<S> {
+    fn kind(&self) -> &'static str {
+        self.0.kind()
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.time("ping", self.0.ping()).await
+    }
+    async fn put(&self, record: &PrincipalRecord) -> Result<(), StoreError> {
+        self.time("put", self.0.put(record)).await
+    }
+    async fn insert(&self, record: &PrincipalRecord) -> Result<(), StoreError> {
+        self.time("insert", self.0.insert(record)).await
+    }
+    async fn get(&self, uuid: &str) -> Result<Option<PrincipalRecord>, StoreError> {
+        self.time("get", self.0.get(uuid)).await
+    }
+    async fn list(&self, kind: &str) -> Result<Vec<PrincipalRecord>, StoreError> {
+        self.time("list", self.0.list(kind)).await
+    }
+    async fn replace(&self, record: &PrincipalRecord) -> Result<bool, StoreError> {
+        self.time("replace", self.0.replace(record)).await
+    }
+    async fn remove(&self, uuid: &str) -> Result<bool, StoreError> {
+        self.time("remove", self.0.remove(uuid)).await
+    }
+    async fn use_code(&self, uuid: &str, step: u64, expires_at: i64) -> Result<bool, StoreError> {
+        self.time("use_code", self.0.use_code(uuid, step, expires_at)).await
+    }
+    async fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        self.time("audit", self.0.audit(entry)).await
+    }
+    async fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        self.time("audit_log", self.0.audit_log(limit)).await
+    }
+}

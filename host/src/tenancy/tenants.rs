@@ -5,7 +5,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::json;
 
-use super::{secrets::SecretKey, totp, AuditEntry, PrincipalRecord, Store, StoreError};
+use super::{secrets::SecretKey, store::Timed, totp, AuditEntry, PrincipalRecord, Store, StoreError};
 use crate::config::Config;
 
 /// What enrolling an authenticator app needs; shown once, when a tenant is added or rotated.
@@ -63,8 +63,8 @@ impl Tenancy {
     /// Opens the store the configuration names.
     pub async fn open(config: &Config) -> Result<Tenancy, StoreError> {
         let store: Arc<dyn Store> = match &config.mongodb {
-            Some((uri, database)) => Arc::new(super::mongo::MongoStore::connect(uri, database).await?),
-            None => Arc::new(super::sqlite::SqliteStore::open(&config.data_dir.join("plughost.sqlite3"))?),
+            Some((uri, database)) => Arc::new(Timed(super::mongo::MongoStore::connect(uri, database).await?)),
+            None => Arc::new(Timed(super::sqlite::SqliteStore::open(&config.data_dir.join("plughost.sqlite3"))?)),
         };
         Ok(Tenancy {
             store,

@@ -10,6 +10,7 @@ mod errors;
 mod lifecycle;
 mod mongo_auth;
 mod mongo_server;
+mod operator;
 mod plugins;
 mod readme;
 mod reload;

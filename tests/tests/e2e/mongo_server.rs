@@ -5,27 +5,13 @@ use std::{
     net::TcpStream,
     path::PathBuf,
     process::{Child, Command, Stdio},
-    sync::Once,
     time::{Duration, Instant},
 };
 
 const LAUNCH: &str = "import sys; from nx_27017.nx_27017 import main; sys.exit(main())";
 
 fn ensure_installed() {
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| {
-        let present = Command::new("python3")
-            .args(["-c", "import nx_27017.nx_27017"])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !present {
-            let status = Command::new("python3")
-                .args(["-m", "pip", "install", "--quiet", "nx-27017"])
-                .status()
-                .expect("run pip");
-            assert!(status.success(), "could not install nx-27017 from PyPI");
-        }
-    });
+    crate::support::ensure_python_module("nx_27017.nx_27017", "nx-27017");
 }
 
 fn free_port() -> u16 {

@@ -513,3 +513,27 @@ pub fn rss_kib(pid: u64) -> u64 {
         .and_then(|v| v.parse().ok())
         .expect("VmRSS")
 }
+
+/// Makes sure Python can import `module`, installing `package` from PyPI once if it cannot.
+pub fn ensure_python_module(module: &str, package: &str) {
+    static INSTALLED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let mut installed = INSTALLED.lock().unwrap_or_else(|p| p.into_inner());
+    if installed.iter().any(|m| m == module) {
+        return;
+    }
+    let present = Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !present {
+        let status = Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", package])
+            .status()
+            .expect("run pip");
+        assert!(
+            status.success(),
+            "could not install {package} from PyPI (python3 -m pip install {package})"
+        );
+    }
+    installed.push(module.to_owned());
+}

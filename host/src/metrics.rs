@@ -1,0 +1,267 @@
+//! Prometheus metrics: one registry per process, recorded on the request path and by the loader,
+//! the authenticator and the store, and rendered in the text format at `GET /metrics`.
+//!
+//! Labels stay bounded: routes are templates, modules and functions are the names of loaded
+//! plugins (never raw paths), methods outside the standard ones become `OTHER`, and callers are
+//! counted by kind, never by UUID.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        LazyLock,
+    },
+    time::Duration,
+};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{exponential_buckets, Histogram},
+    },
+    registry::Registry,
+};
+
+/// The metrics of this process.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// Whether requests are measured (`METRICS=off` turns it off, e.g. to measure what it costs).
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns request measurement on or off for this process.
+pub fn set_enabled(enabled: bool) {
+    ENABLED.store(enabled, Ordering::Relaxed);
+}
+
+/// Whether request measurement is on.
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: &'static str,
+    pub module: String,
+    pub function: String,
+    pub method: &'static str,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LatencyLabels {
+    pub route: &'static str,
+    pub module: String,
+    pub function: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabels {
+    pub store: &'static str,
+    pub operation: &'static str,
+    pub outcome: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Every series plughost exports.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub latency: HistogramFamily<LatencyLabels>,
+    pub in_flight: Gauge,
+    pub plugin_loads: Counter,
+    pub plugin_reloads: Counter,
+    pub plugin_load_failures: Counter,
+    pub plugin_unloads: Counter,
+    pub plugins_loaded: Gauge,
+    pub images_mapped: Gauge,
+    pub images_leaked: Gauge,
+    pub images_leaked_bytes: Gauge,
+    pub auth_failures: Family<ReasonLabels, Counter>,
+    pub store_latency: HistogramFamily<StoreLabels>,
+}
+
+fn request_histogram() -> Histogram {
+    // 50 µs … ~1.6 s.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+fn store_histogram() -> Histogram {
+    // 100 µs … ~3.3 s.
+    Histogram::new(exponential_buckets(0.000_1, 2.0, 16))
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("plughost");
+        let metrics = Metrics {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(request_histogram as fn() -> Histogram),
+            in_flight: Gauge::default(),
+            plugin_loads: Counter::default(),
+            plugin_reloads: Counter::default(),
+            plugin_load_failures: Counter::default(),
+            plugin_unloads: Counter::default(),
+            plugins_loaded: Gauge::default(),
+            images_mapped: Gauge::default(),
+            images_leaked: Gauge::default(),
+            images_leaked_bytes: Gauge::default(),
+            auth_failures: Family::default(),
+            store_latency: Family::new_with_constructor(store_histogram as fn() -> Histogram),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route template, module, function, method and status",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from request to response head, by route template, module and function",
+            metrics.latency.clone(),
+        );
+        registry.register("http_requests_in_flight", "Requests being answered now", metrics.in_flight.clone());
+        registry.register(
+            "plugin_loads",
+            "Plugin files loaded and routed for the first time",
+            metrics.plugin_loads.clone(),
+        );
+        registry.register(
+            "plugin_reloads",
+            "Plugin files whose new version replaced a served one",
+            metrics.plugin_reloads.clone(),
+        );
+        registry.register(
+            "plugin_load_failures",
+            "Plugin files (or new versions) refused: incomplete, wrong ABI, bad manifest, name collision",
+            metrics.plugin_load_failures.clone(),
+        );
+        registry.register(
+            "plugin_unloads",
+            "Plugin files removed and unrouted",
+            metrics.plugin_unloads.clone(),
+        );
+        registry.register("plugins_loaded", "Modules routed now", metrics.plugins_loaded.clone());
+        registry.register(
+            "plugin_images_mapped",
+            "Library images mapped into this process, routed or not",
+            metrics.images_mapped.clone(),
+        );
+        registry.register(
+            "plugin_images_leaked",
+            "Library images mapped but no longer routed (freed when the process is recycled)",
+            metrics.images_leaked.clone(),
+        );
+        registry.register(
+            "plugin_images_leaked_bytes",
+            "Size of the library images no longer routed",
+            metrics.images_leaked_bytes.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Requests whose credentials were refused, by reason",
+            metrics.auth_failures.clone(),
+        );
+        registry.register(
+            "store_operation_duration_seconds",
+            "Identity store operations, by store, operation and outcome",
+            metrics.store_latency.clone(),
+        );
+        Metrics { registry, ..metrics }
+    }
+
+    /// Records one answered request.
+    pub fn observe_request(&self, labels: RequestLabels, elapsed: Duration) {
+        let latency = LatencyLabels {
+            route: labels.route,
+            module: labels.module.clone(),
+            function: labels.function.clone(),
+        };
+        self.requests.get_or_create(&labels).inc();
+        self.latency.get_or_create(&latency).observe(elapsed.as_secs_f64());
+    }
+
+    /// Records one refused credential.
+    pub fn auth_failure(&self, reason: &'static str) {
+        self.auth_failures.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// Records one store operation.
+    pub fn store_operation(&self, store: &'static str, operation: &'static str, ok: bool, elapsed: Duration) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.store_latency
+            .get_or_create(&StoreLabels { store, operation, outcome })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The text exposition (OpenMetrics, which Prometheus scrapes).
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        if let Err(err) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!("the metrics could not be rendered: {err}");
+        }
+        out
+    }
+}
+
+/// The content type of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A method as a bounded label value.
+pub fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::PATCH => "PATCH",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_series_it_recorded() {
+        let metrics = Metrics::new();
+        metrics.observe_request(
+            RequestLabels {
+                route: "/rest/services/{module}/{function}/",
+                module: "module1".to_owned(),
+                function: "echo".to_owned(),
+                method: "GET",
+                status: 200,
+            },
+            Duration::from_micros(120),
+        );
+        metrics.auth_failure("totp_replayed");
+        metrics.plugin_loads.inc();
+        let text = metrics.render();
+        assert!(text.contains(
+            r#"plughost_http_requests_total{route="/rest/services/{module}/{function}/",module="module1",function="echo",method="GET",status="200"} 1"#
+        ));
+        assert!(text.contains(
+            r#"plughost_http_request_duration_seconds_count{route="/rest/services/{module}/{function}/",module="module1",function="echo"} 1"#
+        ));
+        assert!(text.contains(r#"plughost_auth_failures_total{reason="totp_replayed"} 1"#));
+        assert!(text.contains("plughost_plugin_loads_total 1"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn unusual_methods_share_one_label() {
+        assert_eq!(method_label(&http::Method::GET), "GET");
+        assert_eq!(method_label(&http::Method::from_bytes(b"BREW").unwrap()), "OTHER");
+    }
+}
