@@ -20,6 +20,7 @@ use crate::{
 pub enum TenantCommand {
     /// Add a tenant; prints its UUID, secret, otpauth:// URI and a QR code to enrol an authenticator.
     Add {
+        /// A display name, 1 to 100 printable characters.
         name: String,
         /// Print `{"uuid", "name", "secret", "otpauth_uri"}` only, for scripts.
         #[arg(long)]
@@ -30,22 +31,38 @@ pub enum TenantCommand {
     },
     /// List tenants.
     List {
+        /// Print JSON, for scripts.
         #[arg(long)]
         json: bool,
     },
     /// Show one tenant.
-    Show { uuid: String },
+    Show {
+        /// The tenant's UUID.
+        uuid: String,
+    },
     /// Disable a tenant: its codes and tokens are refused at once.
-    Disable { uuid: String },
+    Disable {
+        /// The tenant's UUID.
+        uuid: String,
+    },
     /// Enable a disabled tenant.
-    Enable { uuid: String },
+    Enable {
+        /// The tenant's UUID.
+        uuid: String,
+    },
     /// Remove a tenant.
-    Remove { uuid: String },
+    Remove {
+        /// The tenant's UUID.
+        uuid: String,
+    },
     /// Give a tenant a new TOTP secret; the old one and its tokens stop working.
     RotateTotp {
+        /// The tenant's UUID.
         uuid: String,
+        /// Print `{"uuid", "name", "secret", "otpauth_uri"}` only, for scripts.
         #[arg(long)]
         json: bool,
+        /// Also write the new QR code as a PNG image.
         #[arg(long, value_name = "FILE")]
         png: Option<PathBuf>,
     },

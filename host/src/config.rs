@@ -31,6 +31,11 @@ pub const KNOWN_VARS: &[(&str, &str, &str)] = &[
         "how long in-flight requests may take to finish on shutdown",
     ),
     (
+        "INLINE_CALL_MAX_US",
+        "200",
+        "a function whose last 32 calls each took at most this long is called on the async thread (0: never)",
+    ),
+    (
         "RELOAD_DEBOUNCE_MS",
         "50",
         "quiet time after a write before a changed plugin file is loaded",
@@ -118,6 +123,8 @@ pub struct Config {
     pub max_response_bytes: usize,
     pub max_header_bytes: usize,
     pub call_timeout: Duration,
+    /// Quick functions are called on the async thread (`INLINE_CALL_MAX_US`; `None`: never).
+    pub inline_call_max: Option<Duration>,
     pub shutdown_grace: Duration,
     pub reload_debounce: Duration,
     pub rescan_interval: Duration,
@@ -307,6 +314,8 @@ impl Config {
             1,
             3_600_000,
         ));
+        let inline_us = parse_number(&mut errors, "INLINE_CALL_MAX_US", &var("INLINE_CALL_MAX_US", "200"), 0, 100_000);
+        let inline_call_max = (inline_us > 0).then(|| Duration::from_micros(inline_us));
         let shutdown_grace = Duration::from_millis(parse_number(
             &mut errors,
             "SHUTDOWN_GRACE_MS",
@@ -447,6 +456,7 @@ impl Config {
                 max_response_bytes,
                 max_header_bytes,
                 call_timeout,
+                inline_call_max,
                 shutdown_grace,
                 reload_debounce,
                 rescan_interval,

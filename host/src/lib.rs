@@ -10,6 +10,7 @@
 //! changed files in; [`supervisor`] keeps a worker process serving and replaces it with a fresh
 //! one, without downtime, when old plugin images have leaked too much memory.
 
+pub mod access;
 pub mod cli;
 pub mod config;
 pub mod dispatch;
@@ -17,6 +18,7 @@ pub mod elf;
 pub mod http;
 pub mod kwargs;
 pub mod loader;
+pub mod logwriter;
 pub mod manifest;
 pub mod metrics;
 pub mod params;

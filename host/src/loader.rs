@@ -73,6 +73,8 @@ pub struct LoadedModule {
     pub sha256: String,
     pub size: u64,
     pub loaded_at: SystemTime,
+    /// Per function: how many of its latest calls in a row were quick (see `dispatch`).
+    pub quick_streaks: Vec<std::sync::atomic::AtomicU32>,
     root: PluginModRef,
 }
 
@@ -141,12 +143,14 @@ pub fn load_candidate(candidate: Candidate, shadow_dir: &Path) -> Result<LoadedM
         RResult::RErr(err) => return Err(LoadError::Manifest(err.into_string())),
     };
     let spec = ModuleSpec::from_abi(&manifest).map_err(LoadError::InvalidManifest)?;
+    let quick_streaks = (0..spec.functions.len()).map(|_| Default::default()).collect();
     Ok(LoadedModule {
         spec,
         file,
         sha256,
         size: bytes.len() as u64,
         loaded_at: SystemTime::now(),
+        quick_streaks,
         root,
     })
 }
@@ -222,11 +226,13 @@ fn host_services() -> HostServicesRef {
 extern "C" fn plugin_log(level: LogLevel, module: RStr<'_>, message: RStr<'_>) {
     let module = module.as_str();
     let message = message.as_str();
+    let id = crate::access::current_request_id();
+    let request_id = id.as_deref().unwrap_or("-");
     match level {
-        LogLevel::Error => tracing::error!(target: "plugin", module, "{message}"),
-        LogLevel::Warn => tracing::warn!(target: "plugin", module, "{message}"),
-        LogLevel::Info => tracing::info!(target: "plugin", module, "{message}"),
-        LogLevel::Debug => tracing::debug!(target: "plugin", module, "{message}"),
-        LogLevel::Trace => tracing::trace!(target: "plugin", module, "{message}"),
+        LogLevel::Error => tracing::error!(target: "plugin", module, request_id, "{message}"),
+        LogLevel::Warn => tracing::warn!(target: "plugin", module, request_id, "{message}"),
+        LogLevel::Info => tracing::info!(target: "plugin", module, request_id, "{message}"),
+        LogLevel::Debug => tracing::debug!(target: "plugin", module, request_id, "{message}"),
+        LogLevel::Trace => tracing::trace!(target: "plugin", module, request_id, "{message}"),
     }
 }

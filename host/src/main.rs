@@ -17,7 +17,17 @@ use plughost::{
 #[command(
     name = "plughost",
     version,
-    about = "Serves the functions of compiled Rust plugins as REST endpoints"
+    about = "Serves the functions of compiled Rust plugins as REST endpoints",
+    after_help = "Examples:
+  plughost                                   serve ./plugins with ./.env (same as `plughost serve`)
+  plughost serve --bind 0.0.0.0:8080 --plugins-dir /srv/plugins
+  plughost check target/release/libhello.so
+  plughost keygen --env >> .env              a fresh admin identity
+  plughost tenant add \"Acme Corp\"
+  plughost new orders
+
+Exit codes: 0 success; 1 failure (a plugin refused by `check`, an unknown tenant, a store or
+I/O error); 2 bad configuration or arguments (every problem is listed)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -29,14 +39,27 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the plugins folder (what a bare `plughost` does).
+    #[command(after_help = "Examples:
+  plughost serve                                  ./.env, ./plugins, 127.0.0.1:8080
+  plughost serve --env-file /etc/plughost/.env --bind 0.0.0.0:80
+  PLUGHOST_STAGE=prod plughost serve              .env.prod over .env
+  plughost serve --no-supervisor                  one process (no recycling)
+
+Every setting is listed, with its default, in .env.example.")]
     Serve(ServeArgs),
     /// Load a plugin file offline, check its ABI and manifest, and print its endpoints.
+    #[command(after_help = "Example:
+  plughost check target/release/libhello.so
+
+Exit code 1, with the reason on one line, when the file would be refused by a server.")]
     Check {
         /// The plugin's .so file.
         file: PathBuf,
     },
     /// Ask the running server (found through DATA_DIR/plughost.pid) to replace its worker process
     /// with a fresh one, without downtime.
+    #[command(after_help = "Example:
+  plughost recycle --env-file /etc/plughost/.env")]
     Recycle {
         /// Env file to read for DATA_DIR (default: ./.env when present).
         #[arg(long, value_name = "PATH")]
@@ -44,26 +67,43 @@ enum Command {
     },
     /// Print a fresh SECRET_KEY; with --env, a whole admin identity (ADMIN_UUID, ADMIN_TOTP_SECRET,
     /// SECRET_KEY) to append to .env.
+    #[command(after_help = "Examples:
+  plughost keygen --env >> .env     first set-up
+  plughost keygen                   a new SECRET_KEY only (existing tokens and stored secrets then stop working)")]
     Keygen {
+        /// Print ADMIN_UUID, ADMIN_TOTP_SECRET and SECRET_KEY as .env lines.
         #[arg(long)]
         env: bool,
     },
     /// Manage tenants (works beside a running server).
+    #[command(after_help = "Examples:
+  plughost tenant add \"Acme Corp\" --png acme.png
+  plughost tenant list --json
+  plughost tenant disable 3f2a9c1e-0000-4000-8000-000000000000")]
     Tenant {
+        /// Env file to read for the store settings (default: ./.env when present).
         #[arg(long, value_name = "PATH", global = true)]
         env_file: Option<PathBuf>,
         #[command(subcommand)]
         command: plughost::cli::TenantCommand,
     },
     /// Print the current TOTP code of a principal (the admin or a tenant), read from the store.
+    #[command(after_help = "Example:
+  curl -X POST localhost:8080/rest/auth/token -H 'content-type: application/json' \\
+    -d \"{\\\"uuid\\\": \\\"$ADMIN_UUID\\\", \\\"totp\\\": \\\"$(plughost totp $ADMIN_UUID)\\\"}\"")]
     Totp {
+        /// The admin's or a tenant's UUID.
         uuid: String,
+        /// Env file to read for the store settings (default: ./.env when present).
         #[arg(long, value_name = "PATH")]
         env_file: Option<PathBuf>,
     },
     /// Create a plugin crate that builds and passes `plughost check` at once.
     ///
     /// Example: `plughost new orders && cd orders && cargo build --release`
+    #[command(after_help = "Examples:
+  plughost new orders
+  plughost new orders --path plugins/orders --plugin-api ../plughost/plugin-api")]
     New {
         /// The module and crate name (lower-case letters, digits and '_').
         name: String,
@@ -149,7 +189,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Ok(config) => config,
         Err(code) => return Ok(code),
     };
-    init_logging(config.log_format, &config.log_filter);
+    let _flush_logs_on_exit = init_logging(config.log_format, &config.log_filter);
     if args.no_supervisor {
         return run_server(config, None, Role::Standalone);
     }
@@ -183,7 +223,7 @@ fn worker(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Ok(config) => config,
         Err(code) => return Ok(code),
     };
-    init_logging(config.log_format, &config.log_filter);
+    let _flush_logs_on_exit = init_logging(config.log_format, &config.log_filter);
     let role = if listener.is_some() { Role::Worker } else { Role::Standalone };
     run_server(config, listener, role)
 }
@@ -252,12 +292,15 @@ async fn shutdown_signal() {
     }
 }
 
-fn init_logging(format: LogFormat, filter: &str) {
+/// Logs to stderr in batches (see `logwriter`); the guard returned flushes what is queued when it
+/// is dropped.
+fn init_logging(format: LogFormat, filter: &str) -> plughost::logwriter::FlushGuard {
     let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (writer, guard) = plughost::logwriter::stderr();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(ansi);
     match format {
         LogFormat::Json => builder
@@ -268,6 +311,7 @@ fn init_logging(format: LogFormat, filter: &str) {
             .init(),
         LogFormat::Pretty => builder.init(),
     }
+    guard
 }
 
 fn check(file: &std::path::Path) -> anyhow::Result<ExitCode> {

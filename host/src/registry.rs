@@ -16,6 +16,11 @@ impl Endpoint {
     pub fn function(&self) -> &FunctionSpec {
         &self.module.spec.functions[self.function]
     }
+
+    /// How many of this function's latest calls in a row were quick.
+    pub fn quick_streak(&self) -> &std::sync::atomic::AtomicU32 {
+        &self.module.quick_streaks[self.function]
+    }
 }
 
 /// What the path segments after `/rest/services/` name.

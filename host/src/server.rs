@@ -18,7 +18,6 @@ use hyper_util::{
 };
 use tokio::net::TcpListener;
 use tower_service::Service;
-use tracing::Instrument;
 
 use crate::{
     config::Config,
@@ -142,7 +141,15 @@ impl App {
                 let mut filtered = filtered.clone();
                 let state = state.clone();
                 async move {
-                    let mut response = handle(&mut filtered, request, peer, max_header_bytes, state.config.cors.as_ref()).await;
+                    let mut response = handle(
+                        &mut filtered,
+                        request,
+                        peer,
+                        max_header_bytes,
+                        state.config.cors.as_ref(),
+                        state.config.log_format,
+                    )
+                    .await;
                     if state.draining.load(Ordering::Relaxed) {
                         response
                             .headers_mut()
@@ -252,6 +259,7 @@ async fn handle<S>(
     peer: SocketAddr,
     max_header_bytes: usize,
     cors: Option<&crate::http::cors::Cors>,
+    log_format: crate::config::LogFormat,
 ) -> warp::reply::Response
 where
     S: Service<Request<Incoming>, Response = warp::reply::Response, Error = Infallible>,
@@ -269,7 +277,7 @@ where
     let method = request.method().clone();
     let measure = crate::metrics::enabled();
     let _in_flight = measure.then(InFlight::enter);
-    let span = tracing::info_span!("request", request_id = %request_id);
+    let scoped_id: Arc<str> = Arc::from(request_id.as_str());
 
     let header_bytes: usize = request.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
     let origin = request.headers().get(::http::header::ORIGIN).cloned();
@@ -279,7 +287,6 @@ where
     let mut response = if let Some(answer) = preflight {
         answer
     } else if header_bytes > max_header_bytes {
-        let _entered = span.enter();
         http::error::ApiError::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "HEADERS_TOO_LARGE",
@@ -287,7 +294,7 @@ where
         )
         .into_response()
     } else {
-        match routes.call(request).instrument(span).await {
+        match crate::access::scope(scoped_id, routes.call(request)).await {
             Ok(response) => response,
             Err(never) => match never {},
         }
@@ -320,19 +327,22 @@ where
             elapsed,
         );
     }
-    tracing::info!(
-        target: "plughost::access",
-        request_id = %request_id,
-        method = %method,
-        route,
-        module,
-        function,
-        caller,
-        status,
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
-        %peer,
-        "request"
-    );
+    if crate::access::enabled() {
+        crate::access::log(
+            log_format,
+            &crate::access::Entry {
+                request_id: &request_id,
+                method: method.as_str(),
+                route,
+                module,
+                function,
+                caller,
+                status,
+                duration: elapsed,
+                peer,
+            },
+        );
+    }
     response
 }
 

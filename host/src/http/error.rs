@@ -62,10 +62,12 @@ impl ApiError {
     pub fn into_response(self) -> Response {
         let error_id = uuid::Uuid::new_v4().to_string();
         let internal = self.internal.as_deref().unwrap_or("");
+        let id = crate::access::current_request_id();
+        let request_id = id.as_deref().unwrap_or("-");
         if self.status.is_server_error() {
-            tracing::error!(error_id, status = self.status.as_u16(), error = %self.code, internal, "{}", self.description);
+            tracing::error!(request_id, error_id, status = self.status.as_u16(), error = %self.code, internal, "{}", self.description);
         } else {
-            tracing::info!(error_id, status = self.status.as_u16(), error = %self.code, "{}", self.description);
+            tracing::info!(request_id, error_id, status = self.status.as_u16(), error = %self.code, "{}", self.description);
         }
         let body = json!({
             "status": self.status.as_u16(),

@@ -165,10 +165,10 @@ where
         headers: auth::plugin_headers(headers, caller.as_ref()),
         body,
         content_type,
-        request_id: header_text(headers, "x-request-id"),
+        request_id: crate::access::current_request_id().unwrap_or_else(|| header_text(headers, "x-request-id").into()),
     };
     let timeout = state.config.call_timeout;
-    match dispatch::call(endpoint.clone(), input, timeout).await {
+    match dispatch::call(endpoint.clone(), input, timeout, state.config.inline_call_max).await {
         Ok(reply) => to_response(reply, &endpoint, state.config.max_response_bytes),
         Err(err) => Err(call_error(err, &endpoint)),
     }

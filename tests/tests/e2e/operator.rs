@@ -174,17 +174,25 @@ fn a_json_access_log_line_carries_the_request_id_of_the_response() {
     assert_eq!(line["status"], 200);
     assert!(line["duration_ms"].as_f64().unwrap() >= 0.0);
     assert_eq!(line["level"], "INFO");
+    // The plugin's own line (hello logs each greeting) carries the request id and its module.
+    let plugin_line = app
+        .logs()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|v| v["target"] == "plugin" && v["request_id"] == id.as_str())
+        .expect("the plugin's log line, with the request id");
+    assert_eq!(plugin_line["module"], "hello");
     let refused = find("trace-me-42").unwrap();
     assert_eq!(refused["status"], 401);
     assert_eq!(refused["function"], "whoami");
-    // The error line of that request carries the same id, in its span.
+    // The error line of that request carries the same id.
     let error_line = app
         .logs()
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .find(|v| v["error"] == "AUTHORIZATION_HEADER_MISSING")
         .expect("an error line");
-    assert_eq!(error_line["span"]["request_id"], "trace-me-42");
+    assert_eq!(error_line["request_id"], "trace-me-42");
     assert_eq!(error_line["error_id"], chosen.json()["error_id"]);
 }
 

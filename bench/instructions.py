@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Instructions per request, counted by valgrind's callgrind: repeatable whatever else the machine
+is doing, unlike CPU time. Runs plughost (release, --no-supervisor) under callgrind for each
+configuration, warms it up, zeroes the counters, sends N keep-alive requests from one client, and
+divides the instructions executed by N. System-call time in the kernel is not counted.
+
+    bench/instructions.py [N] [PATH]     (defaults: 2000, /rest/services/hello-world/a/b/?x=1)
+    CONFIGS="RUST_LOG=warn,METRICS=off RUST_LOG=info" bench/instructions.py
+"""
+import http.client, os, re, shutil, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+N = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+PATH = sys.argv[2] if len(sys.argv) > 2 else "/rest/services/hello-world/a/b/?x=1"
+CONFIGS = os.environ.get(
+    "CONFIGS",
+    "RUST_LOG=warn,METRICS=off RUST_LOG=warn,METRICS=admin RUST_LOG=info,METRICS=off RUST_LOG=info,METRICS=admin",
+).split()
+EXAMPLES = ["module1", "module2", "product_v1", "product_v2", "hello"]
+
+
+def requests(port, count):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    for _ in range(count):
+        conn.request("GET", PATH)
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 200, response.status
+    conn.close()
+
+
+def total_instructions(out_file):
+    with open(out_file) as f:
+        for line in f:
+            if line.startswith("summary:") or line.startswith("totals:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no totals in {out_file}")
+
+
+def measure(work, config):
+    env = dict(os.environ, PLUGINS_DIR=f"{work}/plugins", DATA_DIR=f"{work}/data", BIND="127.0.0.1:0")
+    for pair in config.split(","):
+        key, value = pair.split("=", 1)
+        env[key] = value
+    out = f"{work}/callgrind.out"
+    for old in os.listdir(work):
+        if old.startswith("callgrind.out"):
+            os.remove(os.path.join(work, old))
+    server = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--collect-atstart=yes",
+         f"{ROOT}/target/release/plughost", "serve", "--no-supervisor", "--env-file", f"{work}/.env"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=work)
+    try:
+        line = server.stdout.readline()
+        port = int(re.search(r":(\d+)\s*$", line).group(1))
+        requests(port, 200)  # warm-up: lazy statics, connection set-up, caches
+        subprocess.run(["callgrind_control", "-z", str(server.pid)], check=True, stdout=subprocess.DEVNULL)
+        requests(port, N)
+        subprocess.run(["callgrind_control", "-d", str(server.pid)], check=True, stdout=subprocess.DEVNULL)
+        time.sleep(0.5)
+    finally:
+        server.kill()  # the counters are dumped already
+        server.wait(timeout=60)
+    dumps = sorted(f for f in os.listdir(work) if re.fullmatch(r"callgrind\.out\.\d+", f))
+    if not dumps:
+        raise RuntimeError(f"callgrind wrote no dump in {work}")
+    return total_instructions(os.path.join(work, dumps[0])) / N
+
+
+def main():
+    packages = ["-p", "plughost"] + [a for n in EXAMPLES for a in ("-p", n)]
+    subprocess.run(["cargo", "build", "--release", "-q", *packages], cwd=ROOT, check=True)
+    work = tempfile.mkdtemp()
+    try:
+        os.makedirs(f"{work}/plugins")
+        for name in EXAMPLES:
+            shutil.copy(f"{ROOT}/target/release/lib{name}.so", f"{work}/plugins/")
+        with open(f"{work}/.env", "w") as f:
+            subprocess.run([f"{ROOT}/target/release/plughost", "keygen", "--env"], stdout=f, check=True)
+        results = [(config, measure(work, config)) for config in CONFIGS]
+        first = results[0][1]
+        print(f"GET {PATH}, {N} requests per configuration, instructions per request (callgrind)")
+        for config, per_request in results:
+            print(f"  {config:<36} {per_request:>10,.0f}   {per_request / first:.3f}x")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
