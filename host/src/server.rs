@@ -271,7 +271,7 @@ where
         .and_then(|v| v.to_str().ok())
         .filter(|id| is_sane_request_id(id))
         .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        .unwrap_or_else(new_request_id);
     let id_value = HeaderValue::from_str(&request_id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
     request.headers_mut().insert("x-request-id", id_value.clone());
     let method = request.method().clone();
@@ -379,6 +379,23 @@ fn route_template(path: &str) -> &'static str {
     }
 }
 
+/// A fresh request id shaped like a random UUID: a random 128-bit base drawn once per process,
+/// plus a counter. Unique within the process, unpredictable across processes, and free of the
+/// `getrandom` system call that `Uuid::new_v4` makes for every request.
+fn new_request_id() -> String {
+    static BASE: std::sync::LazyLock<u128> = std::sync::LazyLock::new(|| uuid::Uuid::new_v4().as_u128());
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    // splitmix64 spreads consecutive counters over all the bits (a bijection: no repeats).
+    let mut z = n.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    let mixed = (u128::from(z) << 64) | u128::from(z.rotate_left(32) ^ n);
+    let bytes = (*BASE ^ mixed).to_be_bytes();
+    uuid::Builder::from_random_bytes(bytes).into_uuid().to_string()
+}
+
 /// 1–128 characters of letters, digits and `-_.:/+=@`.
 fn is_sane_request_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(&b))
@@ -387,6 +404,17 @@ fn is_sane_request_id(id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fresh_request_ids_are_distinct_uuids() {
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| new_request_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        for id in ids.iter().take(5) {
+            let parsed = uuid::Uuid::parse_str(id).unwrap();
+            assert_eq!(parsed.get_version_num(), 4);
+            assert!(is_sane_request_id(id));
+        }
+    }
 
     #[test]
     fn request_ids() {
