@@ -5,7 +5,11 @@ configuration, warms it up, zeroes the counters, sends N keep-alive requests fro
 divides the instructions executed by N. System-call time in the kernel is not counted.
 
     bench/instructions.py [N] [PATH]     (defaults: 2000, /rest/services/hello-world/a/b/?x=1)
-    CONFIGS="RUST_LOG=warn,METRICS=off RUST_LOG=info" bench/instructions.py
+    CONFIGS="baseline RUST_LOG=warn,METRICS=off RUST_LOG=info" bench/instructions.py
+
+`baseline` is bench/baseline, the bare warp handler. Under callgrind everything runs ~50 times
+slower, so INLINE_CALL_MAX_US is raised to 20 ms: quick functions are then called inline, as they
+are at full speed.
 """
 import http.client, os, re, shutil, subprocess, sys, tempfile, time
 
@@ -38,8 +42,13 @@ def total_instructions(out_file):
 
 
 def measure(work, config):
-    env = dict(os.environ, PLUGINS_DIR=f"{work}/plugins", DATA_DIR=f"{work}/data", BIND="127.0.0.1:0")
-    for pair in config.split(","):
+    env = dict(os.environ, PLUGINS_DIR=f"{work}/plugins", DATA_DIR=f"{work}/data", BIND="127.0.0.1:0",
+               INLINE_CALL_MAX_US="20000")
+    if config == "baseline":
+        command = [f"{ROOT}/target/release/bench-baseline", "127.0.0.1:0"]
+    else:
+        command = [f"{ROOT}/target/release/plughost", "serve", "--no-supervisor", "--env-file", f"{work}/.env"]
+    for pair in config.split(",") if config != "baseline" else []:
         key, value = pair.split("=", 1)
         env[key] = value
     out = f"{work}/callgrind.out"
@@ -48,7 +57,7 @@ def measure(work, config):
             os.remove(os.path.join(work, old))
     server = subprocess.Popen(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--collect-atstart=yes",
-         f"{ROOT}/target/release/plughost", "serve", "--no-supervisor", "--env-file", f"{work}/.env"],
+         *command],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=work)
     try:
         line = server.stdout.readline()
@@ -68,7 +77,7 @@ def measure(work, config):
 
 
 def main():
-    packages = ["-p", "plughost"] + [a for n in EXAMPLES for a in ("-p", n)]
+    packages = ["-p", "plughost", "-p", "bench-baseline"] + [a for n in EXAMPLES for a in ("-p", n)]
     subprocess.run(["cargo", "build", "--release", "-q", *packages], cwd=ROOT, check=True)
     work = tempfile.mkdtemp()
     try:

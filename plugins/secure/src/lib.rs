@@ -1,5 +1,6 @@
 //! The three visibility levels, one function each: `status` (public), `whoami` (any
-//! authenticated principal), `admin-stats` (the admin only).
+//! authenticated principal), `admin-stats` (the admin only); and `echo`, module1's echo for
+//! authenticated callers (the benchmark's "with a bearer token" case).
 
 use plugin_api::{prelude::*, CallerKind};
 
@@ -20,6 +21,10 @@ fn admin_stats(req: &Request) -> Result<Value> {
     Ok(json!({ "caller": req.caller().map(|c| c.uuid), "module": req.module(), "pid": std::process::id() }))
 }
 
+fn echo(req: &Request) -> Result<Value> {
+    Ok(json!({ "response": "echo", "kwargs": req.kwargs() }))
+}
+
 fn plugin() -> Plugin {
     Plugin::new("secure")
         .description("Visibility levels: public, tenant, admin")
@@ -30,6 +35,11 @@ fn plugin() -> Plugin {
                 .api("admin-stats")
                 .doc("For the admin only")
                 .admin_only(),
+        )
+        .function(
+            Function::new("echo", echo)
+                .methods("GET|POST")
+                .doc("Echoes its kwargs, for authenticated callers"),
         )
 }
 

@@ -132,11 +132,11 @@ fn visibility_decides_who_may_call_and_what_dir_shows() {
     assert_eq!(names(app.get("/rest/services/secure/__dir__/")), vec!["status"]);
     assert_eq!(
         names(bearer(&app, "/rest/services/secure/__dir__/", &tenant)),
-        vec!["status", "whoami"]
+        vec!["status", "whoami", "echo"]
     );
     assert_eq!(
         names(bearer(&app, "/rest/services/secure/__dir__/", &admin)),
-        vec!["status", "whoami", "admin-stats"]
+        vec!["status", "whoami", "admin-stats", "echo"]
     );
     // The public examples stay public.
     assert_eq!(app.get("/rest/services/v1/hello-world/").status, 200);

@@ -1,0 +1,408 @@
+#!/usr/bin/env python3
+"""plughost's benchmark suite: release builds, loopback only, bounded in time, one command.
+
+    bench/suite.py [--rounds 3] [--seconds 5] [--swaps 100] [--reloads 1000] [--quick]
+
+Throughput targets (each its own server, pinned to CPU 0; wrk pinned to CPU 1 when there are two
+CPUs) are alternated over the rounds, and each figure is the median over rounds:
+  baseline        bench/baseline: a bare warp 0.4 handler doing the echo's work, nothing else
+  echo            plughost, module1 only: GET /rest/services/v1/hello-world/a/b/?x=1
+  token           the same echo (secure/echo, for authenticated callers) with a bearer token
+  modules-1000    the echo with 999 more modules loaded (byte-patched copies of plugins/fixtures/many)
+  baseline-64k    POST of a 64 KiB JSON object to the baseline
+  body-64k        the same POST to plughost's echo
+plus: reload latency over N swaps (file renamed into place -> first response from the new
+version), RSS after M reloads without and with recycling, and start-up time with 100 plugins.
+The sandbox tier's scenarios wait for that tier.
+
+Writes bench/results/latest.{json,md,svg}; the README shows the table and the chart.
+"""
+import argparse, datetime, json, os, re, shutil, statistics, subprocess, sys, tempfile, time, urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RELEASE = os.path.join(ROOT, "target", "release")
+RESULTS = os.path.join(ROOT, "bench", "results")
+ECHO_PATH = "/rest/services/v1/hello-world/a/b/?x=1"
+TOKEN_PATH = "/rest/services/secure/echo/a/b/?x=1"
+TWO_CPUS = os.cpu_count() and os.cpu_count() >= 2
+SERVER_CPU = ["taskset", "-c", "0"] if TWO_CPUS else []
+LOAD_CPU = ["taskset", "-c", "1"] if TWO_CPUS else []
+
+
+def sh(*args, **kw):
+    return subprocess.run(list(args), check=True, **kw)
+
+
+def build():
+    packages = ["plughost", "bench-baseline", "module1", "secure", "many"]
+    sh("cargo", "build", "--release", "-q", *[a for p in packages for a in ("-p", p)], cwd=ROOT)
+
+
+def many(base, i):
+    """libmany.so as module many_NNN (its 8-byte name patched in place)."""
+    assert base.count(b"many_000") == 1, "marker not found in libmany.so"
+    return base.replace(b"many_000", f"many_{i:03d}".encode(), 1)
+
+
+class Server:
+    """A server process (plughost --no-supervisor or the baseline) on a free loopback port."""
+
+    def __init__(self, work, kind="plughost", env=None, plugins_dir=None):
+        self.work = work
+        if kind == "baseline":
+            command = [f"{RELEASE}/bench-baseline", "127.0.0.1:0"]
+            full_env = dict(os.environ)
+        else:
+            command = [f"{RELEASE}/plughost", "serve", "--no-supervisor", "--env-file", f"{work}/.env"]
+            full_env = dict(os.environ, PLUGINS_DIR=plugins_dir or f"{work}/plugins", DATA_DIR=f"{work}/data",
+                            BIND="127.0.0.1:0", RUST_LOG="info")
+            full_env.update(env or {})
+        self.started = time.monotonic()
+        self.stderr = open(f"{work}/server.log", "ab")
+        self.proc = subprocess.Popen(SERVER_CPU + command, env=full_env, stdout=subprocess.PIPE,
+                                     stderr=self.stderr, text=True, cwd=work)
+        line = self.proc.stdout.readline()
+        self.ready_after = time.monotonic() - self.started
+        match = re.search(r"http://([0-9.]+:\d+)", line)
+        if not match:
+            self.stop()
+            raise RuntimeError(f"{kind} did not start: {line!r}; see {work}/server.log")
+        self.addr = match.group(1)
+
+    def cpu_seconds(self):
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def status_kib(self, key):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            return next(int(l.split()[1]) for l in f if l.startswith(key + ":"))
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.stderr.close()
+
+
+def http(addr, path, method="GET", body=None, headers=None, timeout=10):
+    request = urllib.request.Request(f"http://{addr}{path}", data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def totp(secret, at):
+    import base64, hashlib, hmac, struct
+    key = base64.b32decode(secret.upper() + "=" * (-len(secret) % 8))
+    digest = hmac.new(key, struct.pack(">Q", int(at) // 30), hashlib.sha1).digest()
+    offset = digest[-1] & 15
+    return "%06d" % ((struct.unpack(">I", digest[offset:offset + 4])[0] & 0x7FFFFFFF) % 1_000_000)
+
+
+def admin_token(work, addr):
+    env = dict(l.strip().split("=", 1) for l in open(f"{work}/.env") if "=" in l)
+    for offset in (0, 30, 60):
+        body = json.dumps({"uuid": env["ADMIN_UUID"], "totp": totp(env["ADMIN_TOTP_SECRET"], time.time() + offset)})
+        status, answer = http(addr, "/rest/auth/token", "POST", body.encode(), {"Content-Type": "application/json"})
+        if status == 200:
+            return json.loads(answer)["token"]
+    raise RuntimeError(f"no admin token: {answer!r}")
+
+
+def wrk(server, path, seconds, headers=(), script=None):
+    """Load for `seconds`; returns req/s, p50/p99 (ms), server CPU µs per request, peak RSS MiB."""
+    extra = [a for h in headers for a in ("-H", h)] + (["-s", script] if script else [])
+    url = f"http://{server.addr}{path}"
+    sh(*LOAD_CPU, "wrk", "-t1", "-c16", "-d1s", *extra, url, stdout=subprocess.DEVNULL)  # warm-up
+    before = server.cpu_seconds()
+    out = subprocess.run(LOAD_CPU + ["wrk", "-t1", "-c32", f"-d{seconds}s", "--latency", *extra, url],
+                         check=True, capture_output=True, text=True).stdout
+    cpu = server.cpu_seconds() - before
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if bad:
+        raise RuntimeError(f"{bad.group(1)} failed responses from {url}:\n{out}")
+
+    def latency(pct):
+        value, unit = re.search(rf"^\s+{pct}%\s+([0-9.]+)(us|ms|s)\s*$", out, re.M).groups()
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    return {
+        "rps": requests / seconds,
+        "p50_ms": latency(50),
+        "p99_ms": latency(99),
+        "cpu_us": cpu * 1e6 / requests,
+        "rss_mib": server.status_kib("VmHWM") / 1024,
+    }
+
+
+def plughost_work(plugins, extra_many=0):
+    work = tempfile.mkdtemp(prefix="plughost-bench-")
+    os.makedirs(f"{work}/plugins")
+    for name in plugins:
+        shutil.copy(f"{RELEASE}/lib{name}.so", f"{work}/plugins/")
+    if extra_many:
+        base = open(f"{RELEASE}/libmany.so", "rb").read()
+        for i in range(1, extra_many + 1):
+            with open(f"{work}/plugins/libmany_{i:03d}.so", "wb") as f:
+                f.write(many(base, i))
+    with open(f"{work}/.env", "w") as f:
+        sh(f"{RELEASE}/plughost", "keygen", "--env", stdout=f)
+    return work
+
+
+def throughput(args):
+    body = json.dumps({"pad": "y" * (64 * 1024 - 11)})
+    assert len(body) == 64 * 1024, len(body)
+    script = os.path.join(tempfile.mkdtemp(prefix="plughost-bench-"), "post.lua")
+    with open(script, "w") as f:
+        f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                f"wrk.body = {json.dumps(body)}\n")
+    works = {
+        "echo": plughost_work(["module1"]),
+        "token": plughost_work(["module1", "secure"]),
+        "modules-1000": plughost_work(["module1"], extra_many=999),
+        "baseline": tempfile.mkdtemp(prefix="plughost-bench-"),
+    }
+    targets = [
+        ("baseline", "baseline", None, ECHO_PATH, None),
+        ("echo", "plughost", "echo", ECHO_PATH, None),
+        ("token", "plughost", "token", TOKEN_PATH, "token"),
+        ("modules-1000", "plughost", "modules-1000", ECHO_PATH, None),
+        ("baseline-64k", "baseline", None, "/rest/services/v1/hello-world/", script),
+        ("body-64k", "plughost", "echo", "/rest/services/v1/hello-world/", script),
+    ]
+    samples = {name: [] for name, *_ in targets}
+    for round_ in range(args.rounds):
+        for name, kind, work_key, path, extra in targets:
+            work = works[work_key or "baseline"]
+            server = Server(work, kind)
+            try:
+                headers = []
+                lua = None
+                if extra == "token":
+                    headers = [f"Authorization: Bearer {admin_token(work, server.addr)}"]
+                elif extra:
+                    lua = extra
+                status, _ = http(server.addr, path, "POST" if lua else "GET",
+                                 body.encode() if lua else None, dict(h.split(": ", 1) for h in headers) | ({"Content-Type": "application/json"} if lua else {}))
+                if status != 200:
+                    raise RuntimeError(f"{name}: {path} answered {status}")
+                result = wrk(server, path, args.seconds, headers, lua)
+            finally:
+                server.stop()
+            samples[name].append(result)
+            print(f"  round {round_ + 1} {name:<13} {result['rps']:>9.0f} req/s  {result['cpu_us']:6.1f} µs CPU/req", flush=True)
+    medians = {name: {k: statistics.median(s[k] for s in runs) for k in runs[0]} for name, runs in samples.items()}
+    for work in works.values():
+        shutil.rmtree(work, ignore_errors=True)
+    return medians, samples
+
+
+def swap_file(dst_dir, name, data):
+    tmp = os.path.join(dst_dir, f".{name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.rename(tmp, os.path.join(dst_dir, name))
+
+
+def reloads(args):
+    """Reload latency over `swaps` swaps, then RSS after `reloads` reloads, without and with recycling."""
+    base = open(f"{RELEASE}/libmany.so", "rb").read()
+    assert base.count(b"mark-A") == 1, "marker not found in libmany.so"
+
+    def version(i):
+        # Every version distinct: each is a new image that stays mapped until a recycle.
+        return base.replace(b"mark-A", f"v{i:05d}".encode(), 1)
+
+    out = {}
+    for recycle in (False, True):
+        work = plughost_work([])
+        swap_file(f"{work}/plugins", "libmany.so", version(0))
+        env = {"RUST_LOG": "warn", "RELOAD_LEAK_BUDGET_MB": "64" if recycle else "0"}
+        if recycle:
+            # Under the supervisor: the worker is recycled when leaked images pass 64 MiB.
+            env_all = dict(os.environ, PLUGINS_DIR=f"{work}/plugins", DATA_DIR=f"{work}/data", BIND="127.0.0.1:0", **env)
+            proc = subprocess.Popen([f"{RELEASE}/plughost", "serve", "--env-file", f"{work}/.env"], env=env_all,
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=work)
+            addr = re.search(r"http://([0-9.]+:\d+)", proc.stdout.readline()).group(1)
+            server = None
+        else:
+            server = Server(work, env=env)
+            addr, proc = server.addr, server.proc
+        latencies = []
+        count = args.reloads
+        try:
+            for i in range(1, count + 1):
+                mark = f"v{i:05d}"
+                started = time.monotonic()
+                swap_file(f"{work}/plugins", "libmany.so", version(i))
+                deadline = started + 10
+                while True:
+                    status, answer = http(addr, "/rest/services/many_000/which/")
+                    if status == 200 and json.loads(answer)["mark"] == mark:
+                        break
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"swap {i} not served within 10 s")
+                    time.sleep(0.001)
+                if i <= args.swaps and not recycle:
+                    latencies.append((time.monotonic() - started) * 1000)
+            time.sleep(1.5)
+            health = json.loads(http(addr, "/health")[1])
+            worker = health["process"]["pid"]
+            with open(f"/proc/{worker}/status") as f:
+                rss = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:")) / 1024
+            leaked = health["plugins"]["images"]["leaked"]
+        finally:
+            if server:
+                server.stop()
+            else:
+                proc.terminate()
+                proc.wait(timeout=30)
+            shutil.rmtree(work, ignore_errors=True)
+        key = "with_recycling" if recycle else "without_recycling"
+        out[key] = {"reloads": count, "rss_mib": rss, "leaked_images_now": leaked}
+        if latencies:
+            latencies.sort()
+            out["reload_latency_ms"] = {
+                "swaps": len(latencies),
+                "median": statistics.median(latencies),
+                "p95": latencies[int(len(latencies) * 0.95) - 1],
+                "max": latencies[-1],
+            }
+        print(f"  {count} reloads {key.replace('_', ' ')}: RSS {rss:.1f} MiB, {leaked} leaked images now", flush=True)
+    return out
+
+
+def startup(args):
+    work = plughost_work(["module1"], extra_many=99)
+    times = []
+    try:
+        for _ in range(5):
+            shutil.rmtree(f"{work}/data", ignore_errors=True)
+            server = Server(work, env={"RUST_LOG": "warn"})
+            times.append(server.ready_after * 1000)
+            status, listing = http(server.addr, "/rest/services/__dir__/")
+            server.stop()
+            assert status == 200 and len(json.loads(listing)["modules"]) == 100, "not all 100 plugins loaded"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"plugins": 100, "median_ms": statistics.median(times), "runs_ms": times}
+
+
+def machine():
+    model = "unknown CPU"
+    try:
+        model = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return {"cpus": os.cpu_count(), "model": model, "kernel": os.uname().release, "commit": commit or "unknown"}
+
+
+TARGET_LABELS = {
+    "baseline": "bare warp handler (baseline)",
+    "echo": "plughost, public echo",
+    "token": "plughost, echo with a bearer token",
+    "modules-1000": "plughost, echo, 1,000 modules loaded",
+    "baseline-64k": "bare warp, 64 KiB JSON POST",
+    "body-64k": "plughost, 64 KiB JSON POST",
+}
+
+
+def report(meta, medians, reload, start):
+    base, base64k, echo = medians["baseline"]["cpu_us"], medians["baseline-64k"]["cpu_us"], medians["echo"]["cpu_us"]
+    ratio_to = {"baseline": base, "echo": base, "token": base, "modules-1000": echo, "baseline-64k": base64k, "body-64k": base64k}
+    ratio_name = {"baseline": "baseline", "echo": "baseline", "token": "baseline", "modules-1000": "echo (1 module)",
+                  "baseline-64k": "baseline 64k", "body-64k": "baseline 64k"}
+    lines = [
+        f"Measured {meta['date']} on {meta['cpus']} CPUs ({meta['model']}, Linux {meta['kernel']}), commit {meta['commit']}; "
+        f"median of {meta['rounds']} rounds of {meta['seconds']} s, server on CPU 0, wrk -t1 -c32 on CPU 1, 127.0.0.1.",
+        "",
+        "| target | req/s | p50 | p99 | server CPU per request | ratio | peak RSS |",
+        "|---|---:|---:|---:|---:|---|---:|",
+    ]
+    for name, m in medians.items():
+        ratio = m["cpu_us"] / ratio_to[name]
+        lines.append(f"| {TARGET_LABELS[name]} | {m['rps']:,.0f} | {m['p50_ms']:.2f} ms | {m['p99_ms']:.2f} ms | "
+                     f"{m['cpu_us']:.1f} µs | {ratio:.2f}× {ratio_name[name]} | {m['rss_mib']:.1f} MiB |")
+    rl = reload.get("reload_latency_ms", {})
+    lines += [
+        "",
+        "| other figure | value |",
+        "|---|---|",
+        f"| reload latency (file renamed into place → first response from the new version), {rl.get('swaps', 0)} swaps | "
+        f"median {rl.get('median', 0):.1f} ms, p95 {rl.get('p95', 0):.1f} ms, max {rl.get('max', 0):.1f} ms |",
+        f"| RSS after {reload['without_recycling']['reloads']} reloads, no recycling | {reload['without_recycling']['rss_mib']:.1f} MiB |",
+        f"| RSS after {reload['with_recycling']['reloads']} reloads, recycling at 64 MiB leaked | {reload['with_recycling']['rss_mib']:.1f} MiB |",
+        f"| start-up with {start['plugins']} plugins (spawn → listening) | median {start['median_ms']:.0f} ms of 5 |",
+        "| sandbox tier: echo, cold start | not measured: the sandbox tier is not built yet |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def chart(medians):
+    """A horizontal bar chart of server CPU per request, as SVG."""
+    rows = list(medians.items())
+    width, bar_left, row_h = 760, 300, 34
+    top = 40
+    height = top + row_h * len(rows) + 30
+    most = max(m["cpu_us"] for _, m in rows)
+    scale = (width - bar_left - 90) / most
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="13">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        '<text x="10" y="24" font-size="15" font-weight="bold">Server CPU per request (µs, lower is better)</text>',
+    ]
+    for i, (name, m) in enumerate(rows):
+        y = top + i * row_h
+        colour = "#8c8c8c" if name.startswith("baseline") else "#2f6db5"
+        w = m["cpu_us"] * scale
+        parts.append(f'<text x="{bar_left - 8}" y="{y + 19}" text-anchor="end">{TARGET_LABELS[name]}</text>')
+        parts.append(f'<rect x="{bar_left}" y="{y + 4}" width="{w:.1f}" height="{row_h - 10}" fill="{colour}"/>')
+        parts.append(f'<text x="{bar_left + w + 6:.1f}" y="{y + 19}">{m["cpu_us"]:.1f}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--swaps", type=int, default=100)
+    parser.add_argument("--reloads", type=int, default=1000)
+    parser.add_argument("--quick", action="store_true", help="1 round of 2 s, 20 swaps, 100 reloads: a smoke run")
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.seconds, args.swaps, args.reloads = 1, 2, 20, 100
+    if shutil.which("wrk") is None:
+        sys.exit("bench/suite.py needs wrk: apt-get install wrk")
+    build()
+    meta = {"date": datetime.date.today().isoformat(), "rounds": args.rounds, "seconds": args.seconds, **machine()}
+    print("throughput:", flush=True)
+    medians, samples = throughput(args)
+    print("reloads:", flush=True)
+    reload = reloads(args)
+    print("start-up:", flush=True)
+    start = startup(args)
+    table = report(meta, medians, reload, start)
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(f"{RESULTS}/latest.json", "w") as f:
+        json.dump({"meta": meta, "throughput": medians, "samples": samples, "reloads": reload, "startup": start}, f, indent=1)
+    with open(f"{RESULTS}/latest.md", "w") as f:
+        f.write(table)
+    with open(f"{RESULTS}/latest.svg", "w") as f:
+        f.write(chart(medians))
+    print()
+    print(table)
+    print(f"written: {RESULTS}/latest.json, latest.md, latest.svg")
+
+
+if __name__ == "__main__":
+    main()
