@@ -141,15 +141,7 @@ impl App {
                 let mut filtered = filtered.clone();
                 let state = state.clone();
                 async move {
-                    let mut response = handle(
-                        &mut filtered,
-                        request,
-                        peer,
-                        max_header_bytes,
-                        state.config.cors.as_ref(),
-                        state.config.log_format,
-                    )
-                    .await;
+                    let mut response = handle(&mut filtered, request, peer, &state).await;
                     if state.draining.load(Ordering::Relaxed) {
                         response
                             .headers_mut()
@@ -253,17 +245,13 @@ async fn record_admin(tenancy: Arc<crate::tenancy::tenants::Tenancy>, uuid: Stri
 
 /// Wraps every request: a sane request id (the client's, or a new one), a header-size check,
 /// the routes, `X-Request-Id` on the response, and one access-log line.
-async fn handle<S>(
-    routes: &mut S,
-    mut request: Request<Incoming>,
-    peer: SocketAddr,
-    max_header_bytes: usize,
-    cors: Option<&crate::http::cors::Cors>,
-    log_format: crate::config::LogFormat,
-) -> warp::reply::Response
+async fn handle<S>(routes: &mut S, mut request: Request<Incoming>, peer: SocketAddr, state: &Arc<AppState>) -> warp::reply::Response
 where
     S: Service<Request<Incoming>, Response = warp::reply::Response, Error = Infallible>,
 {
+    let max_header_bytes = state.config.max_header_bytes;
+    let cors = state.config.cors.as_ref();
+    let log_format = state.config.log_format;
     let started = Instant::now();
     let request_id = request
         .headers()
@@ -294,9 +282,21 @@ where
         )
         .into_response()
     } else {
-        match crate::access::scope(scoped_id, routes.call(request)).await {
-            Ok(response) => response,
-            Err(never) => match never {},
+        match services_tail(request.uri().path()) {
+            // The hot path goes straight to its handler: no walk down the other routes' filters,
+            // and the headers move rather than being cloned.
+            Some(tail) => {
+                let tail = tail.to_owned();
+                let (parts, body) = request.into_parts();
+                let query = parts.uri.query().unwrap_or("").to_owned();
+                let body = http_body_util::BodyDataStream::new(body);
+                let work = http::services::handle(state.clone(), tail, parts.method, query, parts.headers, body);
+                crate::access::scope(scoped_id, work).await
+            }
+            None => match crate::access::scope(scoped_id, routes.call(request)).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            },
         }
     };
     if let Some(cors) = cors.filter(|_| !answered_preflight) {
@@ -344,6 +344,16 @@ where
         );
     }
     response
+}
+
+/// What follows `/rest/services/` (or `""` for `/rest/services` itself), as warp's `path::tail`
+/// would give it.
+fn services_tail(path: &str) -> Option<&str> {
+    match path.strip_prefix("/rest/services") {
+        Some("") => Some(""),
+        Some(rest) => rest.strip_prefix('/').map(|tail| tail.trim_start_matches('/')),
+        None => None,
+    }
 }
 
 /// Counts a request in flight for as long as it lives (also when its client goes away).
@@ -414,6 +424,15 @@ mod tests {
             assert_eq!(parsed.get_version_num(), 4);
             assert!(is_sane_request_id(id));
         }
+    }
+
+    #[test]
+    fn services_paths_are_recognised_as_warp_would() {
+        assert_eq!(services_tail("/rest/services/v1/echo/a/"), Some("v1/echo/a/"));
+        assert_eq!(services_tail("/rest/services/"), Some(""));
+        assert_eq!(services_tail("/rest/services"), Some(""));
+        assert_eq!(services_tail("/rest/servicesX/a"), None);
+        assert_eq!(services_tail("/rest/admin/plugins"), None);
     }
 
     #[test]

@@ -8,7 +8,7 @@ mod dir;
 pub mod error;
 mod openapi;
 mod path;
-mod services;
+pub mod services;
 
 use std::{convert::Infallible, sync::Arc};
 
@@ -34,7 +34,8 @@ impl RouteInfo {
     pub const UNRESOLVED: &'static str = "/rest/services/…";
 }
 
-/// All routes.
+/// All routes but `/rest/services/…`, which the server hands to [`services::handle`] directly
+/// (the hot path skips the walk down these filters).
 pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
     let ping = warp::path!("ping")
         .and(warp::method())
@@ -106,17 +107,6 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
                 as_admin(result.await, "/rest/admin/…")
             },
         );
-    let services = warp::path("rest")
-        .and(warp::path("services"))
-        .and(warp::path::tail())
-        .and(warp::method())
-        .and(raw_query())
-        .and(warp::header::headers_cloned())
-        .and(warp::body::stream())
-        .and(with(&state))
-        .then(|tail: warp::path::Tail, method, query, headers, body, state| {
-            services::handle(state, tail.as_str().to_owned(), method, query, headers, body)
-        });
     ping.or(version)
         .unify()
         .or(health)
@@ -128,8 +118,6 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .or(token)
         .unify()
         .or(admin)
-        .unify()
-        .or(services)
         .unify()
         .recover(error::recover)
         .unify()
@@ -154,9 +142,4 @@ fn as_admin(result: Result<Response, error::ApiError>, route: &'static str) -> R
 fn with(state: &Arc<AppState>) -> impl Filter<Extract = (Arc<AppState>,), Error = Infallible> + Clone {
     let state = state.clone();
     warp::any().map(move || state.clone())
-}
-
-/// The raw query string, or an empty one (`query::raw` rejects requests without a query).
-fn raw_query() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
-    warp::query::raw().or(warp::any().map(String::new)).unify()
 }

@@ -18,10 +18,11 @@ use crate::{
 };
 
 /// Serves one request under `/rest/services/`.
-pub async fn handle<S, B>(state: Arc<AppState>, tail: String, method: Method, query: String, headers: HeaderMap, body: S) -> Response
+pub async fn handle<S, B, E>(state: Arc<AppState>, tail: String, method: Method, query: String, headers: HeaderMap, body: S) -> Response
 where
-    S: Stream<Item = Result<B, warp::Error>>,
+    S: Stream<Item = Result<B, E>>,
     B: Buf,
+    E: std::fmt::Display,
 {
     let mut info = RouteInfo {
         route: RouteInfo::UNRESOLVED,
@@ -36,7 +37,7 @@ where
     response
 }
 
-async fn serve<S, B>(
+async fn serve<S, B, E>(
     state: &AppState,
     tail: &str,
     method: Method,
@@ -46,8 +47,9 @@ async fn serve<S, B>(
     info: &mut RouteInfo,
 ) -> Result<Response, ApiError>
 where
-    S: Stream<Item = Result<B, warp::Error>>,
+    S: Stream<Item = Result<B, E>>,
     B: Buf,
+    E: std::fmt::Display,
 {
     let segments = path::segments(tail)?;
     if segments.is_empty() {
@@ -176,10 +178,11 @@ where
 
 /// Reads the body up to `limit` bytes: 413 as soon as `Content-Length` or the bytes received
 /// pass it. Works for chunked bodies and for requests without `Content-Length`.
-pub(super) async fn read_body<S, B>(headers: &HeaderMap, body: S, limit: usize) -> Result<Bytes, ApiError>
+pub(super) async fn read_body<S, B, E>(headers: &HeaderMap, body: S, limit: usize) -> Result<Bytes, ApiError>
 where
-    S: Stream<Item = Result<B, warp::Error>>,
+    S: Stream<Item = Result<B, E>>,
     B: Buf,
+    E: std::fmt::Display,
 {
     let too_large = || {
         ApiError::new(
