@@ -75,6 +75,8 @@ pub struct LoadedModule {
     pub loaded_at: SystemTime,
     /// Per function: how many of its latest calls in a row were quick (see `dispatch`).
     pub quick_streaks: Vec<std::sync::atomic::AtomicU32>,
+    /// Per function: its metric series, resolved on first use.
+    pub metrics: Vec<crate::metrics::FunctionMetrics>,
     root: PluginModRef,
 }
 
@@ -144,6 +146,7 @@ pub fn load_candidate(candidate: Candidate, shadow_dir: &Path) -> Result<LoadedM
     };
     let spec = ModuleSpec::from_abi(&manifest).map_err(LoadError::InvalidManifest)?;
     let quick_streaks = (0..spec.functions.len()).map(|_| Default::default()).collect();
+    let metrics = (0..spec.functions.len()).map(|_| Default::default()).collect();
     Ok(LoadedModule {
         spec,
         file,
@@ -151,6 +154,7 @@ pub fn load_candidate(candidate: Candidate, shadow_dir: &Path) -> Result<LoadedM
         size: bytes.len() as u64,
         loaded_at: SystemTime::now(),
         quick_streaks,
+        metrics,
         root,
     })
 }

@@ -70,6 +70,15 @@ pub struct StoreLabels {
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// One plugin function's series, resolved once and kept with the loaded module, so that the hot
+/// path records a call without hashing label strings. The series themselves live in the
+/// families: a reloaded module finds and continues the same ones.
+#[derive(Default)]
+pub struct FunctionMetrics {
+    latency: std::sync::OnceLock<Histogram>,
+    counters: std::sync::RwLock<Vec<(&'static str, u16, Counter)>>,
+}
+
 /// Every series plughost exports.
 pub struct Metrics {
     registry: Registry,
@@ -188,6 +197,43 @@ impl Metrics {
         self.latency.get_or_create(&latency).observe(elapsed.as_secs_f64());
     }
 
+    /// Records one call of a plugin function, through its resolved series.
+    pub fn observe_call(&self, resolved: &FunctionMetrics, module: &str, function: &str, method: &'static str, status: u16, elapsed: Duration) {
+        let found = resolved
+            .counters
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(m, s, _)| *m == method && *s == status)
+            .map(|(_, _, counter)| counter.inc())
+            .is_some();
+        if !found {
+            let labels = RequestLabels {
+                route: crate::http::RouteInfo::SERVICES,
+                module: module.to_owned(),
+                function: function.to_owned(),
+                method,
+                status,
+            };
+            let counter = self.requests.get_or_create_owned(&labels);
+            counter.inc();
+            let mut counters = resolved.counters.write().unwrap_or_else(|p| p.into_inner());
+            if !counters.iter().any(|(m, s, _)| *m == method && *s == status) {
+                counters.push((method, status, counter));
+            }
+        }
+        resolved
+            .latency
+            .get_or_init(|| {
+                self.latency.get_or_create_owned(&LatencyLabels {
+                    route: crate::http::RouteInfo::SERVICES,
+                    module: module.to_owned(),
+                    function: function.to_owned(),
+                })
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
     /// Records one refused credential.
     pub fn auth_failure(&self, reason: &'static str) {
         self.auth_failures.get_or_create(&ReasonLabels { reason }).inc();
@@ -257,6 +303,21 @@ mod tests {
         assert!(text.contains(r#"plughost_auth_failures_total{reason="totp_replayed"} 1"#));
         assert!(text.contains("plughost_plugin_loads_total 1"));
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn resolved_function_series_are_the_family_series() {
+        let metrics = Metrics::new();
+        let first = FunctionMetrics::default();
+        let after_reload = FunctionMetrics::default();
+        metrics.observe_call(&first, "m", "f", "GET", 200, Duration::from_micros(10));
+        metrics.observe_call(&first, "m", "f", "GET", 200, Duration::from_micros(10));
+        metrics.observe_call(&after_reload, "m", "f", "GET", 200, Duration::from_micros(10));
+        metrics.observe_call(&after_reload, "m", "f", "POST", 422, Duration::from_micros(10));
+        let text = metrics.render();
+        assert!(text.contains(r#"plughost_http_requests_total{route="/rest/services/{module}/{function}/",module="m",function="f",method="GET",status="200"} 3"#), "{text}");
+        assert!(text.contains(r#"method="POST",status="422"} 1"#));
+        assert!(text.contains(r#"plughost_http_request_duration_seconds_count{route="/rest/services/{module}/{function}/",module="m",function="f"} 4"#));
     }
 
     #[test]

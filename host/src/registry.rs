@@ -17,6 +17,11 @@ impl Endpoint {
         &self.module.spec.functions[self.function]
     }
 
+    /// This function's metric series.
+    pub fn metrics(&self) -> &crate::metrics::FunctionMetrics {
+        &self.module.metrics[self.function]
+    }
+
     /// How many of this function's latest calls in a row were quick.
     pub fn quick_streak(&self) -> &std::sync::atomic::AtomicU32 {
         &self.module.quick_streaks[self.function]

@@ -316,16 +316,20 @@ where
     };
     let elapsed = started.elapsed();
     if measure {
-        crate::metrics::METRICS.observe_request(
-            crate::metrics::RequestLabels {
-                route,
-                module: module.to_owned(),
-                function: function.to_owned(),
-                method: crate::metrics::method_label(&method),
-                status,
-            },
-            elapsed,
-        );
+        let method = crate::metrics::method_label(&method);
+        match info.as_ref().and_then(|i| i.endpoint.as_ref()) {
+            Some(endpoint) => crate::metrics::METRICS.observe_call(endpoint.metrics(), module, function, method, status, elapsed),
+            None => crate::metrics::METRICS.observe_request(
+                crate::metrics::RequestLabels {
+                    route,
+                    module: module.to_owned(),
+                    function: function.to_owned(),
+                    method,
+                    status,
+                },
+                elapsed,
+            ),
+        }
     }
     if crate::access::enabled() {
         crate::access::log(
