@@ -399,9 +399,18 @@ def main():
         f.write(table)
     with open(f"{RESULTS}/latest.svg", "w") as f:
         f.write(chart(medians))
+    readme = os.path.join(ROOT, "README.md")
+    text = open(readme).read()
+    start, end = "<!-- bench:start -->\n", "<!-- bench:end -->"
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        after = rest.split(end, 1)[1]
+        block = table + "\n![Server CPU per request](bench/results/latest.svg)\n"
+        with open(readme, "w") as f:
+            f.write(before + start + block + end + after)
     print()
     print(table)
-    print(f"written: {RESULTS}/latest.json, latest.md, latest.svg")
+    print(f"written: {RESULTS}/latest.json, latest.md, latest.svg, and the table in README.md")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
 //! formatter spent about 16,000 instructions on this line (a field visitor and style wrappers
 //! per field), more than routing and calling a plugin together; this writes it in about 2,000.
 
-use std::{cell::RefCell, fmt::Write as _, future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{cell::RefCell, fmt::Write as _, future::Future, sync::Arc, time::Duration};
 
 use crate::config::LogFormat;
 
@@ -51,7 +51,7 @@ pub struct Entry<'a> {
     pub caller: &'a str,
     pub status: u16,
     pub duration: Duration,
-    pub peer: SocketAddr,
+    pub peer: &'a str,
 }
 
 /// Whether access lines are wanted (`RUST_LOG` lets `plughost::access` through at INFO).
@@ -67,17 +67,22 @@ pub fn log(format: LogFormat, entry: &Entry<'_>) {
     }
 }
 
-/// The line, newline included.
+/// The line, newline included. Built with `push_str` rather than `format!`: this runs for every
+/// request.
 pub fn render(format: LogFormat, entry: &Entry<'_>, now: std::time::SystemTime) -> String {
-    let timestamp = humantime::format_rfc3339_micros(now);
-    let duration_ms = entry.duration.as_secs_f64() * 1000.0;
     let mut line = String::with_capacity(320);
+    let micros = u64::try_from(entry.duration.as_micros()).unwrap_or(u64::MAX);
+    let mut duration_ms = String::with_capacity(16);
+    push_digits(&mut duration_ms, micros / 1000, 1);
+    duration_ms.push('.');
+    push_digits(&mut duration_ms, micros % 1000, 3);
+    let mut status = String::with_capacity(3);
+    push_digits(&mut status, u64::from(entry.status), 1);
     match format {
         LogFormat::Json => {
-            let _ = write!(
-                line,
-                r#"{{"timestamp":"{timestamp}","level":"INFO","message":"request","request_id":"#
-            );
+            line.push_str(r#"{"timestamp":""#);
+            push_timestamp(&mut line, now);
+            line.push_str(r#"","level":"INFO","message":"request","request_id":"#);
             json_string(&mut line, entry.request_id);
             line.push_str(r#","method":"#);
             json_string(&mut line, entry.method);
@@ -87,28 +92,74 @@ pub fn render(format: LogFormat, entry: &Entry<'_>, now: std::time::SystemTime) 
             json_string(&mut line, entry.module);
             line.push_str(r#","function":"#);
             json_string(&mut line, entry.function);
-            let _ = writeln!(
-                line,
-                r#","caller":"{}","status":{},"duration_ms":{duration_ms:.3},"peer":"{}","target":"plughost::access"}}"#,
-                entry.caller, entry.status, entry.peer
-            );
+            line.push_str(r#","caller":"#);
+            json_string(&mut line, entry.caller);
+            line.push_str(r#","status":"#);
+            line.push_str(&status);
+            line.push_str(r#","duration_ms":"#);
+            line.push_str(&duration_ms);
+            line.push_str(r#","peer":"#);
+            json_string(&mut line, entry.peer);
+            line.push_str(",\"target\":\"plughost::access\"}\n");
         }
         LogFormat::Pretty => {
-            let _ = writeln!(
-                line,
-                "{timestamp}  INFO plughost::access: request request_id={} method={} route={} module={} function={} caller={} status={} duration_ms={duration_ms:.3} peer={}",
-                entry.request_id,
-                entry.method,
-                entry.route,
-                or_dash(entry.module),
-                or_dash(entry.function),
-                entry.caller,
-                entry.status,
-                entry.peer
-            );
+            push_timestamp(&mut line, now);
+            line.push_str("  INFO plughost::access: request request_id=");
+            for (text, next) in [
+                (entry.request_id, " method="),
+                (entry.method, " route="),
+                (entry.route, " module="),
+                (or_dash(entry.module), " function="),
+                (or_dash(entry.function), " caller="),
+                (entry.caller, " status="),
+                (&status, " duration_ms="),
+                (&duration_ms, " peer="),
+                (entry.peer, "\n"),
+            ] {
+                line.push_str(text);
+                line.push_str(next);
+            }
         }
     }
     line
+}
+
+/// RFC 3339 with microseconds, UTC. The part up to the second is formatted once per second
+/// per thread.
+fn push_timestamp(line: &mut String, now: std::time::SystemTime) {
+    thread_local! {
+        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let since = now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    SECOND.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != since.as_secs() {
+            let whole = std::time::UNIX_EPOCH + Duration::from_secs(since.as_secs());
+            // "2026-11-26T09:59:43Z" without its "Z".
+            let text = humantime::format_rfc3339_seconds(whole).to_string();
+            *cached = (since.as_secs(), text.trim_end_matches('Z').to_owned());
+        }
+        line.push_str(&cached.1);
+    });
+    line.push('.');
+    push_digits(line, u64::from(since.subsec_micros()), 6);
+    line.push('Z');
+}
+
+/// `n` in decimal, zero-padded to `width` digits (`core::fmt` costs more than the rest of the line).
+fn push_digits(out: &mut String, mut n: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let start = i.min(digits.len() - width.min(digits.len()));
+    out.extend(digits[start..].iter().map(|&d| d as char));
 }
 
 fn or_dash(text: &str) -> &str {
@@ -150,7 +201,7 @@ mod tests {
             caller: "none",
             status: 200,
             duration: Duration::from_micros(1250),
-            peer: "127.0.0.1:5000".parse().unwrap(),
+            peer: "127.0.0.1:5000",
         }
     }
 
@@ -165,6 +216,8 @@ mod tests {
         assert_eq!(value["function"], "greet");
         assert_eq!(value["status"], 200);
         assert_eq!(value["duration_ms"], 1.25);
+        let later = render(LogFormat::Json, &entry(), at + Duration::from_micros(1_000_042));
+        assert!(later.starts_with(r#"{"timestamp":"2023-11-14T22:13:21.000042Z""#), "{later}");
         assert_eq!(value["target"], "plughost::access");
         let odd = Entry {
             method: "BR\"EW\u{1}",
@@ -172,6 +225,19 @@ mod tests {
         };
         let value: serde_json::Value = serde_json::from_str(&render(LogFormat::Json, &odd, at)).unwrap();
         assert_eq!(value["method"], "BR\"EW\u{1}");
+    }
+
+    #[test]
+    fn digits() {
+        let render = |n, width| {
+            let mut out = String::new();
+            push_digits(&mut out, n, width);
+            out
+        };
+        assert_eq!(render(0, 1), "0");
+        assert_eq!(render(42, 6), "000042");
+        assert_eq!(render(1234, 3), "1234");
+        assert_eq!(render(u64::MAX, 1), u64::MAX.to_string());
     }
 
     #[test]

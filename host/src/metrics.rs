@@ -198,7 +198,15 @@ impl Metrics {
     }
 
     /// Records one call of a plugin function, through its resolved series.
-    pub fn observe_call(&self, resolved: &FunctionMetrics, module: &str, function: &str, method: &'static str, status: u16, elapsed: Duration) {
+    pub fn observe_call(
+        &self,
+        resolved: &FunctionMetrics,
+        module: &str,
+        function: &str,
+        method: &'static str,
+        status: u16,
+        elapsed: Duration,
+    ) {
         let found = resolved
             .counters
             .read()
@@ -317,7 +325,9 @@ mod tests {
         let text = metrics.render();
         assert!(text.contains(r#"plughost_http_requests_total{route="/rest/services/{module}/{function}/",module="m",function="f",method="GET",status="200"} 3"#), "{text}");
         assert!(text.contains(r#"method="POST",status="422"} 1"#));
-        assert!(text.contains(r#"plughost_http_request_duration_seconds_count{route="/rest/services/{module}/{function}/",module="m",function="f"} 4"#));
+        assert!(text.contains(
+            r#"plughost_http_request_duration_seconds_count{route="/rest/services/{module}/{function}/",module="m",function="f"} 4"#
+        ));
     }
 
     #[test]

@@ -137,11 +137,14 @@ impl App {
             let _ = stream.set_nodelay(true);
             let filtered = warp::service(routes.clone());
             let state = self.state.clone();
+            // Written once per connection, not once per request.
+            let peer_text: Arc<str> = peer.to_string().into();
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let mut filtered = filtered.clone();
                 let state = state.clone();
+                let peer_text = peer_text.clone();
                 async move {
-                    let mut response = handle(&mut filtered, request, peer, &state).await;
+                    let mut response = handle(&mut filtered, request, &peer_text, &state).await;
                     if state.draining.load(Ordering::Relaxed) {
                         response
                             .headers_mut()
@@ -245,7 +248,7 @@ async fn record_admin(tenancy: Arc<crate::tenancy::tenants::Tenancy>, uuid: Stri
 
 /// Wraps every request: a sane request id (the client's, or a new one), a header-size check,
 /// the routes, `X-Request-Id` on the response, and one access-log line.
-async fn handle<S>(routes: &mut S, mut request: Request<Incoming>, peer: SocketAddr, state: &Arc<AppState>) -> warp::reply::Response
+async fn handle<S>(routes: &mut S, mut request: Request<Incoming>, peer: &str, state: &Arc<AppState>) -> warp::reply::Response
 where
     S: Service<Request<Incoming>, Response = warp::reply::Response, Error = Infallible>,
 {
