@@ -222,15 +222,16 @@ def reloads(args):
         return base.replace(b"mark-A", f"v{i:05d}".encode(), 1)
 
     out = {}
-    for recycle in (False, True):
+    for recycle in ((True,) if os.environ.get("ONLY_RECYCLE") else (False, True)):
         work = plughost_work([])
         swap_file(f"{work}/plugins", "libmany.so", version(0))
         env = {"RUST_LOG": "warn", "RELOAD_LEAK_BUDGET_MB": "64" if recycle else "0"}
         if recycle:
             # Under the supervisor: the worker is recycled when leaked images pass 64 MiB.
             env_all = dict(os.environ, PLUGINS_DIR=f"{work}/plugins", DATA_DIR=f"{work}/data", BIND="127.0.0.1:0", **env)
+            log = open(f"{work}/server.log", "ab")
             proc = subprocess.Popen([f"{RELEASE}/plughost", "serve", "--env-file", f"{work}/.env"], env=env_all,
-                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=work)
+                                    stdout=subprocess.PIPE, stderr=log, text=True, cwd=work)
             addr = re.search(r"http://([0-9.]+:\d+)", proc.stdout.readline()).group(1)
             server = None
         else:
@@ -249,7 +250,9 @@ def reloads(args):
                     if status == 200 and json.loads(answer)["mark"] == mark:
                         break
                     if time.monotonic() > deadline:
-                        raise RuntimeError(f"swap {i} not served within 10 s")
+                        shutil.copy(f"{work}/server.log", "/tmp/plughost-bench-failed.log")
+                        raise RuntimeError(f"swap {i} not served within 10 s (last answer {status}: {answer[:200]!r}); "
+                                           "server log in /tmp/plughost-bench-failed.log")
                     time.sleep(0.001)
                 if i <= args.swaps and not recycle:
                     latencies.append((time.monotonic() - started) * 1000)

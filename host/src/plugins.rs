@@ -95,7 +95,7 @@ impl Plugins {
         Plugins {
             registry: ArcSwap::from_pointee(Registry::default()),
             inner: Mutex::new(Inner::default()),
-            shadow_dir: data_dir.join("shadow"),
+            shadow_dir: shadow_dir(data_dir),
             rounds: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -316,6 +316,21 @@ impl Plugins {
             applied.swapped.push((file.clone(), module.spec.name.clone()));
         }
     }
+}
+
+/// This process's own shadow folder, `DATA_DIR/shadow/<pid>`. While a worker is recycled, two
+/// processes load the same files at once; in one shared folder one of them could delete the
+/// other's shadow copy between its write and its `dlopen`. Empty folders of processes gone are
+/// removed here.
+fn shadow_dir(data_dir: &Path) -> PathBuf {
+    let root = data_dir.join("shadow");
+    if let Ok(entries) = std::fs::read_dir(&root) {
+        for entry in entries.flatten() {
+            // Fails, harmlessly, for a folder in use (not empty) and for files.
+            let _ = std::fs::remove_dir(entry.path());
+        }
+    }
+    root.join(std::process::id().to_string())
 }
 
 /// Whether a plugin file name is one the server loads: `*.so`, not hidden (editors' and

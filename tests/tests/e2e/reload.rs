@@ -223,6 +223,24 @@ fn swaps_and_recycles_under_load_fail_no_request() {
 }
 
 #[test]
+fn swaps_keep_being_served_while_workers_are_recycled() {
+    // A 1 MiB budget: nearly every reload recycles the worker, so new versions arrive while an
+    // old worker drains and a fresh one loads the same files (they once raced on shadow copies).
+    let app = Setup::default().env("RELOAD_LEAK_BUDGET_MB", "1").start();
+    let dir = app.plugins_dir();
+    let first = app.worker_pid();
+    for (i, letter) in ('A'..='L').enumerate() {
+        write_by_rename(&dir, "libswap.so", &many("swap_rec", letter));
+        let wanted = format!("mark-{letter}");
+        wait_for(SOON, || mark(&app, "swap_rec").as_deref() == Some(wanted.as_str()))
+            .unwrap_or_else(|| panic!("version {i} ({wanted}) not served:\n{}", app.logs()));
+        std::thread::sleep(Duration::from_millis(50 * (i as u64 % 4)));
+    }
+    assert_ne!(app.worker_pid(), first, "workers were recycled meanwhile");
+    assert!(!app.logs().contains("cannot open shared object file"), "{}", app.logs());
+}
+
+#[test]
 fn the_leak_budget_recycles_the_worker_and_memory_comes_back() {
     let app = Setup::default().env("RELOAD_LEAK_BUDGET_MB", "40").start();
     let dir = app.plugins_dir();
