@@ -50,6 +50,33 @@ pub const KNOWN_VARS: &[(&str, &str, &str)] = &[
         "256",
         "recycle the process when unloadable old plugin images exceed this (0: never)",
     ),
+    (
+        "ADMIN_ISOLATION",
+        "inprocess",
+        "inprocess: the admin's plugins run in the server process; process: in sandbox workers too",
+    ),
+    (
+        "SANDBOX_MEMORY_MB",
+        "512",
+        "address space of one sandbox worker (the call fails beyond it)",
+    ),
+    ("SANDBOX_CPU_SECS", "300", "CPU seconds one sandbox worker may use in its life"),
+    ("SANDBOX_OPEN_FILES", "64", "open files one sandbox worker may hold"),
+    ("SANDBOX_MAX_CONCURRENCY", "4", "calls at once per sandboxed module (429 beyond)"),
+    ("SANDBOX_WARM_WORKERS", "1", "workers kept ready per sandboxed module"),
+    ("SANDBOX_IDLE_SECS", "60", "idle workers beyond the warm ones stop after this long"),
+    ("SANDBOX_MAX_CALLS", "10000", "a worker is retired after this many calls"),
+    (
+        "SANDBOX_MAX_GROWTH_MB",
+        "64",
+        "a worker is retired when its memory grew by this much",
+    ),
+    (
+        "SANDBOX_QUARANTINE_CRASHES",
+        "5",
+        "a module whose workers crash this often within the window is quarantined",
+    ),
+    ("SANDBOX_QUARANTINE_WINDOW_SECS", "60", "the window of SANDBOX_QUARANTINE_CRASHES"),
     ("ADMIN_UUID", "", "the admin's UUID (required)"),
     ("ADMIN_TOTP_SECRET", "", "the admin's TOTP secret, base32 (required)"),
     (
@@ -147,6 +174,10 @@ pub struct Config {
     pub metrics: bool,
     /// A second listener serving `/metrics` without credentials (`METRICS_BIND`).
     pub metrics_bind: Option<SocketAddr>,
+    /// Whether the admin's own plugins run in sandbox workers too (`ADMIN_ISOLATION=process`).
+    pub admin_isolation: bool,
+    /// `SANDBOX_*`.
+    pub sandbox: crate::sandbox::Settings,
 }
 
 /// Every problem found in the configuration, one per line.
@@ -438,6 +469,27 @@ impl Config {
             errors.extend(problems);
             None
         });
+        let admin_isolation = match var("ADMIN_ISOLATION", "inprocess").to_ascii_lowercase().as_str() {
+            "inprocess" | "in-process" => false,
+            "process" => true,
+            other => {
+                errors.push(format!("ADMIN_ISOLATION={other} is not an isolation: use inprocess or process"));
+                false
+            }
+        };
+        let mut number = |key: &str, default: &str, min: u64, max: u64| parse_number(&mut errors, key, &var(key, default), min, max);
+        let sandbox = crate::sandbox::Settings {
+            memory_bytes: number("SANDBOX_MEMORY_MB", "512", 32, 1 << 20) << 20,
+            cpu_seconds: number("SANDBOX_CPU_SECS", "300", 1, 86_400 * 365),
+            open_files: number("SANDBOX_OPEN_FILES", "64", 16, 1 << 20),
+            max_concurrency: number("SANDBOX_MAX_CONCURRENCY", "4", 1, 1024) as u32,
+            warm_workers: number("SANDBOX_WARM_WORKERS", "1", 0, 1024) as u32,
+            idle_timeout: Duration::from_secs(number("SANDBOX_IDLE_SECS", "60", 1, 86_400)),
+            max_calls: number("SANDBOX_MAX_CALLS", "10000", 1, u64::from(u32::MAX)),
+            max_growth_bytes: number("SANDBOX_MAX_GROWTH_MB", "64", 1, 1 << 20) << 20,
+            quarantine_crashes: number("SANDBOX_QUARANTINE_CRASHES", "5", 1, 1_000_000) as u32,
+            quarantine_window: Duration::from_secs(number("SANDBOX_QUARANTINE_WINDOW_SECS", "60", 1, 86_400)),
+        };
         let stage = Some(var("PLUGHOST_STAGE", "")).filter(|s| !s.is_empty());
         let log_filter = var("RUST_LOG", "info");
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&log_filter) {
@@ -474,6 +526,8 @@ impl Config {
                 stage,
                 metrics,
                 metrics_bind,
+                admin_isolation,
+                sandbox,
             })
         } else {
             Err(ConfigErrors(errors))

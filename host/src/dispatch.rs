@@ -6,6 +6,8 @@
 //! returned within `INLINE_CALL_MAX_US` is called directly on the async thread. The first call
 //! that takes longer sends the function back to the pool until it has proven quick again, so a
 //! function that turns slow costs at most one late answer.
+//!
+//! Sandboxed modules are called through their worker pool instead, which can kill a call.
 
 use std::{
     sync::atomic::Ordering,
@@ -50,6 +52,18 @@ pub enum CallError {
     Timeout(Duration),
     #[error("the blocking pool failed the call: {0}")]
     Pool(String),
+    #[error("the sandbox worker died: {0}")]
+    Crashed(String),
+    #[error("the sandbox worker ran out of its {0} MiB of memory")]
+    OutOfMemory(u64),
+    #[error("the module is quarantined: {0}")]
+    Quarantined(String),
+    #[error("the module already runs {0} calls at once")]
+    Busy(u32),
+    #[error("the response of {0} bytes is over the limit")]
+    ResponseTooLarge(u64),
+    #[error("the sandbox worker failed: {0}")]
+    WorkerFailed(String),
 }
 
 /// Quick calls in a row before a function is called inline.
@@ -63,6 +77,22 @@ pub async fn call(
     deadline: Duration,
     inline_max: Option<Duration>,
 ) -> Result<PluginReply, CallError> {
+    if let Some(pool) = endpoint.module.sandbox() {
+        let function = endpoint.function();
+        let head = crate::sandbox::protocol::CallHead {
+            id: 0,
+            function: function.index,
+            function_name: function.name.clone(),
+            module: endpoint.module.spec.name.clone(),
+            method: input.method,
+            kwargs_json: input.kwargs_json,
+            query: input.query,
+            headers: input.headers,
+            content_type: input.content_type,
+            request_id: input.request_id.to_string(),
+        };
+        return pool.call(head, input.body).await;
+    }
     if let Some(max) = inline_max {
         if endpoint.quick_streak().load(Ordering::Relaxed) >= QUICK_STREAK {
             let started = Instant::now();

@@ -25,6 +25,7 @@ pub mod params;
 pub mod plugins;
 pub mod registry;
 pub mod reload;
+pub mod sandbox;
 pub mod scaffold;
 pub mod server;
 pub mod supervisor;

@@ -47,6 +47,8 @@ pub enum LoadError {
     Manifest(String),
     #[error("its manifest is invalid: {0}")]
     InvalidManifest(String),
+    #[error("the sandbox could not load it: {0}")]
+    Sandbox(String),
 }
 
 impl LoadError {
@@ -55,7 +57,12 @@ impl LoadError {
     pub fn left_mapped(&self) -> bool {
         !matches!(
             self,
-            LoadError::Read(_) | LoadError::TooLarge(_) | LoadError::Elf(_) | LoadError::Shadow(..) | LoadError::Open(_)
+            LoadError::Read(_)
+                | LoadError::TooLarge(_)
+                | LoadError::Elf(_)
+                | LoadError::Shadow(..)
+                | LoadError::Open(_)
+                | LoadError::Sandbox(_)
         )
     }
 }
@@ -77,7 +84,17 @@ pub struct LoadedModule {
     pub quick_streaks: Vec<std::sync::atomic::AtomicU32>,
     /// Per function: its metric series, resolved on first use.
     pub metrics: Vec<crate::metrics::FunctionMetrics>,
-    root: PluginModRef,
+    /// The tenant whose folder it came from; `None` for the admin's plugins.
+    pub owner: Option<String>,
+    pub backend: Backend,
+}
+
+/// Where a module's code runs.
+pub enum Backend {
+    /// Mapped into this process and called directly.
+    InProcess(PluginModRef),
+    /// In confined worker processes; this process never maps it.
+    Sandbox(std::sync::Arc<crate::sandbox::Pool>),
 }
 
 impl std::fmt::Debug for LoadedModule {
@@ -92,8 +109,42 @@ impl std::fmt::Debug for LoadedModule {
 impl LoadedModule {
     /// Calls the function at `index` of the plugin's own function list. Blocks; panics inside
     /// the plugin come back as errors.
+    ///
+    /// A sandboxed module is not called here: the caller asks its [`Backend::Sandbox`] pool.
     pub fn call(&self, index: u32, request: &CallRequest<'_>) -> RResult<CallResponse, CallError> {
-        (self.root.call())(index, request)
+        match &self.backend {
+            Backend::InProcess(root) => (root.call())(index, request),
+            Backend::Sandbox(_) => RResult::RErr(CallError {
+                kind: plugin_api::ErrorKind::Internal,
+                code: "SANDBOXED".into(),
+                message: "a sandboxed module is called through its worker pool".into(),
+            }),
+        }
+    }
+
+    /// The worker pool of a sandboxed module.
+    pub fn sandbox(&self) -> Option<&std::sync::Arc<crate::sandbox::Pool>> {
+        match &self.backend {
+            Backend::Sandbox(pool) => Some(pool),
+            Backend::InProcess(_) => None,
+        }
+    }
+
+    /// Builds a module around a validated spec.
+    pub fn new(spec: ModuleSpec, file: PathBuf, sha256: String, size: u64, owner: Option<String>, backend: Backend) -> LoadedModule {
+        let quick_streaks = (0..spec.functions.len()).map(|_| Default::default()).collect();
+        let metrics = (0..spec.functions.len()).map(|_| Default::default()).collect();
+        LoadedModule {
+            spec,
+            file,
+            sha256,
+            size,
+            loaded_at: SystemTime::now(),
+            quick_streaks,
+            metrics,
+            owner,
+            backend,
+        }
     }
 }
 
@@ -130,38 +181,33 @@ pub fn load(file: &Path, shadow_dir: &Path) -> Result<LoadedModule, LoadError> {
 pub fn load_candidate(candidate: Candidate, shadow_dir: &Path) -> Result<LoadedModule, LoadError> {
     let Candidate { file, bytes, sha256 } = candidate;
     let shadow = write_shadow(&bytes, &sha256, &file, shadow_dir)?;
-    let loaded = open(&shadow);
+    let loaded = open_plugin(&shadow, host_services());
     // The mapped image outlives its directory entry; removing it keeps DATA_DIR from filling up.
     let _ = fs::remove_file(&shadow);
-    let root = loaded?;
+    let (root, manifest) = loaded?;
+    let spec = ModuleSpec::from_abi(&manifest).map_err(LoadError::InvalidManifest)?;
+    let size = bytes.len() as u64;
+    Ok(LoadedModule::new(spec, file, sha256, size, None, Backend::InProcess(root)))
+}
 
+/// Maps the library at `path`, checks its ABI version, hands it `services` and reads its
+/// manifest. Used in this process for the admin's plugins and in sandbox workers for tenants'.
+pub fn open_plugin(path: &Path, services: HostServicesRef) -> Result<(PluginModRef, plugin_api::abi::Manifest), LoadError> {
+    let root = open(path)?;
     let found = (root.abi_version())();
     if found != ABI_VERSION {
         return Err(LoadError::AbiVersion { found });
     }
-    (root.init())(host_services());
-    let manifest = match (root.manifest())() {
-        RResult::ROk(manifest) => manifest,
-        RResult::RErr(err) => return Err(LoadError::Manifest(err.into_string())),
-    };
-    let spec = ModuleSpec::from_abi(&manifest).map_err(LoadError::InvalidManifest)?;
-    let quick_streaks = (0..spec.functions.len()).map(|_| Default::default()).collect();
-    let metrics = (0..spec.functions.len()).map(|_| Default::default()).collect();
-    Ok(LoadedModule {
-        spec,
-        file,
-        sha256,
-        size: bytes.len() as u64,
-        loaded_at: SystemTime::now(),
-        quick_streaks,
-        metrics,
-        root,
-    })
+    (root.init())(services);
+    match (root.manifest())() {
+        RResult::ROk(manifest) => Ok((root, manifest)),
+        RResult::RErr(err) => Err(LoadError::Manifest(err.into_string())),
+    }
 }
 
 /// Writes the bytes to `<shadow_dir>/<sha256>-<file name>` through a temporary file and a rename,
 /// so that a path that might still be mapped is never written in place.
-fn write_shadow(bytes: &[u8], sha256: &str, file: &Path, shadow_dir: &Path) -> Result<PathBuf, LoadError> {
+pub(crate) fn write_shadow(bytes: &[u8], sha256: &str, file: &Path, shadow_dir: &Path) -> Result<PathBuf, LoadError> {
     let fail = |err| LoadError::Shadow(shadow_dir.to_path_buf(), err);
     fs::create_dir_all(shadow_dir).map_err(fail)?;
     let name = file

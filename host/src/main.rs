@@ -117,6 +117,9 @@ Exit code 1, with the reason on one line, when the file would be refused by a se
     /// A worker process under the supervisor (started by `serve`, not by hand).
     #[command(name = "__worker", hide = true)]
     Worker(ServeArgs),
+    /// A sandbox worker that runs one tenant module (started by the server, not by hand).
+    #[command(name = "__sandbox", hide = true)]
+    Sandbox,
 }
 
 #[derive(clap::Args, Clone, Default)]
@@ -136,11 +139,17 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
+    // A sandbox worker must not parse arguments or read .env: it has a clean environment and
+    // takes everything from its channel.
+    if std::env::args_os().nth(1).is_some_and(|arg| arg == "__sandbox") {
+        return plughost::sandbox::worker::main();
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Check { file }) => check(&file),
         Some(Command::Recycle { env_file }) => recycle(env_file),
         Some(Command::Worker(args)) => worker(args),
+        Some(Command::Sandbox) => Ok(plughost::sandbox::worker::main()),
         Some(Command::Keygen { env }) => Ok(plughost::cli::keygen(env)),
         Some(Command::New { name, path, plugin_api }) => {
             plughost::scaffold::new_plugin(&name, path.as_deref(), plugin_api.as_deref()).map(|dir| {

@@ -95,6 +95,11 @@ pub struct Metrics {
     pub images_leaked_bytes: Gauge,
     pub auth_failures: Family<ReasonLabels, Counter>,
     pub store_latency: HistogramFamily<StoreLabels>,
+    pub sandbox_worker_starts: Counter,
+    pub sandbox_worker_crashes: Counter,
+    pub sandbox_call_timeouts: Counter,
+    pub sandbox_quarantines: Counter,
+    pub sandbox_workers: Gauge,
 }
 
 fn request_histogram() -> Histogram {
@@ -124,6 +129,11 @@ impl Metrics {
             images_leaked_bytes: Gauge::default(),
             auth_failures: Family::default(),
             store_latency: Family::new_with_constructor(store_histogram as fn() -> Histogram),
+            sandbox_worker_starts: Counter::default(),
+            sandbox_worker_crashes: Counter::default(),
+            sandbox_call_timeouts: Counter::default(),
+            sandbox_quarantines: Counter::default(),
+            sandbox_workers: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -182,6 +192,31 @@ impl Metrics {
             "store_operation_duration_seconds",
             "Identity store operations, by store, operation and outcome",
             metrics.store_latency.clone(),
+        );
+        registry.register(
+            "sandbox_worker_starts",
+            "Sandbox worker processes started",
+            metrics.sandbox_worker_starts.clone(),
+        );
+        registry.register(
+            "sandbox_worker_crashes",
+            "Sandbox workers that died during a call (signal, abort, exit)",
+            metrics.sandbox_worker_crashes.clone(),
+        );
+        registry.register(
+            "sandbox_call_timeouts",
+            "Sandboxed calls past their deadline (the worker is killed)",
+            metrics.sandbox_call_timeouts.clone(),
+        );
+        registry.register(
+            "sandbox_quarantines",
+            "Sandboxed modules quarantined for crashing too often",
+            metrics.sandbox_quarantines.clone(),
+        );
+        registry.register(
+            "sandbox_workers",
+            "Sandbox worker processes running now",
+            metrics.sandbox_workers.clone(),
         );
         Metrics { registry, ..metrics }
     }

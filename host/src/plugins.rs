@@ -45,6 +45,12 @@ pub struct PluginStatus {
     pub failed_at: Option<String>,
     /// How many times a new version replaced a served one.
     pub reload_count: u32,
+    /// The tenant whose folder holds the file; absent for the admin's plugins.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// For a module in the sandbox tier: its workers, limits and confinement layers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<serde_json::Value>,
     #[serde(skip)]
     collided: bool,
     #[serde(skip)]
@@ -88,6 +94,10 @@ pub struct Plugins {
     shadow_dir: PathBuf,
     /// How many rounds of changes were applied; shown to operators, and steady when idle.
     rounds: std::sync::atomic::AtomicU64,
+    /// Where tenants' modules run; without it they are refused.
+    sandbox: Option<Arc<crate::sandbox::Sandbox>>,
+    /// Whether the admin's own plugins run in the sandbox too.
+    admin_isolation: bool,
 }
 
 impl Plugins {
@@ -97,7 +107,28 @@ impl Plugins {
             inner: Mutex::new(Inner::default()),
             shadow_dir: shadow_dir(data_dir),
             rounds: std::sync::atomic::AtomicU64::new(0),
+            sandbox: None,
+            admin_isolation: false,
         }
+    }
+
+    /// Runs tenants' modules (and, with `admin_isolation`, the admin's) in `sandbox`.
+    pub fn with_sandbox(mut self, sandbox: Arc<crate::sandbox::Sandbox>, admin_isolation: bool) -> Plugins {
+        self.sandbox = Some(sandbox);
+        self.admin_isolation = admin_isolation;
+        self
+    }
+
+    fn tenant_active(&self, uuid: &str) -> bool {
+        self.sandbox
+            .as_ref()
+            .and_then(|sandbox| sandbox.tenant(uuid))
+            .is_some_and(|tenant| tenant.active)
+    }
+
+    /// The sandbox, if tenants' modules can run.
+    pub fn sandbox(&self) -> Option<&Arc<crate::sandbox::Sandbox>> {
+        self.sandbox.as_ref()
     }
 
     /// The routing table in force.
@@ -111,7 +142,23 @@ impl Plugins {
 
     /// Every file seen, with its state.
     pub fn status(&self) -> Vec<PluginStatus> {
-        self.lock().status.values().cloned().collect()
+        let registry = self.registry.load();
+        let inner = self.lock();
+        inner
+            .status
+            .iter()
+            .map(|(path, status)| {
+                let mut status = status.clone();
+                status.tenant = tenant_of_file(path);
+                let pool = registry
+                    .modules()
+                    .iter()
+                    .find(|m| &m.file == path)
+                    .and_then(|m| m.sandbox().cloned());
+                status.sandbox = pool.and_then(|pool| serde_json::to_value(pool.status()).ok());
+                status
+            })
+            .collect()
     }
 
     /// How many rounds of changes were applied since start-up.
@@ -137,23 +184,21 @@ impl Plugins {
     }
 
     /// The plugin files directly in `dir`, oldest first (by modification time, then name), so
-    /// that when two modules claim one name, the one that was there first keeps it across restarts.
+    /// that when two modules claim one name, the one that was there first keeps it across restarts;
+    /// then those in tenants' folders `dir/tenants/<uuid>/`, likewise (the admin's names win).
     pub fn list_folder(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-        let mut files: Vec<(SystemTime, PathBuf)> = std::fs::read_dir(dir)?
-            .filter_map(Result::ok)
-            .map(|entry| entry.path())
-            .filter(|path| is_plugin_path(path) && path.is_file())
-            .map(|path| {
-                (
-                    std::fs::metadata(&path)
-                        .and_then(|m| m.modified())
-                        .unwrap_or(SystemTime::UNIX_EPOCH),
-                    path,
-                )
-            })
-            .collect();
-        files.sort();
-        Ok(files.into_iter().map(|(_, path)| path).collect())
+        let mut files = sorted_plugins(dir)?;
+        if let Ok(entries) = std::fs::read_dir(dir.join(TENANTS)) {
+            let mut tenant_files = Vec::new();
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() && tenant_of_folder(&path).is_some() {
+                    tenant_files.extend(sorted_plugins(&path).unwrap_or_default());
+                }
+            }
+            files.extend(tenant_files);
+        }
+        Ok(files)
     }
 
     /// Loads every plugin file in `dir` at start-up. Bad files are skipped with one log line each.
@@ -190,6 +235,15 @@ impl Plugins {
                     .filter(|(p, s)| s.state != FileState::Removed && !on_disk.contains(p))
                     .map(|(p, _)| p.clone()),
             );
+            // Tenants enabled or disabled since: their modules come and go.
+            changed.extend(inner.status.iter().filter_map(|(path, status)| {
+                let active = self.tenant_active(&tenant_of_file(path)?);
+                let loaded = status.state == FileState::Loaded;
+                let waiting = status.state == FileState::Failed && status.failed_sha256.is_none();
+                ((active && waiting) || (!active && loaded)).then(|| path.clone())
+            }));
+            changed.sort();
+            changed.dedup();
             changed
         };
         if changed.is_empty() {
@@ -248,6 +302,22 @@ impl Plugins {
             }
             let print = fingerprint(file);
             status_entry(inner, file).fingerprint = print;
+            if let Some(owner) = tenant_of_file(file).filter(|owner| !self.tenant_active(owner)) {
+                if let Some(i) = served {
+                    let module = modules.remove(i);
+                    tracing::info!(file = %file.display(), module = %module.spec.name, tenant = %owner, "tenant not active: its module is unrouted");
+                    crate::metrics::METRICS.plugin_unloads.inc();
+                }
+                let status = status_entry(inner, file);
+                status.state = FileState::Failed;
+                status.error = Some(format!(
+                    "tenant {owner} is unknown or disabled: its modules are served once it is active"
+                ));
+                status.failed_at = Some(timestamp(SystemTime::now()));
+                status.failed_sha256 = None;
+                applied.failed.push(file.clone());
+                continue;
+            }
             let candidate = match loader::read(file) {
                 Ok(candidate) => candidate,
                 Err(err) => {
@@ -271,10 +341,17 @@ impl Plugins {
             }
             let sha = candidate.sha256.clone();
             let size = candidate.bytes.len() as u64;
-            let module = match loader::load_candidate(candidate, &self.shadow_dir) {
+            let owner = tenant_of_file(file);
+            let isolate = owner.is_some() || self.admin_isolation;
+            let loaded = match (&self.sandbox, isolate) {
+                (_, false) => loader::load_candidate(candidate, &self.shadow_dir),
+                (Some(sandbox), true) => sandbox.load(candidate, owner.clone()),
+                (None, true) => Err(loader::LoadError::Sandbox("this server runs without a sandbox".to_owned())),
+            };
+            let module = match loaded {
                 Ok(module) => Arc::new(module),
                 Err(err) => {
-                    if err.left_mapped() {
+                    if !isolate && err.left_mapped() {
                         inner.images.insert(sha.clone(), size);
                     }
                     fail(inner, file, served.is_some(), Some(sha), err.to_string(), false);
@@ -282,7 +359,9 @@ impl Plugins {
                     continue;
                 }
             };
-            inner.images.insert(sha.clone(), size);
+            if !isolate {
+                inner.images.insert(sha.clone(), size);
+            }
             if let Some(reason) = collision(modules, &module) {
                 fail(inner, file, served.is_some(), Some(sha), reason, true);
                 applied.failed.push(file.clone());
@@ -316,6 +395,43 @@ impl Plugins {
             applied.swapped.push((file.clone(), module.spec.name.clone()));
         }
     }
+}
+
+/// The sub-folder of the plugins folder that holds tenants' folders.
+pub const TENANTS: &str = "tenants";
+
+/// The plugin files directly in `dir`, oldest first.
+fn sorted_plugins(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<(SystemTime, PathBuf)> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| is_plugin_path(path) && path.is_file())
+        .map(|path| {
+            (
+                std::fs::metadata(&path)
+                    .and_then(|m| m.modified())
+                    .unwrap_or(SystemTime::UNIX_EPOCH),
+                path,
+            )
+        })
+        .collect();
+    files.sort();
+    Ok(files.into_iter().map(|(_, path)| path).collect())
+}
+
+/// The tenant a folder `…/tenants/<uuid>` belongs to.
+pub fn tenant_of_folder(folder: &Path) -> Option<String> {
+    let parent = folder.parent()?;
+    if parent.file_name()? != TENANTS {
+        return None;
+    }
+    let name = folder.file_name()?.to_str()?;
+    uuid::Uuid::parse_str(name).ok().map(|u| u.hyphenated().to_string())
+}
+
+/// The tenant a plugin file belongs to, when it sits in a tenant's folder.
+pub fn tenant_of_file(file: &Path) -> Option<String> {
+    tenant_of_folder(file.parent()?)
 }
 
 /// This process's own shadow folder, `DATA_DIR/shadow/<pid>`. While a worker is recycled, two
@@ -370,6 +486,8 @@ fn status_entry<'a>(inner: &'a mut Inner, file: &Path) -> &'a mut PluginStatus {
         error: None,
         failed_at: None,
         reload_count: 0,
+        tenant: None,
+        sandbox: None,
         collided: false,
         failed_sha256: None,
         fingerprint: None,

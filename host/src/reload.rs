@@ -21,7 +21,7 @@ use notify::{
     EventKind, RecursiveMode, Watcher,
 };
 
-use crate::plugins::{is_plugin_path, Plugins};
+use crate::plugins::{is_plugin_path, tenant_of_folder, Plugins};
 
 /// How the loader thread behaves.
 #[derive(Debug, Clone)]
@@ -95,12 +95,14 @@ fn run(
         let wake = pending.values().copied().min().unwrap_or(next_rescan).min(next_rescan);
         match rx.recv_timeout(wake.saturating_duration_since(now)) {
             Ok(Signal::Path(path, settled)) => {
-                if path.parent() == Some(dir.as_path()) && is_plugin_path(&path) {
+                let folder = path.parent();
+                let watched = folder == Some(dir.as_path()) || folder.and_then(tenant_of_folder).is_some();
+                if watched && is_plugin_path(&path) {
                     let now = Instant::now();
                     let delay = if settled { Duration::from_millis(2) } else { settings.debounce };
                     pending.insert(path.clone(), now + delay);
                     last_event.insert(path, now);
-                } else if path == dir || path.parent() == Some(dir.as_path()) && path.is_dir() {
+                } else if path == dir || path.starts_with(&dir) && path.is_dir() {
                     rescan = true;
                 }
             }

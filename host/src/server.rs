@@ -31,6 +31,62 @@ use crate::{
 /// before it closes idle ones, so that keep-alive clients move to the next process calmly.
 const DRAIN: Duration = Duration::from_millis(300);
 
+/// How often the sandbox's view of tenants (active or not, limits) is refreshed from the store.
+const TENANT_REFRESH: Duration = Duration::from_secs(1);
+
+/// Starts the sandbox: learns the tenants, probes what confinement this machine enforces, and
+/// keeps the tenants up to date.
+async fn start_sandbox(config: &Config, tenancy: &Arc<crate::tenancy::tenants::Tenancy>) -> anyhow::Result<Arc<crate::sandbox::Sandbox>> {
+    let program = std::env::current_exe().context("cannot find the plughost executable for sandbox workers")?;
+    let limits = crate::sandbox::Limits {
+        call_timeout: config.call_timeout,
+        memory_bytes: config.sandbox.memory_bytes,
+        max_concurrency: config.sandbox.max_concurrency,
+        max_response_bytes: config.max_response_bytes,
+    };
+    let sandbox = crate::sandbox::Sandbox::start(program, &config.data_dir, config.sandbox.clone(), limits)
+        .with_context(|| format!("cannot set up the sandbox under {}", config.data_dir.join("sandbox").display()))?;
+    refresh_tenants(&sandbox, tenancy, true).await;
+    let probing = sandbox.clone();
+    let layers = tokio::task::spawn_blocking(move || probing.probe()).await.unwrap_or_default();
+    for layer in &layers {
+        if layer.active {
+            tracing::info!(layer = %layer.name, "sandbox layer active: {}", layer.detail);
+        } else {
+            tracing::warn!(layer = %layer.name, "sandbox layer unavailable: {}", layer.detail);
+        }
+    }
+    let (weak, tenancy) = (Arc::downgrade(&sandbox), tenancy.clone());
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(TENANT_REFRESH);
+        loop {
+            ticks.tick().await;
+            let Some(sandbox) = weak.upgrade() else { return };
+            refresh_tenants(&sandbox, &tenancy, false).await;
+        }
+    });
+    Ok(sandbox)
+}
+
+async fn refresh_tenants(sandbox: &crate::sandbox::Sandbox, tenancy: &crate::tenancy::tenants::Tenancy, first: bool) {
+    match tenancy.store.list("tenant").await {
+        Ok(records) => sandbox.set_tenants(
+            records
+                .into_iter()
+                .map(|r| {
+                    let info = crate::sandbox::TenantInfo {
+                        active: r.is_active(),
+                        limits: r.limits.clone(),
+                    };
+                    (r.uuid, info)
+                })
+                .collect(),
+        ),
+        Err(err) if first => tracing::warn!("cannot list tenants ({err}); their modules load once the store answers"),
+        Err(err) => tracing::debug!("cannot refresh tenants ({err}); keeping the last known"),
+    }
+}
+
 /// A bound, loaded server, ready to run.
 pub struct App {
     listener: TcpListener,
@@ -43,9 +99,20 @@ impl App {
     /// `listener`, the supervisor's socket).
     pub async fn build(config: Config, listener: Option<std::net::TcpListener>, role: Role) -> anyhow::Result<App> {
         std::fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create DATA_DIR {}", config.data_dir.display()))?;
-        let plugins = Arc::new(Plugins::new(&config.data_dir));
-        plugins
-            .load_folder(&config.plugins_dir)
+        crate::metrics::set_enabled(config.metrics);
+        let tenancy = Arc::new(
+            crate::tenancy::tenants::Tenancy::open(&config)
+                .await
+                .context("cannot open the identity store")?,
+        );
+        record_admin(tenancy.clone(), config.admin_uuid.clone(), config.admin_totp_secret.clone()).await;
+        let sandbox = start_sandbox(&config, &tenancy).await?;
+        let plugins = Arc::new(Plugins::new(&config.data_dir).with_sandbox(sandbox, config.admin_isolation));
+        let folder = config.plugins_dir.clone();
+        let loading = plugins.clone();
+        tokio::task::spawn_blocking(move || loading.load_folder(&folder))
+            .await
+            .context("the plugin loader failed")?
             .with_context(|| format!("cannot read PLUGINS_DIR {}", config.plugins_dir.display()))?;
         let settings = ReloadSettings {
             dir: config.plugins_dir.clone(),
@@ -80,13 +147,6 @@ impl App {
             }
             None => None,
         };
-        crate::metrics::set_enabled(config.metrics);
-        let tenancy = Arc::new(
-            crate::tenancy::tenants::Tenancy::open(&config)
-                .await
-                .context("cannot open the identity store")?,
-        );
-        record_admin(tenancy.clone(), config.admin_uuid.clone(), config.admin_totp_secret.clone()).await;
         let auth = Arc::new(crate::tenancy::auth::Authenticator::new(
             tenancy,
             config.admin_uuid.clone(),

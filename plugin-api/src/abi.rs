@@ -65,7 +65,7 @@ pub enum LogLevel {
 
 /// What a module says about itself.
 #[repr(C)]
-#[derive(StableAbi, Debug, Clone)]
+#[derive(StableAbi, Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Manifest {
     pub name: RString,
     pub alias: RString,
@@ -76,7 +76,7 @@ pub struct Manifest {
 
 /// One exported function. `api` is empty when the function has no API alias.
 #[repr(C)]
-#[derive(StableAbi, Debug, Clone)]
+#[derive(StableAbi, Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct FunctionDecl {
     pub name: RString,
     pub api: RString,
@@ -89,7 +89,7 @@ pub struct FunctionDecl {
 
 /// A declared parameter. `default_json` is JSON text, empty when there is no default.
 #[repr(C)]
-#[derive(StableAbi, Debug, Clone)]
+#[derive(StableAbi, Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ParamDecl {
     pub name: RString,
     pub kind: ParamKind,
@@ -100,7 +100,7 @@ pub struct ParamDecl {
 
 /// The type a declared parameter is coerced to by the host.
 #[repr(u8)]
-#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ParamKind {
     String,
     Integer,
@@ -111,7 +111,7 @@ pub enum ParamKind {
 
 /// Who may call a function.
 #[repr(u8)]
-#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Visibility {
     /// Anyone, without credentials.
     Public,
@@ -161,7 +161,7 @@ pub struct CallError {
 
 /// The class of a plugin error; the host maps each to an HTTP status.
 #[repr(u8)]
-#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ErrorKind {
     BadRequest,
     Unauthorized,

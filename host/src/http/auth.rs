@@ -31,6 +31,17 @@ pub fn may_call(visibility: Visibility, caller: Option<&Caller>) -> bool {
     }
 }
 
+/// Whether `caller` may use `module` at all: a tenant's module belongs to that tenant and to the
+/// admin; the admin's modules are everyone's (each function's visibility still applies).
+pub fn may_use(module: &crate::loader::LoadedModule, caller: Option<&Caller>) -> bool {
+    match (&module.owner, caller) {
+        (None, _) => true,
+        (Some(_), Some(Caller::Admin { .. })) => true,
+        (Some(owner), Some(Caller::Tenant { uuid })) => uuid == owner,
+        (Some(_), None) => false,
+    }
+}
+
 /// `Ok` if `caller` may call; the right 401 or 403 otherwise.
 pub fn require(visibility: Visibility, caller: Option<&Caller>, what: &str) -> Result<(), ApiError> {
     match (may_call(visibility, caller), caller) {

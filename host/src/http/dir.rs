@@ -10,29 +10,29 @@ use crate::{
 };
 
 /// Every module with a function the caller may call, with the URL parameter names in force.
-pub fn all(registry: &Registry, url_params: &[String], visible: &dyn Fn(&FunctionSpec) -> bool) -> Value {
+pub fn all(registry: &Registry, url_params: &[String], visible: &dyn Fn(&LoadedModule, &FunctionSpec) -> bool) -> Value {
     json!({
         "url_params": url_params,
         "modules": registry
             .modules()
             .iter()
-            .filter(|m| m.spec.functions.iter().any(visible))
+            .filter(|m| m.spec.functions.iter().any(|f| visible(m, f)))
             .map(|m| module_entry(m, registry, visible))
             .collect::<Vec<_>>(),
     })
 }
 
 /// One module, with the functions the caller may call.
-pub fn module(module: &LoadedModule, registry: &Registry, visible: &dyn Fn(&FunctionSpec) -> bool) -> Value {
+pub fn module(module: &LoadedModule, registry: &Registry, visible: &dyn Fn(&LoadedModule, &FunctionSpec) -> bool) -> Value {
     module_entry(module, registry, visible)
 }
 
-fn module_entry(module: &LoadedModule, registry: &Registry, visible: &dyn Fn(&FunctionSpec) -> bool) -> Value {
+fn module_entry(module: &LoadedModule, registry: &Registry, visible: &dyn Fn(&LoadedModule, &FunctionSpec) -> bool) -> Value {
     let spec = &module.spec;
     let functions: Vec<Value> = spec
         .functions
         .iter()
-        .filter(|f| visible(f))
+        .filter(|f| visible(module, f))
         .map(|f| {
             let path = format!("/rest/services/{}/{}/", spec.route_name(), f.route_name());
             let unqualified = registry
@@ -61,8 +61,9 @@ fn module_entry(module: &LoadedModule, registry: &Registry, visible: &dyn Fn(&Fu
         "alias": spec.alias,
         "version": spec.version,
         "description": spec.description,
-        "owner": "admin",
-        "isolation": "in-process",
+        "owner": module.owner.as_deref().map_or("admin", |_| "tenant"),
+        "tenant": module.owner,
+        "isolation": if module.sandbox().is_some() { "sandbox" } else { "in-process" },
         "sha256": module.sha256,
         "loaded_at": timestamp(module.loaded_at),
         "functions": functions,

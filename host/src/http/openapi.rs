@@ -4,7 +4,7 @@
 use plugin_api::{abi::ParamKind, Visibility};
 use serde_json::{json, Map, Value};
 
-use super::auth::may_call;
+use super::auth::{may_call, may_use};
 use crate::{
     manifest::{FunctionSpec, ModuleSpec},
     registry::Registry,
@@ -23,7 +23,7 @@ pub struct Context<'a> {
 pub fn document(registry: &Registry, context: &Context<'_>) -> Value {
     let mut paths = Map::new();
     builtins(&mut paths, context);
-    for module in registry.modules() {
+    for module in registry.modules().iter().filter(|m| may_use(m, context.caller)) {
         let spec = &module.spec;
         for function in spec.functions.iter().filter(|f| may_call(f.visibility, context.caller)) {
             let qualified = format!("/rest/services/{}/{}/", spec.route_name(), function.route_name());
@@ -46,7 +46,7 @@ pub fn document(registry: &Registry, context: &Context<'_>) -> Value {
     let mut tags: Vec<Value> = registry
         .modules()
         .iter()
-        .filter(|m| m.spec.functions.iter().any(|f| may_call(f.visibility, context.caller)))
+        .filter(|m| may_use(m, context.caller) && m.spec.functions.iter().any(|f| may_call(f.visibility, context.caller)))
         .map(|m| json!({"name": m.spec.route_name(), "description": module_description(&m.spec)}))
         .collect();
     tags.push(json!({"name": "plughost", "description": "Built-in routes of the host"}));

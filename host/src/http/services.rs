@@ -58,10 +58,26 @@ where
             "name a function: /rest/services/<module>/<function>/… or /rest/services/<function>/…; list them at /rest/services/__dir__/",
         ));
     }
+    let not_found = |name: &str| {
+        ApiError::not_found(
+            "FUNCTION_NOT_FOUND",
+            format!("no module or function is named '{name}'; list them at /rest/services/__dir__/"),
+        )
+    };
     let (endpoint, rest) = {
         let registry = state.plugins.registry();
         match registry.resolve(&segments) {
             Resolution::Call { endpoint, rest } => (endpoint, rest.to_vec()),
+            Resolution::Dir(Some(module))
+                if module.owner.is_some() && !auth::may_use(&module, auth::caller(state, headers).await?.as_ref()) =>
+            {
+                return Err(not_found(&segments[0]));
+            }
+            Resolution::NoSuchFunction { module, .. }
+                if module.owner.is_some() && !auth::may_use(&module, auth::caller(state, headers).await?.as_ref()) =>
+            {
+                return Err(not_found(&segments[0]));
+            }
             Resolution::Dir(module) => {
                 info.route = RouteInfo::DIR;
                 if method != Method::GET && method != Method::HEAD {
@@ -70,7 +86,9 @@ where
                 let registry = registry.clone();
                 let caller = auth::caller(state, headers).await?;
                 info.caller = caller.as_ref().map_or("none", |c| c.kind());
-                let visible = |f: &crate::manifest::FunctionSpec| auth::may_call(f.visibility, caller.as_ref());
+                let visible = |m: &crate::loader::LoadedModule, f: &crate::manifest::FunctionSpec| {
+                    auth::may_use(m, caller.as_ref()) && auth::may_call(f.visibility, caller.as_ref())
+                };
                 let listing = match module {
                     Some(module) => dir::module(&module, &registry, &visible),
                     None => dir::all(&registry, &state.config.url_params, &visible),
@@ -102,12 +120,7 @@ where
                 };
                 return Err(ApiError::not_found("FUNCTION_NOT_FOUND", description));
             }
-            Resolution::NotFound { name } => {
-                return Err(ApiError::not_found(
-                    "FUNCTION_NOT_FOUND",
-                    format!("no module or function is named '{name}'; list them at /rest/services/__dir__/"),
-                ))
-            }
+            Resolution::NotFound { name } => return Err(not_found(&name)),
         }
     };
     info.route = RouteInfo::SERVICES;
@@ -125,13 +138,24 @@ where
         let what = format!("function '{}'", function.route_name());
         return Err(ApiError::method_not_allowed(&method, &what, function.methods.allow_header()));
     }
-    // Public functions never touch the identity store.
-    let caller = if function.visibility == plugin_api::Visibility::Public {
+    // Public functions of the admin's modules never touch the identity store.
+    let caller = if function.visibility == plugin_api::Visibility::Public && endpoint.module.owner.is_none() {
         None
     } else {
         auth::caller(state, headers).await?
     };
     info.caller = caller.as_ref().map_or("none", |c| c.kind());
+    // A tenant's module is its tenant's and the admin's: others are told it does not exist.
+    if !auth::may_use(&endpoint.module, caller.as_ref()) {
+        if caller.is_some() {
+            return Err(not_found(&segments[0]));
+        }
+        auth::require(
+            plugin_api::Visibility::Tenant,
+            None,
+            &format!("function '{}'", function.route_name()),
+        )?;
+    }
     auth::require(
         function.visibility,
         caller.as_ref(),
@@ -307,6 +331,49 @@ fn call_error(err: CallError, endpoint: &Endpoint) -> ApiError {
                 after.as_millis()
             ),
         ),
+        CallError::Crashed(status) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "WORKER_CRASHED",
+            format!("function '{function}' of module '{module}' crashed its sandbox worker ({status}); a new worker takes the next call"),
+        ),
+        CallError::OutOfMemory(mb) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "MEMORY_LIMIT_EXCEEDED",
+            format!("function '{function}' of module '{module}' ran out of its {mb} MiB memory limit; its worker was replaced"),
+        ),
+        CallError::Quarantined(why) => {
+            let mut err = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "MODULE_QUARANTINED",
+                format!(
+                    "module '{module}' is quarantined: {why}. It is released when its file changes, or by the admin: POST /rest/admin/plugins/{module}/release"
+                ),
+            );
+            err.retry_after = Some(60);
+            err
+        }
+        CallError::Busy(max) => {
+            let mut err = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOO_MANY_REQUESTS",
+                format!("module '{module}' already runs {max} calls at once, its limit; retry shortly"),
+            );
+            err.retry_after = Some(1);
+            err
+        }
+        CallError::ResponseTooLarge(size) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "RESPONSE_TOO_LARGE",
+            format!(
+                "function '{function}' of module '{module}' returned a response of about {size} bytes, over its limit (MAX_RESPONSE_BYTES)"
+            ),
+        ),
+        CallError::WorkerFailed(cause) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "WORKER_FAILED",
+            format!("the sandbox worker of module '{module}' failed; see the server log under this error_id"),
+        )
+        .with_internal(cause),
         CallError::Pool(cause) => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "INTERNAL_ERROR",

@@ -1,0 +1,869 @@
+//! The sandbox tier: tenants' modules (and the admin's with `ADMIN_ISOLATION=process`) run in
+//! confined worker processes, `plughost __sandbox`, never in this process.
+//!
+//! Each module version has a [`Pool`] of workers, each answering one call at a time over pipes
+//! ([`protocol`]). A call past its deadline kills its worker; a worker that dies is replaced, with
+//! a growing delay when it keeps dying; a module whose workers crash too often is quarantined
+//! until its file changes or the admin releases it. Workers are retired after many calls or when
+//! they have grown, and idle ones beyond the warm count are stopped.
+
+pub mod confine;
+pub mod protocol;
+pub mod worker;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    fs,
+    io::{BufRead, BufReader, Read},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard, RwLock, Weak,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use plugin_api::ErrorKind;
+use serde::Serialize;
+
+use self::protocol::{read_frame, write_frame, CallHead, FrameError, HostMsg, Layer, Outcome, Rlimits, WorkerMsg, PROTOCOL_VERSION};
+use crate::{
+    dispatch::{CallError, PluginReply},
+    loader::{Backend, Candidate, LoadError, LoadedModule},
+    manifest::ModuleSpec,
+};
+
+/// How long a worker may take to confine itself, load its library and answer.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Room for headers beyond a response body in a reply frame.
+const FRAME_OVERHEAD: u64 = 1 << 20;
+/// Plugin output logged per worker before the rest is dropped (counted).
+const OUTPUT_BUDGET: usize = 64 * 1024;
+
+/// The sandbox settings from `.env` (`SANDBOX_*`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub memory_bytes: u64,
+    pub cpu_seconds: u64,
+    pub open_files: u64,
+    pub max_concurrency: u32,
+    pub warm_workers: u32,
+    pub idle_timeout: Duration,
+    pub max_calls: u64,
+    pub max_growth_bytes: u64,
+    pub quarantine_crashes: u32,
+    pub quarantine_window: Duration,
+}
+
+/// The limits one module runs under: the settings, with its tenant's overrides.
+#[derive(Debug, Clone, Serialize)]
+pub struct Limits {
+    #[serde(rename = "call_timeout_ms", serialize_with = "as_millis")]
+    pub call_timeout: Duration,
+    pub memory_bytes: u64,
+    pub max_concurrency: u32,
+    pub max_response_bytes: usize,
+}
+
+fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_millis() as u64)
+}
+
+impl Limits {
+    /// The defaults, with the overrides a tenant record carries (`call_timeout_ms`, `memory_mb`,
+    /// `max_concurrency`, `max_response_bytes`); an unusable override is reported and ignored.
+    pub fn with_overrides(mut self, overrides: &serde_json::Value) -> (Limits, Vec<String>) {
+        let mut problems = Vec::new();
+        let Some(map) = overrides.as_object() else {
+            return (self, problems);
+        };
+        for (key, value) in map {
+            let number = value.as_u64().filter(|n| *n > 0);
+            match (key.as_str(), number) {
+                ("call_timeout_ms", Some(n)) if n <= 3_600_000 => self.call_timeout = Duration::from_millis(n),
+                ("memory_mb", Some(n)) if (16..=1 << 20).contains(&n) => self.memory_bytes = n << 20,
+                ("max_concurrency", Some(n)) if n <= 1024 => self.max_concurrency = n as u32,
+                ("max_response_bytes", Some(n)) if n <= 1 << 34 => self.max_response_bytes = n as usize,
+                _ => problems.push(format!("the tenant limit {key}={value} is not usable; the default applies")),
+            }
+        }
+        (self, problems)
+    }
+}
+
+/// A tenant as the loader needs it.
+#[derive(Debug, Clone)]
+pub struct TenantInfo {
+    pub active: bool,
+    pub limits: serde_json::Value,
+}
+
+/// What is shared by every pool: where workers come from and the tenants they run for.
+pub struct Sandbox {
+    program: PathBuf,
+    lib_dir: PathBuf,
+    run_dir: PathBuf,
+    pub settings: Settings,
+    default_limits: Limits,
+    tenants: RwLock<HashMap<String, TenantInfo>>,
+    pools: Mutex<Vec<Weak<Pool>>>,
+    probe: Mutex<Option<Vec<Layer>>>,
+    sequence: AtomicU64,
+}
+
+impl Sandbox {
+    /// A sandbox whose workers run `program __sandbox` (this binary) with files under
+    /// `DATA_DIR/sandbox/<pid>`; starts the thread that keeps pools warm and trims idle workers.
+    pub fn start(program: PathBuf, data_dir: &Path, settings: Settings, default_limits: Limits) -> std::io::Result<Arc<Sandbox>> {
+        let root = data_dir.join("sandbox");
+        // Folders left by processes that are gone.
+        if let Ok(entries) = fs::read_dir(&root) {
+            for entry in entries.flatten() {
+                let pid = entry.file_name().to_string_lossy().parse::<i32>().ok();
+                if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+                    let _ = fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        let mine = root.join(std::process::id().to_string());
+        let lib_dir = mine.join("lib");
+        let run_dir = mine.join("run");
+        fs::create_dir_all(&lib_dir)?;
+        fs::create_dir_all(&run_dir)?;
+        let sandbox = Arc::new(Sandbox {
+            program,
+            lib_dir,
+            run_dir,
+            settings,
+            default_limits,
+            tenants: RwLock::new(HashMap::new()),
+            pools: Mutex::new(Vec::new()),
+            probe: Mutex::new(None),
+            sequence: AtomicU64::new(0),
+        });
+        let weak = Arc::downgrade(&sandbox);
+        thread::Builder::new().name("sandbox-pools".into()).spawn(move || maintain(weak))?;
+        Ok(sandbox)
+    }
+
+    /// Replaces the tenants known to the loader (refreshed from the store).
+    pub fn set_tenants(&self, tenants: HashMap<String, TenantInfo>) {
+        *self.tenants.write().unwrap_or_else(|p| p.into_inner()) = tenants;
+    }
+
+    /// A tenant by UUID, if known.
+    pub fn tenant(&self, uuid: &str) -> Option<TenantInfo> {
+        self.tenants.read().unwrap_or_else(|p| p.into_inner()).get(uuid).cloned()
+    }
+
+    /// Starts a worker that only confines itself and reports its layers, to show operators what
+    /// this machine enforces before any tenant module is loaded.
+    pub fn probe(self: &Arc<Self>) -> Vec<Layer> {
+        let layers = match Worker::spawn(self, None, &self.default_limits, None, "probe") {
+            Ok((_, layers, _)) => layers,
+            Err(err) => vec![Layer {
+                name: "worker".into(),
+                active: false,
+                detail: format!("no sandbox worker could start: {err}"),
+            }],
+        };
+        *lock(&self.probe) = Some(layers.clone());
+        layers
+    }
+
+    /// The layers the last probe reported.
+    pub fn layers(&self) -> Option<Vec<Layer>> {
+        lock(&self.probe).clone()
+    }
+
+    /// Loads `candidate` in a fresh worker: its manifest is read there, never in this process.
+    /// `owner` is the tenant whose folder holds it (`None`: the admin's, isolated by choice).
+    pub fn load(self: &Arc<Self>, candidate: Candidate, owner: Option<String>) -> Result<LoadedModule, LoadError> {
+        let Candidate { file, bytes, sha256 } = candidate;
+        let (limits, problems) = match &owner {
+            Some(uuid) => match self.tenant(uuid) {
+                Some(tenant) if tenant.active => self.default_limits.clone().with_overrides(&tenant.limits),
+                Some(_) => return Err(LoadError::Sandbox(format!("tenant {uuid} is disabled: its modules are not loaded"))),
+                None => {
+                    return Err(LoadError::Sandbox(format!(
+                        "no tenant has UUID {uuid}: add it (plughost tenant add) or move the file out of tenants/{uuid}/"
+                    )))
+                }
+            },
+            None => (self.default_limits.clone(), Vec::new()),
+        };
+        for problem in problems {
+            tracing::warn!(file = %file.display(), "{problem}");
+        }
+        let seq = self.sequence.fetch_add(1, Ordering::Relaxed);
+        let library = self.lib_dir.join(format!("{}-{seq}.so", &sha256[..16]));
+        write_private(&library, &bytes).map_err(|e| LoadError::Shadow(self.lib_dir.clone(), e))?;
+        let label = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let spawned = Worker::spawn(self, Some(&library), &limits, owner.as_deref(), &label);
+        let (worker, layers, manifest) = match spawned {
+            Ok(spawned) => spawned,
+            Err(err) => {
+                let _ = fs::remove_file(&library);
+                return Err(LoadError::Sandbox(err));
+            }
+        };
+        let spec = match manifest.map(|m| ModuleSpec::from_abi(&m)) {
+            Some(Ok(spec)) => spec,
+            Some(Err(why)) => {
+                let _ = fs::remove_file(&library);
+                return Err(LoadError::InvalidManifest(why));
+            }
+            None => {
+                let _ = fs::remove_file(&library);
+                return Err(LoadError::Sandbox("the worker sent no manifest".into()));
+            }
+        };
+        let pool = Arc::new(Pool {
+            sandbox: self.clone(),
+            owner: owner.clone(),
+            module: spec.name.clone(),
+            library,
+            permits: tokio::sync::Semaphore::new(limits.max_concurrency as usize),
+            limits,
+            idle: Mutex::new(vec![worker]),
+            health: Mutex::new(Health::default()),
+            layers: Mutex::new(layers),
+            calls: AtomicU64::new(0),
+            crashes: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            started: AtomicU64::new(1),
+        });
+        lock(&self.pools).push(Arc::downgrade(&pool));
+        Ok(LoadedModule::new(
+            spec,
+            file,
+            sha256,
+            bytes.len() as u64,
+            owner,
+            Backend::Sandbox(pool),
+        ))
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Writes a file through a temporary name and a rename. World-readable, because a worker that
+/// dropped to `nobody` reopens it through `/proc/self/fd`; the folders above stay private.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let temp = path.with_extension("tmp");
+    let mut out = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&temp)?;
+    out.write_all(bytes)?;
+    out.sync_all()?;
+    fs::rename(&temp, path)
+}
+
+/// Crashes and the state they led to.
+#[derive(Debug, Default)]
+struct Health {
+    crashes: VecDeque<Instant>,
+    consecutive: u32,
+    backoff_until: Option<Instant>,
+    quarantined: Option<String>,
+}
+
+/// The workers of one module version.
+pub struct Pool {
+    sandbox: Arc<Sandbox>,
+    pub owner: Option<String>,
+    pub module: String,
+    library: PathBuf,
+    pub limits: Limits,
+    permits: tokio::sync::Semaphore,
+    idle: Mutex<Vec<Worker>>,
+    health: Mutex<Health>,
+    layers: Mutex<Vec<Layer>>,
+    calls: AtomicU64,
+    crashes: AtomicU64,
+    timeouts: AtomicU64,
+    started: AtomicU64,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("module", &self.module)
+            .field("owner", &self.owner)
+            .finish()
+    }
+}
+
+/// What operators see of a pool.
+#[derive(Debug, Serialize)]
+pub struct PoolStatus {
+    pub tenant: Option<String>,
+    pub workers_idle: usize,
+    pub workers_busy: usize,
+    pub workers_started: u64,
+    pub calls: u64,
+    pub crashes: u64,
+    pub timeouts: u64,
+    pub quarantined: Option<String>,
+    pub limits: Limits,
+    pub layers: Vec<Layer>,
+}
+
+/// Shared between a call waiting on its deadline and the thread talking to the worker: whoever
+/// takes the pid first decides (the deadline kills the worker; the thread keeps it).
+#[derive(Default)]
+struct Slot {
+    pid: AtomicU32,
+    cancelled: AtomicBool,
+}
+
+/// Why a call through a worker failed, before it becomes a [`CallError`].
+enum Failure {
+    Crashed { status: String, out_of_memory: bool },
+    TooLarge(u64),
+    Broken(String),
+}
+
+impl Pool {
+    /// Calls function `index` in a worker under the module's deadline.
+    pub async fn call(self: &Arc<Self>, head: CallHead, body: Bytes) -> Result<PluginReply, CallError> {
+        if let Some(why) = lock(&self.health).quarantined.clone() {
+            return Err(CallError::Quarantined(why));
+        }
+        let Ok(permit) = self.permits.try_acquire() else {
+            return Err(CallError::Busy(self.limits.max_concurrency));
+        };
+        let slot = Arc::new(Slot::default());
+        let pool = self.clone();
+        let shared = slot.clone();
+        let request_id: Arc<str> = head.request_id.as_str().into();
+        let task = tokio::task::spawn_blocking(move || crate::access::on_thread(&request_id, || pool.call_blocking(head, &body, &shared)));
+        let deadline = self.limits.call_timeout;
+        let result = match tokio::time::timeout(deadline, task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join_error)) => Err(CallError::Pool(join_error.to_string())),
+            Err(_) => {
+                slot.cancelled.store(true, Ordering::SeqCst);
+                let pid = slot.pid.swap(0, Ordering::SeqCst);
+                if pid != 0 {
+                    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                    }
+                }
+                self.timeouts.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::METRICS.sandbox_call_timeouts.inc();
+                tracing::warn!(module = %self.module, tenant = self.owner.as_deref().unwrap_or("-"), "a sandboxed call passed its deadline; its worker was killed");
+                Err(CallError::Timeout(deadline))
+            }
+        };
+        drop(permit);
+        result
+    }
+
+    fn call_blocking(&self, mut head: CallHead, body: &[u8], slot: &Slot) -> Result<PluginReply, CallError> {
+        let mut worker = self.checkout().map_err(CallError::WorkerFailed)?;
+        slot.pid.store(worker.pid, Ordering::SeqCst);
+        if slot.cancelled.load(Ordering::SeqCst) && slot.pid.swap(0, Ordering::SeqCst) != 0 {
+            self.checkin(worker);
+            return Err(CallError::Timeout(self.limits.call_timeout));
+        }
+        head.id = worker.calls + 1;
+        let result = worker.call(&head, body, self.limits.max_response_bytes as u64 + FRAME_OVERHEAD, self);
+        // Taking the pid back means the deadline has not killed the worker.
+        let kept = slot.pid.swap(0, Ordering::SeqCst) != 0;
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok((outcome, body)) => {
+                if kept {
+                    lock(&self.health).consecutive = 0;
+                    self.checkin(worker);
+                }
+                match outcome {
+                    Outcome::Ok {
+                        status,
+                        content_type,
+                        headers,
+                    } => Ok(PluginReply {
+                        status,
+                        content_type,
+                        headers,
+                        body,
+                    }),
+                    Outcome::Err { kind, message, .. } if kind == ErrorKind::Panicked => Err(CallError::Panicked(message)),
+                    Outcome::Err { kind, code, message } => Err(CallError::Plugin { kind, code, message }),
+                }
+            }
+            Err(_) if !kept => Err(CallError::Timeout(self.limits.call_timeout)),
+            Err(Failure::TooLarge(size)) => Err(CallError::ResponseTooLarge(size)),
+            Err(Failure::Broken(why)) => {
+                self.record_crash(&why);
+                Err(CallError::WorkerFailed(why))
+            }
+            Err(Failure::Crashed { status, out_of_memory }) => {
+                self.record_crash(&status);
+                if out_of_memory {
+                    Err(CallError::OutOfMemory(self.limits.memory_bytes >> 20))
+                } else {
+                    Err(CallError::Crashed(status))
+                }
+            }
+        }
+    }
+
+    /// An idle worker, or a new one once the crash backoff has passed.
+    fn checkout(&self) -> Result<Worker, String> {
+        if let Some(worker) = lock(&self.idle).pop() {
+            return Ok(worker);
+        }
+        let wait = lock(&self.health)
+            .backoff_until
+            .map(|until| until.saturating_duration_since(Instant::now()));
+        if let Some(wait) = wait.filter(|w| !w.is_zero()) {
+            thread::sleep(wait);
+        }
+        self.spawn_worker()
+    }
+
+    fn spawn_worker(&self) -> Result<Worker, String> {
+        let (worker, layers, _) = Worker::spawn(
+            &self.sandbox,
+            Some(&self.library),
+            &self.limits,
+            self.owner.as_deref(),
+            &self.module,
+        )?;
+        self.started.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.layers) = layers;
+        Ok(worker)
+    }
+
+    /// Returns a worker after a call, or retires it when it has served enough or grown too much.
+    fn checkin(&self, mut worker: Worker) {
+        let settings = &self.sandbox.settings;
+        if worker.calls >= settings.max_calls {
+            tracing::debug!(module = %self.module, calls = worker.calls, "worker retired after its call budget");
+            return;
+        }
+        if worker.calls % 16 == 0 {
+            if let (Some(base), Some(now)) = (worker.rss_base, worker.rss()) {
+                if now.saturating_sub(base) > settings.max_growth_bytes {
+                    tracing::info!(module = %self.module, grown_mb = (now - base) >> 20, "worker retired: it grew past SANDBOX_MAX_GROWTH_MB");
+                    return;
+                }
+            } else if worker.rss_base.is_none() {
+                worker.rss_base = worker.rss();
+            }
+        }
+        worker.last_used = Instant::now();
+        lock(&self.idle).push(worker);
+    }
+
+    fn record_crash(&self, why: &str) {
+        self.crashes.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::METRICS.sandbox_worker_crashes.inc();
+        let settings = &self.sandbox.settings;
+        let now = Instant::now();
+        let mut health = lock(&self.health);
+        health.crashes.push_back(now);
+        while health
+            .crashes
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > settings.quarantine_window)
+        {
+            health.crashes.pop_front();
+        }
+        health.consecutive += 1;
+        // Straight back after one crash; then 100 ms, 200 ms, … up to 5 s.
+        let delay = match health.consecutive {
+            0 | 1 => Duration::ZERO,
+            n => Duration::from_millis(100u64.saturating_mul(1 << (n - 2).min(6))).min(Duration::from_secs(5)),
+        };
+        health.backoff_until = Some(now + delay);
+        tracing::warn!(module = %self.module, tenant = self.owner.as_deref().unwrap_or("-"), "sandbox worker failed: {why}");
+        if health.quarantined.is_none() && health.crashes.len() >= settings.quarantine_crashes as usize {
+            let reason = format!(
+                "its workers crashed {} times within {} s (last: {why})",
+                health.crashes.len(),
+                settings.quarantine_window.as_secs()
+            );
+            tracing::error!(module = %self.module, tenant = self.owner.as_deref().unwrap_or("-"), "module quarantined: {reason}");
+            crate::metrics::METRICS.sandbox_quarantines.inc();
+            health.quarantined = Some(reason);
+            drop(health);
+            lock(&self.idle).clear();
+        }
+    }
+
+    /// Lifts a quarantine; returns whether there was one.
+    pub fn release(&self) -> bool {
+        let mut health = lock(&self.health);
+        let was = health.quarantined.take().is_some();
+        health.crashes.clear();
+        health.consecutive = 0;
+        health.backoff_until = None;
+        was
+    }
+
+    /// Why the module is quarantined, if it is.
+    pub fn quarantined(&self) -> Option<String> {
+        lock(&self.health).quarantined.clone()
+    }
+
+    pub fn status(&self) -> PoolStatus {
+        let idle = lock(&self.idle).len();
+        PoolStatus {
+            tenant: self.owner.clone(),
+            workers_idle: idle,
+            workers_busy: self.limits.max_concurrency as usize - self.permits.available_permits(),
+            workers_started: self.started.load(Ordering::Relaxed),
+            calls: self.calls.load(Ordering::Relaxed),
+            crashes: self.crashes.load(Ordering::Relaxed),
+            timeouts: self.timeouts.load(Ordering::Relaxed),
+            quarantined: self.quarantined(),
+            limits: self.limits.clone(),
+            layers: lock(&self.layers).clone(),
+        }
+    }
+
+    /// Keeps `SANDBOX_WARM_WORKERS` ready and stops workers idle for longer than
+    /// `SANDBOX_IDLE_SECS` beyond them.
+    fn maintain(&self) {
+        let health = lock(&self.health);
+        if health.quarantined.is_some() || health.backoff_until.is_some_and(|t| t > Instant::now()) {
+            return;
+        }
+        drop(health);
+        let settings = &self.sandbox.settings;
+        let busy = self.limits.max_concurrency as usize - self.permits.available_permits();
+        let idle_count = {
+            let mut idle = lock(&self.idle);
+            let keep = (settings.warm_workers as usize).saturating_sub(busy);
+            let now = Instant::now();
+            let mut i = 0;
+            while idle.len() > keep && i < idle.len() {
+                if now.duration_since(idle[i].last_used) > settings.idle_timeout {
+                    idle.remove(i);
+                } else {
+                    i += 1;
+                }
+            }
+            idle.len()
+        };
+        if idle_count + busy < settings.warm_workers as usize {
+            match self.spawn_worker() {
+                Ok(worker) => lock(&self.idle).push(worker),
+                Err(err) => self.record_crash(&format!("a warm worker could not start: {err}")),
+            }
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        lock(&self.idle).clear();
+        let _ = fs::remove_file(&self.library);
+    }
+}
+
+fn maintain(sandbox: Weak<Sandbox>) {
+    loop {
+        thread::sleep(Duration::from_millis(250));
+        let Some(sandbox) = sandbox.upgrade() else { return };
+        let pools: Vec<Arc<Pool>> = {
+            let mut pools = lock(&sandbox.pools);
+            pools.retain(|p| p.strong_count() > 0);
+            pools.iter().filter_map(Weak::upgrade).collect()
+        };
+        drop(sandbox);
+        for pool in pools {
+            pool.maintain();
+        }
+    }
+}
+
+/// One worker process and its channels.
+struct Worker {
+    child: Child,
+    input: ChildStdin,
+    output: BufReader<ChildStdout>,
+    pid: u32,
+    calls: u64,
+    rss_base: Option<u64>,
+    last_used: Instant,
+    output_log: Option<thread::JoinHandle<bool>>,
+    dir: PathBuf,
+}
+
+impl Worker {
+    /// Starts a worker, has it confine itself and load `library`; returns it with the layers it
+    /// reported and the plugin's manifest.
+    fn spawn(
+        sandbox: &Sandbox,
+        library: Option<&Path>,
+        limits: &Limits,
+        tenant: Option<&str>,
+        module: &str,
+    ) -> Result<(Worker, Vec<Layer>, Option<plugin_api::abi::Manifest>), String> {
+        let started = Instant::now();
+        let id = sandbox.sequence.fetch_add(1, Ordering::Relaxed);
+        let dir = sandbox.run_dir.join(format!("w{id}"));
+        fs::create_dir_all(&dir).map_err(|e| format!("cannot create its working folder {}: {e}", dir.display()))?;
+        let mut child = Command::new(&sandbox.program)
+            .arg("__sandbox")
+            .env_clear()
+            .current_dir(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                let _ = fs::remove_dir(&dir);
+                format!("cannot start {} __sandbox: {e}", sandbox.program.display())
+            })?;
+        let pid = child.id();
+        let (Some(input), Some(output), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take()) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("the worker's pipes were not set up".into());
+        };
+        let label = (tenant.unwrap_or("admin").to_owned(), module.to_owned());
+        let output_log = thread::Builder::new()
+            .name("sandbox-output".into())
+            .spawn(move || log_output(stderr, &label.0, &label.1))
+            .ok();
+        crate::metrics::METRICS.sandbox_worker_starts.inc();
+        crate::metrics::METRICS.sandbox_workers.inc();
+        let mut worker = Worker {
+            child,
+            input,
+            output: BufReader::new(output),
+            pid,
+            calls: 0,
+            rss_base: None,
+            last_used: Instant::now(),
+            output_log,
+            dir,
+        };
+        let load = HostMsg::Load {
+            protocol: PROTOCOL_VERSION,
+            library: library.map(|p| p.to_string_lossy().into_owned()),
+            rlimits: Rlimits {
+                address_space_bytes: limits.memory_bytes,
+                cpu_seconds: sandbox.settings.cpu_seconds,
+                open_files: sandbox.settings.open_files,
+            },
+        };
+        write_frame(&mut worker.input, &load, &[]).map_err(|e| format!("the worker did not take its load message: {e}"))?;
+        if !readable_within(worker.output.get_ref(), LOAD_TIMEOUT) {
+            return Err(format!("the worker did not answer within {} s", LOAD_TIMEOUT.as_secs()));
+        }
+        match read_frame::<WorkerMsg>(&mut worker.output, 64 << 20) {
+            Ok((WorkerMsg::Loaded { protocol, .. }, _)) if protocol != PROTOCOL_VERSION => {
+                Err(format!("the worker speaks protocol {protocol}, the host {PROTOCOL_VERSION}"))
+            }
+            Ok((
+                WorkerMsg::Loaded {
+                    layers,
+                    error: Some(error),
+                    ..
+                },
+                _,
+            )) => {
+                let _ = layers;
+                Err(error)
+            }
+            Ok((WorkerMsg::Loaded { layers, manifest, .. }, _)) => {
+                tracing::debug!(
+                    module,
+                    pid,
+                    elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "sandbox worker ready"
+                );
+                Ok((worker, layers, manifest))
+            }
+            Ok((other, _)) => Err(format!("the worker answered its load message with {other:?}")),
+            Err(FrameError::Closed) => Err(format!("the worker died while loading: {}", worker.exit_status())),
+            Err(err) => Err(format!("the worker's answer was unreadable: {err}")),
+        }
+    }
+
+    /// Sends one call and reads frames (forwarding log lines) until its reply.
+    fn call(&mut self, head: &CallHead, body: &[u8], limit: u64, pool: &Pool) -> Result<(Outcome, Vec<u8>), Failure> {
+        self.calls += 1;
+        if let Err(err) = write_frame(&mut self.input, &HostMsg::Call(clone_head(head)), body) {
+            return Err(self.crashed(format!("the request could not be sent ({err})")));
+        }
+        loop {
+            match read_frame::<WorkerMsg>(&mut self.output, limit) {
+                Ok((
+                    WorkerMsg::Log {
+                        level,
+                        message,
+                        request_id,
+                    },
+                    _,
+                )) => log_line(level, &message, &request_id, pool),
+                Ok((WorkerMsg::Reply { id, outcome }, raw)) if id == head.id => return Ok((outcome, raw)),
+                Ok((other, _)) => return Err(Failure::Broken(format!("the worker broke the protocol: {other:?}"))),
+                Err(FrameError::Closed) => return Err(self.crashed(String::new())),
+                Err(FrameError::TooLarge(size, _)) => return Err(Failure::TooLarge(size.saturating_sub(FRAME_OVERHEAD))),
+                Err(err) => return Err(Failure::Broken(format!("the worker broke the protocol: {err}"))),
+            }
+        }
+    }
+
+    /// The worker died: how, and whether it ran out of memory.
+    fn crashed(&mut self, context: String) -> Failure {
+        let status = self.exit_status();
+        let out_of_memory = self.output_log.take().and_then(|h| h.join().ok()).unwrap_or(false);
+        let status = if context.is_empty() {
+            status
+        } else {
+            format!("{status}; {context}")
+        };
+        Failure::Crashed { status, out_of_memory }
+    }
+
+    fn exit_status(&mut self) -> String {
+        use std::os::unix::process::ExitStatusExt;
+        match self.child.wait() {
+            Ok(status) => match (status.code(), status.signal()) {
+                (Some(code), _) => format!("the worker exited with status {code}"),
+                (None, Some(signal)) => format!("the worker was killed by signal {signal} ({})", signal_name(signal)),
+                _ => format!("the worker ended ({status})"),
+            },
+            Err(err) => format!("the worker's end could not be read: {err}"),
+        }
+    }
+
+    /// Resident memory, from `/proc`.
+    fn rss(&self) -> Option<u64> {
+        let statm = fs::read_to_string(format!("/proc/{}/statm", self.pid)).ok()?;
+        let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+        Some(pages * 4096)
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(handle) = self.output_log.take() {
+            let _ = handle.join();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+        crate::metrics::METRICS.sandbox_workers.dec();
+    }
+}
+
+fn clone_head(head: &CallHead) -> CallHead {
+    CallHead {
+        id: head.id,
+        function: head.function,
+        function_name: head.function_name.clone(),
+        module: head.module.clone(),
+        method: head.method.clone(),
+        kwargs_json: head.kwargs_json.clone(),
+        query: head.query.clone(),
+        headers: head.headers.clone(),
+        content_type: head.content_type.clone(),
+        request_id: head.request_id.clone(),
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGSEGV => "SIGSEGV, a memory fault",
+        libc::SIGABRT => "SIGABRT, an abort",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGILL => "SIGILL",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGSYS => "SIGSYS, a forbidden system call",
+        libc::SIGXCPU => "SIGXCPU, CPU time limit",
+        libc::SIGTERM => "SIGTERM",
+        _ => "a signal",
+    }
+}
+
+/// Whether `pipe` has something to read within `timeout`.
+fn readable_within(pipe: &ChildStdout, timeout: Duration) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let mut fds = [PollFd::new(pipe, PollFlags::IN)];
+        let wait = Timespec {
+            tv_sec: left.as_secs() as i64,
+            tv_nsec: i64::from(left.subsec_nanos()),
+        };
+        match poll(&mut fds, Some(&wait)) {
+            Ok(0) => return false,
+            Ok(_) => return true,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Writes a plugin's log line, tagged with its tenant and module.
+fn log_line(level: u8, message: &str, request_id: &str, pool: &Pool) {
+    use plugin_api::abi::LogLevel;
+    let tenant = pool.owner.as_deref().unwrap_or("admin");
+    let module = pool.module.as_str();
+    let request_id = if request_id.is_empty() { "-" } else { request_id };
+    match worker::level_from_wire(level) {
+        LogLevel::Error => tracing::error!(target: "plugin", tenant, module, request_id, "{message}"),
+        LogLevel::Warn => tracing::warn!(target: "plugin", tenant, module, request_id, "{message}"),
+        LogLevel::Info => tracing::info!(target: "plugin", tenant, module, request_id, "{message}"),
+        LogLevel::Debug => tracing::debug!(target: "plugin", tenant, module, request_id, "{message}"),
+        LogLevel::Trace => tracing::trace!(target: "plugin", tenant, module, request_id, "{message}"),
+    }
+}
+
+/// Logs what a worker prints (its stdout and stderr), line by line, up to [`OUTPUT_BUDGET`]
+/// bytes; the rest is counted and dropped. Returns whether the worker reported an allocation
+/// failure (the memory limit).
+fn log_output(stderr: std::process::ChildStderr, tenant: &str, module: &str) -> bool {
+    let mut reader = BufReader::new(stderr);
+    let mut logged = 0usize;
+    let mut dropped = 0u64;
+    let mut out_of_memory = false;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        // Lines are cut at 4 KiB so that one endless line cannot grow this buffer.
+        match reader.by_ref().take(4096).read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let text = String::from_utf8_lossy(&line);
+                let text = text.trim_end();
+                if text.starts_with("memory allocation of") && text.ends_with("failed") {
+                    out_of_memory = true;
+                }
+                if logged < OUTPUT_BUDGET {
+                    logged += n;
+                    tracing::info!(target: "plugin", tenant, module, stream = "output", "{text}");
+                } else {
+                    dropped += n as u64;
+                }
+            }
+        }
+    }
+    if dropped > 0 {
+        tracing::warn!(target: "plugin", tenant, module, dropped_bytes = dropped, "the worker printed more than {OUTPUT_BUDGET} bytes; the rest was dropped");
+    }
+    out_of_memory
+}

@@ -1,0 +1,220 @@
+//! The worker side: `plughost __sandbox`, started by the host with a clean environment in an empty
+//! private folder. It takes its two channels off stdin and stdout, confines itself, and only then
+//! maps the tenant's library; from there on it answers calls one at a time until the host says
+//! goodbye or closes the channel.
+
+use std::{
+    fs::File,
+    io::{BufReader, BufWriter, Write},
+    path::Path,
+    process::ExitCode,
+    sync::{Mutex, OnceLock},
+};
+
+use abi_stable::std_types::{RResult, RSlice, RStr, Tuple2};
+use plugin_api::abi::{CallRequest, HostServices, HostServicesRef, LogLevel};
+
+use super::{
+    confine,
+    protocol::{read_frame, write_frame, CallHead, FrameError, HostMsg, Outcome, WorkerMsg, PROTOCOL_VERSION},
+};
+
+/// Largest frame the worker accepts from the host (a request body is capped by MAX_BODY_BYTES).
+const MAX_REQUEST_FRAME: u64 = u32::MAX as u64;
+
+/// The reply channel, shared with the logging callback the plugin calls.
+static REPLIES: OnceLock<Mutex<BufWriter<File>>> = OnceLock::new();
+/// The request id of the call in progress, for the plugin's log lines.
+static REQUEST_ID: Mutex<String> = Mutex::new(String::new());
+
+/// Runs a worker; returns when the host is done with it.
+pub fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("plughost sandbox worker: {err}");
+            ExitCode::from(70)
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    // If the host dies, so does this worker.
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
+    // Take the channels, then point stdin at /dev/null and stdout at stderr, so that nothing the
+    // plugin reads or prints touches them.
+    let requests = rustix::io::dup(std::io::stdin()).map_err(|e| format!("cannot take stdin: {e}"))?;
+    let replies = rustix::io::dup(std::io::stdout()).map_err(|e| format!("cannot take stdout: {e}"))?;
+    let null = File::open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?;
+    rustix::stdio::dup2_stdin(&null).map_err(|e| format!("cannot redirect stdin: {e}"))?;
+    rustix::stdio::dup2_stdout(std::io::stderr()).map_err(|e| format!("cannot redirect stdout: {e}"))?;
+    let mut requests = BufReader::new(File::from(requests));
+    let _ = REPLIES.set(Mutex::new(BufWriter::new(File::from(replies))));
+
+    let (library, rlimits) = match read_frame::<HostMsg>(&mut requests, 1 << 20) {
+        Ok((
+            HostMsg::Load {
+                protocol,
+                library,
+                rlimits,
+            },
+            _,
+        )) if protocol == PROTOCOL_VERSION => (library, rlimits),
+        Ok((HostMsg::Load { protocol, .. }, _)) => {
+            let error = format!("the host speaks protocol {protocol}, this worker {PROTOCOL_VERSION}: they are different builds");
+            send(&WorkerMsg::Loaded {
+                protocol: PROTOCOL_VERSION,
+                layers: Vec::new(),
+                manifest: None,
+                error: Some(error.clone()),
+            })?;
+            return Err(error);
+        }
+        Ok((other, _)) => return Err(format!("expected a load message first, got {other:?}")),
+        Err(err) => return Err(format!("no load message: {err}")),
+    };
+    // Opened before confinement, which then allows reading this one file.
+    let file = match library.as_deref().map(File::open).transpose() {
+        Ok(file) => file,
+        Err(err) => {
+            return send(&WorkerMsg::Loaded {
+                protocol: PROTOCOL_VERSION,
+                layers: Vec::new(),
+                manifest: None,
+                error: Some(format!("cannot open the library: {err}")),
+            })
+        }
+    };
+    let layers = confine::apply(&rlimits, library.as_deref().map(Path::new));
+    let Some(file) = file else {
+        // A probe: report the layers and leave.
+        return send(&WorkerMsg::Loaded {
+            protocol: PROTOCOL_VERSION,
+            layers,
+            manifest: None,
+            error: None,
+        });
+    };
+    let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
+    let root = match crate::loader::open_plugin(Path::new(&path), services()) {
+        Ok((root, manifest)) => {
+            send(&WorkerMsg::Loaded {
+                protocol: PROTOCOL_VERSION,
+                layers,
+                manifest: Some(manifest),
+                error: None,
+            })?;
+            root
+        }
+        Err(err) => {
+            return send(&WorkerMsg::Loaded {
+                protocol: PROTOCOL_VERSION,
+                layers,
+                manifest: None,
+                error: Some(err.to_string()),
+            })
+        }
+    };
+    loop {
+        match read_frame::<HostMsg>(&mut requests, MAX_REQUEST_FRAME) {
+            Ok((HostMsg::Call(head), body)) => {
+                let (outcome, body) = call(root, &head, &body);
+                send_with(&WorkerMsg::Reply { id: head.id, outcome }, &body)?;
+            }
+            Ok((HostMsg::Goodbye, _)) | Err(FrameError::Closed) => return Ok(()),
+            Ok((HostMsg::Load { .. }, _)) => return Err("a second load message: one worker loads one library".to_owned()),
+            Err(err) => return Err(format!("the request channel broke: {err}")),
+        }
+    }
+}
+
+fn call(root: plugin_api::abi::PluginModRef, head: &CallHead, body: &[u8]) -> (Outcome, Vec<u8>) {
+    set_request_id(&head.request_id);
+    let headers: Vec<Tuple2<RStr<'_>, RStr<'_>>> = head
+        .headers
+        .iter()
+        .map(|(name, value)| Tuple2(RStr::from_str(name), RStr::from_str(value)))
+        .collect();
+    let request = CallRequest {
+        method: RStr::from_str(&head.method),
+        module: RStr::from_str(&head.module),
+        function: RStr::from_str(&head.function_name),
+        kwargs_json: RStr::from_str(&head.kwargs_json),
+        query: RStr::from_str(&head.query),
+        headers: RSlice::from_slice(&headers),
+        body: RSlice::from_slice(body),
+        content_type: RStr::from_str(&head.content_type),
+        request_id: RStr::from_str(&head.request_id),
+    };
+    let result = match (root.call())(head.function, &request) {
+        RResult::ROk(response) => (
+            Outcome::Ok {
+                status: response.status,
+                content_type: response.content_type.into_string(),
+                headers: response
+                    .headers
+                    .into_iter()
+                    .map(|Tuple2(name, value)| (name.into_string(), value.into_string()))
+                    .collect(),
+            },
+            response.body.into_vec(),
+        ),
+        RResult::RErr(err) => (
+            Outcome::Err {
+                kind: err.kind,
+                code: err.code.into_string(),
+                message: err.message.into_string(),
+            },
+            Vec::new(),
+        ),
+    };
+    set_request_id("");
+    result
+}
+
+fn set_request_id(id: &str) {
+    let mut current = REQUEST_ID.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    current.clear();
+    current.push_str(id);
+}
+
+fn send(msg: &WorkerMsg) -> Result<(), String> {
+    send_with(msg, &[])
+}
+
+fn send_with(msg: &WorkerMsg, raw: &[u8]) -> Result<(), String> {
+    let Some(replies) = REPLIES.get() else {
+        return Err("the reply channel is not set up".to_owned());
+    };
+    let mut out = replies.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    write_frame(&mut *out, msg, raw)
+        .and_then(|()| out.flush())
+        .map_err(|err| format!("the reply channel broke: {err}"))
+}
+
+fn services() -> HostServicesRef {
+    use abi_stable::prefix_type::PrefixTypeTrait;
+    HostServices { log: worker_log }.leak_into_prefix()
+}
+
+/// A plugin's log line, sent to the host, which writes it tagged with tenant and module.
+extern "C" fn worker_log(level: LogLevel, _module: RStr<'_>, message: RStr<'_>) {
+    let request_id = REQUEST_ID.lock().map(|id| id.clone()).unwrap_or_default();
+    let message: String = message.as_str().chars().take(8192).collect();
+    let _ = send(&WorkerMsg::Log {
+        level: level as u8,
+        message,
+        request_id,
+    });
+}
+
+/// The numeric form of a log level on the wire, back to the level.
+pub fn level_from_wire(level: u8) -> LogLevel {
+    match level {
+        0 => LogLevel::Error,
+        1 => LogLevel::Warn,
+        2 => LogLevel::Info,
+        3 => LogLevel::Debug,
+        _ => LogLevel::Trace,
+    }
+}
