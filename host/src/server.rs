@@ -68,7 +68,8 @@ async fn start_sandbox(config: &Config, tenancy: &Arc<crate::tenancy::tenants::T
     Ok(sandbox)
 }
 
-async fn refresh_tenants(sandbox: &crate::sandbox::Sandbox, tenancy: &crate::tenancy::tenants::Tenancy, first: bool) {
+/// Refreshes the sandbox's view of tenants from the store.
+pub async fn refresh_tenants(sandbox: &crate::sandbox::Sandbox, tenancy: &crate::tenancy::tenants::Tenancy, first: bool) {
     match tenancy.store.list("tenant").await {
         Ok(records) => sandbox.set_tenants(
             records

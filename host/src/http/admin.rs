@@ -21,10 +21,39 @@ pub async fn handle(state: &AppState, tail: &str, method: &Method, headers: &Hea
     let segments = path::segments(tail)?;
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     let tenancy = state.auth.tenancy();
-    let ok = |value: Value| Ok(json_response(StatusCode::OK, &value));
     let method = if method == Method::HEAD { &Method::GET } else { method };
-    match (method, segments.as_slice()) {
+    let changes_tenants = method == Method::POST || method == Method::DELETE;
+    let result = route(state, tail, method, &segments, &actor, body).await;
+    if changes_tenants && segments.first() == Some(&"tenants") && result.is_ok() {
+        // The sandbox learns at once, so that a tenant's modules load or unload on the next rescan.
+        if let Some(sandbox) = state.plugins.sandbox() {
+            crate::server::refresh_tenants(sandbox, tenancy, false).await;
+        }
+    }
+    result
+}
+
+async fn route(state: &AppState, tail: &str, method: &Method, segments: &[&str], actor: &str, body: Bytes) -> Result<Response, ApiError> {
+    let tenancy = state.auth.tenancy();
+    let ok = |value: Value| Ok(json_response(StatusCode::OK, &value));
+    match (method, segments) {
         (&Method::GET, ["plugins"]) => ok(builtins::admin_plugins(state)),
+        (&Method::POST, ["plugins", module, "release"]) => {
+            let registry = state.plugins.registry();
+            let found = registry.module(module).ok_or_else(|| {
+                ApiError::not_found("MODULE_NOT_FOUND", format!("no loaded module is named '{module}'; GET /rest/admin/plugins lists them"))
+            })?;
+            let pool = found.sandbox().ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "NOT_SANDBOXED",
+                    format!("module '{module}' runs in-process: only sandboxed modules are quarantined"),
+                )
+            })?;
+            let released = pool.release();
+            tracing::info!(module = %found.spec.name, released, "quarantine released by the admin");
+            ok(json!({ "module": found.spec.name, "was_quarantined": released }))
+        }
         (&Method::GET, ["audit"]) => {
             let entries = tenancy.store.audit_log(200).await.map_err(store_error)?;
             ok(json!({ "entries": entries }))
@@ -33,27 +62,28 @@ pub async fn handle(state: &AppState, tail: &str, method: &Method, headers: &Hea
         (&Method::POST, ["tenants"]) => {
             let parsed: Value = serde_json::from_slice(&body).map_err(|err| ApiError::bad_request("INVALID_JSON", format!("send {{\"name\": \"…\"}} ({err})")))?;
             let name = parsed["name"].as_str().ok_or_else(|| ApiError::bad_request("INVALID_REQUEST", "send {\"name\": \"…\"}"))?;
-            let enrolment = tenancy.add(name, &actor).await.map_err(tenant_error)?;
+            let enrolment = tenancy.add(name, actor).await.map_err(tenant_error)?;
             Ok(json_response(StatusCode::CREATED, &json!(enrolment)))
         }
         (&Method::GET, ["tenants", uuid]) => ok(json!(tenancy.show(uuid).await.map_err(tenant_error)?)),
         (&Method::DELETE, ["tenants", uuid]) => {
-            tenancy.remove(uuid, &actor).await.map_err(tenant_error)?;
+            tenancy.remove(uuid, actor).await.map_err(tenant_error)?;
             ok(json!({ "removed": uuid }))
         }
-        (&Method::POST, ["tenants", uuid, "disable"]) => ok(json!(tenancy.set_active(uuid, false, &actor).await.map_err(tenant_error)?)),
-        (&Method::POST, ["tenants", uuid, "enable"]) => ok(json!(tenancy.set_active(uuid, true, &actor).await.map_err(tenant_error)?)),
-        (&Method::POST, ["tenants", uuid, "rotate-totp"]) => ok(json!(tenancy.rotate(uuid, &actor).await.map_err(tenant_error)?)),
+        (&Method::POST, ["tenants", uuid, "disable"]) => ok(json!(tenancy.set_active(uuid, false, actor).await.map_err(tenant_error)?)),
+        (&Method::POST, ["tenants", uuid, "enable"]) => ok(json!(tenancy.set_active(uuid, true, actor).await.map_err(tenant_error)?)),
+        (&Method::POST, ["tenants", uuid, "rotate-totp"]) => ok(json!(tenancy.rotate(uuid, actor).await.map_err(tenant_error)?)),
         (_, ["plugins"] | ["audit"]) => Err(ApiError::method_not_allowed(method, &format!("/rest/admin/{tail}"), "GET, HEAD".to_owned())),
         (_, ["tenants"]) => Err(ApiError::method_not_allowed(method, "/rest/admin/tenants", "GET, HEAD, POST".to_owned())),
         (_, ["tenants", _]) => Err(ApiError::method_not_allowed(method, &format!("/rest/admin/{tail}"), "GET, HEAD, DELETE".to_owned())),
+        (_, ["plugins", _, "release"]) => Err(ApiError::method_not_allowed(method, &format!("/rest/admin/{tail}"), "POST".to_owned())),
         (_, ["tenants", _, "disable" | "enable" | "rotate-totp"]) => {
             Err(ApiError::method_not_allowed(method, &format!("/rest/admin/{tail}"), "POST".to_owned()))
         }
         _ => Err(ApiError::not_found(
             "ROUTE_NOT_FOUND",
             format!(
-                "no admin route {method} /rest/admin/{tail}: use GET plugins, GET audit, GET|POST tenants, GET|DELETE tenants/<uuid>, POST tenants/<uuid>/disable|enable|rotate-totp"
+                "no admin route {method} /rest/admin/{tail}: use GET plugins, POST plugins/<module>/release, GET audit, GET|POST tenants, GET|DELETE tenants/<uuid>, POST tenants/<uuid>/disable|enable|rotate-totp"
             ),
         )),
     }

@@ -64,6 +64,10 @@ fn health_body(state: &AppState) -> Value {
             "images": images(state),
             "files": files,
         },
+        "sandbox": {
+            "admin_isolation": if state.config.admin_isolation { "process" } else { "inprocess" },
+            "layers": state.plugins.sandbox().and_then(|sandbox| sandbox.layers()),
+        },
     })
 }
 

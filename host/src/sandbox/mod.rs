@@ -398,7 +398,11 @@ impl Pool {
                         headers,
                         body,
                     }),
-                    Outcome::Err { kind, message, .. } if kind == ErrorKind::Panicked => Err(CallError::Panicked(message)),
+                    Outcome::Err {
+                        kind: ErrorKind::Panicked,
+                        message,
+                        ..
+                    } => Err(CallError::Panicked(message)),
                     Outcome::Err { kind, code, message } => Err(CallError::Plugin { kind, code, message }),
                 }
             }

@@ -15,6 +15,7 @@ mod plugins;
 mod readme;
 mod reload;
 mod routing;
+mod sandbox;
 mod scaffold;
 mod store_contract;
 mod support;
