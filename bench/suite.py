@@ -11,9 +11,11 @@ CPUs) are alternated over the rounds, and each figure is the median over rounds:
   modules-1000    the echo with 999 more modules loaded (byte-patched copies of plugins/fixtures/many)
   baseline-64k    POST of a 64 KiB JSON object to the baseline
   body-64k        the same POST to plughost's echo
+  sandbox         the same echo in the sandbox tier (ADMIN_ISOLATION=process): server CPU counts
+                  the worker processes too
 plus: reload latency over N swaps (file renamed into place -> first response from the new
-version), RSS after M reloads without and with recycling, and start-up time with 100 plugins.
-The sandbox tier's scenarios wait for that tier.
+version), RSS after M reloads without and with recycling, start-up time with 100 plugins, and
+the sandbox worker's cold start.
 
 Writes bench/results/latest.{json,md,svg}; the README shows the table and the chart.
 """
@@ -34,7 +36,7 @@ def sh(*args, **kw):
 
 
 def build():
-    packages = ["plughost", "bench-baseline", "module1", "secure", "many"]
+    packages = ["plughost", "bench-baseline", "module1", "secure", "many", "rogue"]
     sh("cargo", "build", "--release", "-q", *[a for p in packages for a in ("-p", p)], cwd=ROOT)
 
 
@@ -70,9 +72,25 @@ class Server:
         self.addr = match.group(1)
 
     def cpu_seconds(self):
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU of the server, of its children that ended, and of those still running (sandbox workers)."""
+        def stat(pid):
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()
+
+        fields = stat(self.proc.pid)
+        ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))
+        for task in os.listdir(f"/proc/{self.proc.pid}/task"):
+            try:
+                children = open(f"/proc/{self.proc.pid}/task/{task}/children").read().split()
+            except OSError:
+                continue
+            for child in children:
+                try:
+                    child_fields = stat(child)
+                except OSError:
+                    continue
+                ticks += int(child_fields[11]) + int(child_fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def status_kib(self, key):
         with open(f"/proc/{self.proc.pid}/status") as f:
@@ -168,6 +186,7 @@ def throughput(args):
         "echo": plughost_work(["module1"]),
         "token": plughost_work(["module1", "secure"]),
         "modules-1000": plughost_work(["module1"], extra_many=999),
+        "sandbox": plughost_work(["module1"]),
         "baseline": tempfile.mkdtemp(prefix="plughost-bench-"),
     }
     targets = [
@@ -177,12 +196,15 @@ def throughput(args):
         ("modules-1000", "plughost", "modules-1000", ECHO_PATH, None),
         ("baseline-64k", "baseline", None, "/rest/services/v1/hello-world/", script),
         ("body-64k", "plughost", "echo", "/rest/services/v1/hello-world/", script),
+        ("sandbox", "plughost", "sandbox", ECHO_PATH, None),
     ]
     samples = {name: [] for name, *_ in targets}
     for round_ in range(args.rounds):
         for name, kind, work_key, path, extra in targets:
             work = works[work_key or "baseline"]
-            server = Server(work, kind)
+            # 32 connections: as many workers, all on the server's CPU (they inherit its affinity).
+            env = SANDBOX_ENV if name == "sandbox" else None
+            server = Server(work, kind, env=env)
             try:
                 headers = []
                 lua = None
@@ -203,6 +225,46 @@ def throughput(args):
     for work in works.values():
         shutil.rmtree(work, ignore_errors=True)
     return medians, samples
+
+
+SANDBOX_ENV = {"ADMIN_ISOLATION": "process", "SANDBOX_MAX_CONCURRENCY": "32", "RUST_LOG": "warn"}
+
+
+def cold_start(args):
+    """A worker's cold start, `count` times: the rogue fixture's `exit` kills its worker, and the
+    next call waits for a fresh one (process start, confinement, library load, manifest)."""
+    work = plughost_work(["rogue"])
+    server = Server(work, env=dict(SANDBOX_ENV, SANDBOX_QUARANTINE_CRASHES="1000000", SANDBOX_WARM_WORKERS="0"))
+    calls = []
+    try:
+        for _ in range(args.cold_starts):
+            status, _ = http(server.addr, "/rest/services/rogue/exit/", headers=server_auth(work, server))
+            assert status == 502, status
+            started = time.monotonic()
+            status, _ = http(server.addr, "/rest/services/rogue/hello/", headers=server_auth(work, server))
+            assert status == 200, status
+            calls.append((time.monotonic() - started) * 1000)
+        metrics = http(server.addr, "/metrics", headers=server_auth(work, server))[1].decode()
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    total = float(re.search(r"^plughost_sandbox_worker_start_seconds_sum (\S+)", metrics, re.M).group(1))
+    count = float(re.search(r"^plughost_sandbox_worker_start_seconds_count (\S+)", metrics, re.M).group(1))
+    calls.sort()
+    out = {"starts": int(count), "mean_start_ms": total / count * 1000, "first_call_median_ms": statistics.median(calls),
+           "first_call_p95_ms": calls[int(len(calls) * 0.95) - 1]}
+    print(f"  cold start: mean {out['mean_start_ms']:.1f} ms over {out['starts']} starts; first call median "
+          f"{out['first_call_median_ms']:.1f} ms", flush=True)
+    return out
+
+
+_tokens = {}
+
+
+def server_auth(work, server):
+    if server.addr not in _tokens:
+        _tokens[server.addr] = admin_token(work, server.addr)
+    return {"Authorization": f"Bearer {_tokens[server.addr]}"}
 
 
 def swap_file(dst_dir, name, data):
@@ -316,14 +378,16 @@ TARGET_LABELS = {
     "modules-1000": "plughost, echo, 1,000 modules loaded",
     "baseline-64k": "bare warp, 64 KiB JSON POST",
     "body-64k": "plughost, 64 KiB JSON POST",
+    "sandbox": "plughost, echo in the sandbox tier",
 }
 
 
-def report(meta, medians, reload, start):
+def report(meta, medians, reload, start, cold):
     base, base64k, echo = medians["baseline"]["cpu_us"], medians["baseline-64k"]["cpu_us"], medians["echo"]["cpu_us"]
-    ratio_to = {"baseline": base, "echo": base, "token": base, "modules-1000": echo, "baseline-64k": base64k, "body-64k": base64k}
+    ratio_to = {"baseline": base, "echo": base, "token": base, "modules-1000": echo, "baseline-64k": base64k, "body-64k": base64k,
+                "sandbox": echo}
     ratio_name = {"baseline": "baseline", "echo": "baseline", "token": "baseline", "modules-1000": "echo (1 module)",
-                  "baseline-64k": "baseline 64k", "body-64k": "baseline 64k"}
+                  "baseline-64k": "baseline 64k", "body-64k": "baseline 64k", "sandbox": "echo in-process"}
     lines = [
         f"Measured {meta['date']} on {meta['cpus']} CPUs ({meta['model']}, Linux {meta['kernel']}), commit {meta['commit']}; "
         f"median of {meta['rounds']} rounds of {meta['seconds']} s, server on CPU 0, wrk -t1 -c32 on CPU 1, 127.0.0.1.",
@@ -345,7 +409,9 @@ def report(meta, medians, reload, start):
         f"| RSS after {reload['without_recycling']['reloads']} reloads, no recycling | {reload['without_recycling']['rss_mib']:.1f} MiB |",
         f"| RSS after {reload['with_recycling']['reloads']} reloads, recycling at 64 MiB leaked | {reload['with_recycling']['rss_mib']:.1f} MiB |",
         f"| start-up with {start['plugins']} plugins (spawn → listening) | median {start['median_ms']:.0f} ms of 5 |",
-        "| sandbox tier: echo, cold start | not measured: the sandbox tier is not built yet |",
+        f"| sandbox worker cold start (process start, confinement, library load), {cold['starts']} starts | "
+        f"mean {cold['mean_start_ms']:.1f} ms; first call after a crash: median {cold['first_call_median_ms']:.1f} ms, "
+        f"p95 {cold['first_call_p95_ms']:.1f} ms |",
     ]
     return "\n".join(lines) + "\n"
 
@@ -380,24 +446,36 @@ def main():
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--swaps", type=int, default=100)
     parser.add_argument("--reloads", type=int, default=1000)
+    parser.add_argument("--cold-starts", type=int, default=50)
+    parser.add_argument("--only", choices=["throughput", "cold-start"], help="run one part and print it (no files written)")
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s, 20 swaps, 100 reloads: a smoke run")
     args = parser.parse_args()
     if args.quick:
-        args.rounds, args.seconds, args.swaps, args.reloads = 1, 2, 20, 100
+        args.rounds, args.seconds, args.swaps, args.reloads, args.cold_starts = 1, 2, 20, 100, 10
     if shutil.which("wrk") is None:
         sys.exit("bench/suite.py needs wrk: apt-get install wrk")
     build()
     meta = {"date": datetime.date.today().isoformat(), "rounds": args.rounds, "seconds": args.seconds, **machine()}
+    if args.only == "cold-start":
+        print(json.dumps(cold_start(args), indent=1))
+        return
+    if args.only == "throughput":
+        medians, _ = throughput(args)
+        print(json.dumps(medians, indent=1))
+        return
     print("throughput:", flush=True)
     medians, samples = throughput(args)
     print("reloads:", flush=True)
     reload = reloads(args)
     print("start-up:", flush=True)
     start = startup(args)
-    table = report(meta, medians, reload, start)
+    print("sandbox cold start:", flush=True)
+    cold = cold_start(args)
+    table = report(meta, medians, reload, start, cold)
     os.makedirs(RESULTS, exist_ok=True)
     with open(f"{RESULTS}/latest.json", "w") as f:
-        json.dump({"meta": meta, "throughput": medians, "samples": samples, "reloads": reload, "startup": start}, f, indent=1)
+        json.dump({"meta": meta, "throughput": medians, "samples": samples, "reloads": reload, "startup": start,
+                   "cold_start": cold}, f, indent=1)
     with open(f"{RESULTS}/latest.md", "w") as f:
         f.write(table)
     with open(f"{RESULTS}/latest.svg", "w") as f:

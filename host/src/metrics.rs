@@ -100,6 +100,7 @@ pub struct Metrics {
     pub sandbox_call_timeouts: Counter,
     pub sandbox_quarantines: Counter,
     pub sandbox_workers: Gauge,
+    pub sandbox_worker_start: Histogram,
 }
 
 fn request_histogram() -> Histogram {
@@ -134,6 +135,8 @@ impl Metrics {
             sandbox_call_timeouts: Counter::default(),
             sandbox_quarantines: Counter::default(),
             sandbox_workers: Gauge::default(),
+            // 1 ms … ~8 s.
+            sandbox_worker_start: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             registry: Registry::default(),
         };
         registry.register(

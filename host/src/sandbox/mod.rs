@@ -686,12 +686,9 @@ impl Worker {
                 Err(error)
             }
             Ok((WorkerMsg::Loaded { layers, manifest, .. }, _)) => {
-                tracing::debug!(
-                    module,
-                    pid,
-                    elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
-                    "sandbox worker ready"
-                );
+                let took = started.elapsed();
+                crate::metrics::METRICS.sandbox_worker_start.observe(took.as_secs_f64());
+                tracing::debug!(module, pid, elapsed_ms = took.as_secs_f64() * 1000.0, "sandbox worker ready");
                 Ok((worker, layers, manifest))
             }
             Ok((other, _)) => Err(format!("the worker answered its load message with {other:?}")),
