@@ -238,8 +238,8 @@ def cold_start(args):
     calls = []
     try:
         for _ in range(args.cold_starts):
-            status, _ = http(server.addr, "/rest/services/rogue/exit/", headers=server_auth(work, server))
-            assert status == 502, status
+            status, answer = http(server.addr, "/rest/services/rogue/exit/", headers=server_auth(work, server))
+            assert status == 502, (status, answer)
             started = time.monotonic()
             status, _ = http(server.addr, "/rest/services/rogue/hello/", headers=server_auth(work, server))
             assert status == 200, status

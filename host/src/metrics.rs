@@ -221,6 +221,11 @@ impl Metrics {
             "Sandbox worker processes running now",
             metrics.sandbox_workers.clone(),
         );
+        registry.register(
+            "sandbox_worker_start_seconds",
+            "Cold start of a sandbox worker: process start, confinement, library load, manifest",
+            metrics.sandbox_worker_start.clone(),
+        );
         Metrics { registry, ..metrics }
     }
 

@@ -2,8 +2,6 @@
 //! constructors run at `dlopen`). Each layer is reported as in force or not, with the reason, so
 //! that an operator sees what protects them on this kernel.
 
-use std::path::Path;
-
 use rustix::process::{Resource, Rlimit};
 
 use super::protocol::{Layer, Rlimits};
@@ -14,14 +12,14 @@ const NOBODY: u32 = 65534;
 
 /// Applies every layer; a layer that cannot be applied is reported, never fatal (the host decides
 /// what to accept).
-pub fn apply(rlimits: &Rlimits, library: Option<&Path>) -> Vec<Layer> {
+pub fn apply(rlimits: &Rlimits) -> Vec<Layer> {
     let root = rustix::process::geteuid().is_root();
     let mut layers = vec![environment(), working_dir()];
     layers.push(network_namespace(root));
     layers.push(limits(rlimits));
     layers.push(unprivileged(root));
     layers.push(no_new_privs());
-    layers.push(landlock(library));
+    layers.push(landlock());
     layers.push(seccomp());
     layers.push(Layer {
         name: "memory_cgroup".into(),
@@ -144,26 +142,23 @@ fn no_new_privs() -> Layer {
     )
 }
 
-/// Read access only to the shared libraries a plugin links against and to the plugin itself;
-/// no writes anywhere; no TCP; no signals or abstract sockets outside the worker.
-fn landlock(library: Option<&Path>) -> Layer {
+/// Read access only to the shared libraries a plugin links against (the plugin itself is already
+/// in memory); no writes anywhere; no TCP; no signals or abstract sockets outside the worker.
+fn landlock() -> Layer {
     use landlock::{path_beneath_rules, Access, AccessFs, AccessNet, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI};
     let abi = ABI::V6;
     let system = ["/lib", "/lib64", "/usr/lib", "/usr/lib64", "/etc/ld.so.cache"];
     let result = (|| -> Result<String, landlock::RulesetError> {
-        let mut created = Ruleset::default()
+        let created = Ruleset::default()
             .handle_access(AccessFs::from_all(abi))?
             .handle_access(AccessNet::from_all(abi))?
             .scope(Scope::from_all(abi))?
             .create()?
             .add_rules(path_beneath_rules(system, AccessFs::from_read(abi)))?;
-        if let Some(library) = library {
-            created = created.add_rules(path_beneath_rules([library], AccessFs::from_read(abi)))?;
-        }
         let status = created.restrict_self()?;
         Ok(match status.ruleset {
             RulesetStatus::FullyEnforced => {
-                "read-only access to system libraries and the plugin, no writes, no TCP, no signals outside the worker".to_owned()
+                "read-only access to system libraries, no writes, no TCP, no signals outside the worker".to_owned()
             }
             RulesetStatus::PartiallyEnforced => "partly enforced: this kernel lacks some Landlock access rights".to_owned(),
             RulesetStatus::NotEnforced => "NOT_ENFORCED".to_owned(),

@@ -252,8 +252,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Writes a file through a temporary name and a rename. World-readable, because a worker that
-/// dropped to `nobody` reopens it through `/proc/self/fd`; the folders above stay private.
+/// Writes a file readable by its owner only, through a temporary name and a rename (a worker
+/// reads it before it drops its privileges).
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::{io::Write, os::unix::fs::OpenOptionsExt};
     let temp = path.with_extension("tmp");
@@ -261,7 +261,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o644)
+        .mode(0o600)
         .open(&temp)?;
     out.write_all(bytes)?;
     out.sync_all()?;

@@ -73,8 +73,10 @@ fn run() -> Result<(), String> {
         Ok((other, _)) => return Err(format!("expected a load message first, got {other:?}")),
         Err(err) => return Err(format!("no load message: {err}")),
     };
-    // Opened before confinement, which then allows reading this one file.
-    let file = match library.as_deref().map(File::open).transpose() {
+    // Read into an anonymous memory file before confinement, then mapped from there: nothing on
+    // disk needs to stay reachable (the folders above the library may be private to the host's
+    // user), and the image cannot change between checks and mapping.
+    let file = match library.as_deref().map(in_memory).transpose() {
         Ok(file) => file,
         Err(err) => {
             return send(&WorkerMsg::Loaded {
@@ -85,7 +87,7 @@ fn run() -> Result<(), String> {
             })
         }
     };
-    let layers = confine::apply(&rlimits, library.as_deref().map(Path::new));
+    let layers = confine::apply(&rlimits);
     let Some(file) = file else {
         // A probe: report the layers and leave.
         return send(&WorkerMsg::Loaded {
@@ -126,6 +128,14 @@ fn run() -> Result<(), String> {
             Err(err) => return Err(format!("the request channel broke: {err}")),
         }
     }
+}
+
+/// The library at `path`, copied into a memory file.
+fn in_memory(path: &str) -> std::io::Result<File> {
+    let mut source = File::open(path)?;
+    let mut memory = File::from(rustix::fs::memfd_create("plughost-plugin", rustix::fs::MemfdFlags::CLOEXEC)?);
+    std::io::copy(&mut source, &mut memory)?;
+    Ok(memory)
 }
 
 fn call(root: plugin_api::abi::PluginModRef, head: &CallHead, body: &[u8]) -> (Outcome, Vec<u8>) {
