@@ -198,6 +198,8 @@ def throughput(args):
         ("body-64k", "plughost", "echo", "/rest/services/v1/hello-world/", script),
         ("sandbox", "plughost", "sandbox", ECHO_PATH, None),
     ]
+    if args.targets:
+        targets = [t for t in targets if t[0] in args.targets.split(",")]
     samples = {name: [] for name, *_ in targets}
     for round_ in range(args.rounds):
         for name, kind, work_key, path, extra in targets:
@@ -447,6 +449,7 @@ def main():
     parser.add_argument("--swaps", type=int, default=100)
     parser.add_argument("--reloads", type=int, default=1000)
     parser.add_argument("--cold-starts", type=int, default=50)
+    parser.add_argument("--targets", help="with --only throughput: a comma-separated subset, e.g. echo,sandbox")
     parser.add_argument("--only", choices=["throughput", "cold-start"], help="run one part and print it (no files written)")
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s, 20 swaps, 100 reloads: a smoke run")
     args = parser.parse_args()

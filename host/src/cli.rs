@@ -55,6 +55,29 @@ pub enum TenantCommand {
         /// The tenant's UUID.
         uuid: String,
     },
+    /// Set a tenant's sandbox limits; the flags given change those limits, the others stay.
+    #[command(after_help = "Examples:
+  plughost tenant limits 5dc1bb6a-721b-40f8-8fbc-da6304ba3977 --memory-mb 256 --call-timeout-ms 5000
+  plughost tenant limits 5dc1bb6a-721b-40f8-8fbc-da6304ba3977 --reset")]
+    Limits {
+        /// The tenant's UUID.
+        uuid: String,
+        /// Deadline of one call, in milliseconds (CALL_TIMEOUT_MS otherwise).
+        #[arg(long, value_name = "MS")]
+        call_timeout_ms: Option<u64>,
+        /// Address space of one worker, in MiB (SANDBOX_MEMORY_MB otherwise).
+        #[arg(long, value_name = "MIB")]
+        memory_mb: Option<u64>,
+        /// Calls at once per module (SANDBOX_MAX_CONCURRENCY otherwise).
+        #[arg(long, value_name = "N")]
+        max_concurrency: Option<u64>,
+        /// Largest response body, in bytes (MAX_RESPONSE_BYTES otherwise).
+        #[arg(long, value_name = "BYTES")]
+        max_response_bytes: Option<u64>,
+        /// Back to the defaults first.
+        #[arg(long)]
+        reset: bool,
+    },
     /// Give a tenant a new TOTP secret; the old one and its tokens stop working.
     RotateTotp {
         /// The tenant's UUID.
@@ -122,6 +145,34 @@ pub fn tenant(config: &Config, command: TenantCommand) -> anyhow::Result<ExitCod
             ),
             TenantCommand::Enable { uuid } => {
                 println!("{}", serde_json::to_string_pretty(&tenancy.set_active(&uuid, true, &actor).await?)?)
+            }
+            TenantCommand::Limits {
+                uuid,
+                call_timeout_ms,
+                memory_mb,
+                max_concurrency,
+                max_response_bytes,
+                reset,
+            } => {
+                let mut limits = if reset {
+                    serde_json::json!({})
+                } else {
+                    tenancy.show(&uuid).await?.limits
+                };
+                for (key, value) in [
+                    ("call_timeout_ms", call_timeout_ms),
+                    ("memory_mb", memory_mb),
+                    ("max_concurrency", max_concurrency),
+                    ("max_response_bytes", max_response_bytes),
+                ] {
+                    if let (Some(value), Some(map)) = (value, limits.as_object_mut()) {
+                        map.insert(key.to_owned(), value.into());
+                    }
+                }
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&tenancy.set_limits(&uuid, limits, &actor).await?)?
+                );
             }
             TenantCommand::Remove { uuid } => {
                 tenancy.remove(&uuid, &actor).await?;

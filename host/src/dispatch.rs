@@ -7,9 +7,11 @@
 //! that takes longer sends the function back to the pool until it has proven quick again, so a
 //! function that turns slow costs at most one late answer.
 //!
-//! Sandboxed modules are called through their worker pool instead, which can kill a call.
+//! A sandboxed module is called the same way, through its worker pool: the thread writes the
+//! request to a worker's pipe and reads the reply, and kills the worker at the deadline.
 
 use std::{
+    borrow::Cow,
     sync::atomic::Ordering,
     time::{Duration, Instant},
 };
@@ -77,26 +79,16 @@ pub async fn call(
     deadline: Duration,
     inline_max: Option<Duration>,
 ) -> Result<PluginReply, CallError> {
-    if let Some(pool) = endpoint.module.sandbox() {
-        let function = endpoint.function();
-        let head = crate::sandbox::protocol::CallHead {
-            id: 0,
-            function: function.index,
-            function_name: function.name.clone(),
-            module: endpoint.module.spec.name.clone(),
-            method: input.method,
-            kwargs_json: input.kwargs_json,
-            query: input.query,
-            headers: input.headers,
-            content_type: input.content_type,
-            request_id: input.request_id.to_string(),
-        };
-        return pool.call(head, input.body).await;
-    }
+    // A sandboxed call enforces its module's deadline itself (it kills its worker); the timer
+    // here is only a safety net for it.
+    let deadline = match endpoint.module.sandbox() {
+        Some(pool) => pool.limits().call_timeout + SANDBOX_GRACE,
+        None => deadline,
+    };
     if let Some(max) = inline_max {
         if endpoint.quick_streak().load(Ordering::Relaxed) >= QUICK_STREAK {
             let started = Instant::now();
-            let result = call_blocking(&endpoint, &input);
+            let result = run(&endpoint, &input);
             let took = started.elapsed();
             if took > max {
                 endpoint.quick_streak().store(0, Ordering::Relaxed);
@@ -111,7 +103,7 @@ pub async fn call(
     }
     let task = tokio::task::spawn_blocking(move || {
         let started = Instant::now();
-        let result = crate::access::on_thread(&input.request_id, || call_blocking(&endpoint, &input));
+        let result = crate::access::on_thread(&input.request_id, || run(&endpoint, &input));
         if let Some(max) = inline_max {
             let streak = endpoint.quick_streak();
             if started.elapsed() <= max {
@@ -127,6 +119,30 @@ pub async fn call(
         Ok(Err(join_error)) => Err(CallError::Pool(join_error.to_string())),
         Err(_) => Err(CallError::Timeout(deadline)),
     }
+}
+
+/// How long past a sandboxed module's own deadline the safety-net timer waits.
+const SANDBOX_GRACE: Duration = Duration::from_secs(2);
+
+/// Calls the function in this process or in a sandbox worker; blocks until it answers.
+fn run(endpoint: &Endpoint, input: &CallInput) -> Result<PluginReply, CallError> {
+    let Some(pool) = endpoint.module.sandbox() else {
+        return call_blocking(endpoint, input);
+    };
+    let function = endpoint.function();
+    let head = crate::sandbox::protocol::CallHead {
+        id: 0,
+        function: function.index,
+        function_name: Cow::Borrowed(&function.name),
+        module: Cow::Borrowed(&endpoint.module.spec.name),
+        method: Cow::Borrowed(&input.method),
+        kwargs_json: Cow::Borrowed(&input.kwargs_json),
+        query: Cow::Borrowed(&input.query),
+        headers: Cow::Borrowed(&input.headers),
+        content_type: Cow::Borrowed(&input.content_type),
+        request_id: Cow::Borrowed(&input.request_id),
+    };
+    pool.call(head, &input.body)
 }
 
 fn call_blocking(endpoint: &Endpoint, input: &CallInput) -> Result<PluginReply, CallError> {

@@ -22,7 +22,7 @@ pub async fn handle(state: &AppState, tail: &str, method: &Method, headers: &Hea
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     let tenancy = state.auth.tenancy();
     let method = if method == Method::HEAD { &Method::GET } else { method };
-    let changes_tenants = method == Method::POST || method == Method::DELETE;
+    let changes_tenants = method == Method::POST || method == Method::DELETE || method == Method::PUT;
     let result = route(state, tail, method, &segments, &actor, body).await;
     if changes_tenants && segments.first() == Some(&"tenants") && result.is_ok() {
         // The sandbox learns at once, so that a tenant's modules load or unload on the next rescan.
@@ -72,18 +72,25 @@ async fn route(state: &AppState, tail: &str, method: &Method, segments: &[&str],
         }
         (&Method::POST, ["tenants", uuid, "disable"]) => ok(json!(tenancy.set_active(uuid, false, actor).await.map_err(tenant_error)?)),
         (&Method::POST, ["tenants", uuid, "enable"]) => ok(json!(tenancy.set_active(uuid, true, actor).await.map_err(tenant_error)?)),
+        (&Method::PUT, ["tenants", uuid, "limits"]) => {
+            let limits: Value = serde_json::from_slice(&body).map_err(|err| {
+                ApiError::bad_request("INVALID_JSON", format!("send a JSON object such as {{\"memory_mb\": 256}} ({err})"))
+            })?;
+            ok(json!(tenancy.set_limits(uuid, limits, actor).await.map_err(tenant_error)?))
+        }
         (&Method::POST, ["tenants", uuid, "rotate-totp"]) => ok(json!(tenancy.rotate(uuid, actor).await.map_err(tenant_error)?)),
         (_, ["plugins"] | ["audit"]) => Err(ApiError::method_not_allowed(method, &format!("/rest/admin/{tail}"), "GET, HEAD".to_owned())),
         (_, ["tenants"]) => Err(ApiError::method_not_allowed(method, "/rest/admin/tenants", "GET, HEAD, POST".to_owned())),
         (_, ["tenants", _]) => Err(ApiError::method_not_allowed(method, &format!("/rest/admin/{tail}"), "GET, HEAD, DELETE".to_owned())),
         (_, ["plugins", _, "release"]) => Err(ApiError::method_not_allowed(method, &format!("/rest/admin/{tail}"), "POST".to_owned())),
+        (_, ["tenants", _, "limits"]) => Err(ApiError::method_not_allowed(method, &format!("/rest/admin/{tail}"), "PUT".to_owned())),
         (_, ["tenants", _, "disable" | "enable" | "rotate-totp"]) => {
             Err(ApiError::method_not_allowed(method, &format!("/rest/admin/{tail}"), "POST".to_owned()))
         }
         _ => Err(ApiError::not_found(
             "ROUTE_NOT_FOUND",
             format!(
-                "no admin route {method} /rest/admin/{tail}: use GET plugins, POST plugins/<module>/release, GET audit, GET|POST tenants, GET|DELETE tenants/<uuid>, POST tenants/<uuid>/disable|enable|rotate-totp"
+                "no admin route {method} /rest/admin/{tail}: use GET plugins, POST plugins/<module>/release, GET audit, GET|POST tenants, GET|DELETE tenants/<uuid>, POST tenants/<uuid>/disable|enable|rotate-totp, PUT tenants/<uuid>/limits"
             ),
         )),
     }

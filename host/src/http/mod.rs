@@ -97,7 +97,7 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .then(
             |tail: warp::path::Tail, method: http::Method, headers: http::HeaderMap, body, state: Arc<AppState>| async move {
                 let result = async {
-                    let body = if method == http::Method::POST {
+                    let body = if method == http::Method::POST || method == http::Method::PUT {
                         services::read_body(&headers, body, 64 * 1024).await?
                     } else {
                         bytes::Bytes::new()

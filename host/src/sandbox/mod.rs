@@ -12,20 +12,20 @@ pub mod protocol;
 pub mod worker;
 
 use std::{
+    borrow::Cow,
     collections::{HashMap, VecDeque},
     fs,
     io::{BufRead, BufReader, Read},
     path::{Path, PathBuf},
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     sync::{
-        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
         Arc, Mutex, MutexGuard, RwLock, Weak,
     },
     thread,
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
 use plugin_api::ErrorKind;
 use serde::Serialize;
 
@@ -87,10 +87,32 @@ impl Limits {
                 ("memory_mb", Some(n)) if (16..=1 << 20).contains(&n) => self.memory_bytes = n << 20,
                 ("max_concurrency", Some(n)) if n <= 1024 => self.max_concurrency = n as u32,
                 ("max_response_bytes", Some(n)) if n <= 1 << 34 => self.max_response_bytes = n as usize,
-                _ => problems.push(format!("the tenant limit {key}={value} is not usable; the default applies")),
+                _ => problems.push(format!("the limit {key}={value} is not usable")),
             }
         }
         (self, problems)
+    }
+}
+
+/// Checks a tenant's limit overrides: a JSON object whose keys are known and whose values fit.
+pub fn check_overrides(overrides: &serde_json::Value) -> Result<(), String> {
+    if !overrides.is_object() {
+        return Err("limits are a JSON object such as {\"memory_mb\": 256, \"call_timeout_ms\": 5000}".to_owned());
+    }
+    let defaults = Limits {
+        call_timeout: Duration::from_secs(1),
+        memory_bytes: 1 << 30,
+        max_concurrency: 1,
+        max_response_bytes: 1,
+    };
+    let (_, problems) = defaults.with_overrides(overrides);
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}; known limits: call_timeout_ms (1–3600000), memory_mb (16–1048576), max_concurrency (1–1024), max_response_bytes (1–17179869184)",
+            problems.join("; ")
+        ))
     }
 }
 
@@ -149,8 +171,16 @@ impl Sandbox {
         Ok(sandbox)
     }
 
-    /// Replaces the tenants known to the loader (refreshed from the store).
+    /// Replaces the tenants known to the loader (refreshed from the store); loaded modules take
+    /// their tenant's new limits at once.
     pub fn set_tenants(&self, tenants: HashMap<String, TenantInfo>) {
+        let pools: Vec<Arc<Pool>> = lock(&self.pools).iter().filter_map(Weak::upgrade).collect();
+        for pool in pools {
+            if let Some(tenant) = pool.owner.as_deref().and_then(|uuid| tenants.get(uuid)) {
+                let (limits, _) = self.default_limits.clone().with_overrides(&tenant.limits);
+                pool.set_limits(limits);
+            }
+        }
         *self.tenants.write().unwrap_or_else(|p| p.into_inner()) = tenants;
     }
 
@@ -226,8 +256,8 @@ impl Sandbox {
             owner: owner.clone(),
             module: spec.name.clone(),
             library,
-            permits: tokio::sync::Semaphore::new(limits.max_concurrency as usize),
-            limits,
+            in_flight: AtomicU32::new(0),
+            limits: Mutex::new(limits),
             idle: Mutex::new(vec![worker]),
             health: Mutex::new(Health::default()),
             layers: Mutex::new(layers),
@@ -283,8 +313,8 @@ pub struct Pool {
     pub owner: Option<String>,
     pub module: String,
     library: PathBuf,
-    pub limits: Limits,
-    permits: tokio::sync::Semaphore,
+    limits: Mutex<Limits>,
+    in_flight: AtomicU32,
     idle: Mutex<Vec<Worker>>,
     health: Mutex<Health>,
     layers: Mutex<Vec<Layer>>,
@@ -318,75 +348,46 @@ pub struct PoolStatus {
     pub layers: Vec<Layer>,
 }
 
-/// Shared between a call waiting on its deadline and the thread talking to the worker: whoever
-/// takes the pid first decides (the deadline kills the worker; the thread keeps it).
-#[derive(Default)]
-struct Slot {
-    pid: AtomicU32,
-    cancelled: AtomicBool,
+/// A call counted in flight until it ends.
+struct InFlight<'a>(&'a AtomicU32);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Why a call through a worker failed, before it becomes a [`CallError`].
 enum Failure {
+    TimedOut,
     Crashed { status: String, out_of_memory: bool },
     TooLarge(u64),
     Broken(String),
 }
 
 impl Pool {
-    /// Calls function `index` in a worker under the module's deadline.
-    pub async fn call(self: &Arc<Self>, head: CallHead, body: Bytes) -> Result<PluginReply, CallError> {
+    /// Calls a function in a worker, blocking until the reply or the module's deadline, which
+    /// this call enforces itself: past it the worker is killed. Quick enough to run on an async
+    /// thread for functions that have proven quick (see `dispatch`).
+    pub fn call(&self, mut head: CallHead<'_>, body: &[u8]) -> Result<PluginReply, CallError> {
+        let started = Instant::now();
         if let Some(why) = lock(&self.health).quarantined.clone() {
             return Err(CallError::Quarantined(why));
         }
-        let Ok(permit) = self.permits.try_acquire() else {
-            return Err(CallError::Busy(self.limits.max_concurrency));
-        };
-        let slot = Arc::new(Slot::default());
-        let pool = self.clone();
-        let shared = slot.clone();
-        let request_id: Arc<str> = head.request_id.as_str().into();
-        let task = tokio::task::spawn_blocking(move || crate::access::on_thread(&request_id, || pool.call_blocking(head, &body, &shared)));
-        let deadline = self.limits.call_timeout;
-        let result = match tokio::time::timeout(deadline, task).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(join_error)) => Err(CallError::Pool(join_error.to_string())),
-            Err(_) => {
-                slot.cancelled.store(true, Ordering::SeqCst);
-                let pid = slot.pid.swap(0, Ordering::SeqCst);
-                if pid != 0 {
-                    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
-                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-                    }
-                }
-                self.timeouts.fetch_add(1, Ordering::Relaxed);
-                crate::metrics::METRICS.sandbox_call_timeouts.inc();
-                tracing::warn!(module = %self.module, tenant = self.owner.as_deref().unwrap_or("-"), "a sandboxed call passed its deadline; its worker was killed");
-                Err(CallError::Timeout(deadline))
-            }
-        };
-        drop(permit);
-        result
-    }
-
-    fn call_blocking(&self, mut head: CallHead, body: &[u8], slot: &Slot) -> Result<PluginReply, CallError> {
-        let mut worker = self.checkout().map_err(CallError::WorkerFailed)?;
-        slot.pid.store(worker.pid, Ordering::SeqCst);
-        if slot.cancelled.load(Ordering::SeqCst) && slot.pid.swap(0, Ordering::SeqCst) != 0 {
-            self.checkin(worker);
-            return Err(CallError::Timeout(self.limits.call_timeout));
+        let limits = self.limits();
+        if self.in_flight.fetch_add(1, Ordering::SeqCst) >= limits.max_concurrency {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return Err(CallError::Busy(limits.max_concurrency));
         }
-        head.id = worker.calls + 1;
-        let result = worker.call(&head, body, self.limits.max_response_bytes as u64 + FRAME_OVERHEAD, self);
-        // Taking the pid back means the deadline has not killed the worker.
-        let kept = slot.pid.swap(0, Ordering::SeqCst) != 0;
+        let _in_flight = InFlight(&self.in_flight);
+        let deadline = started + limits.call_timeout;
+        let mut worker = self.checkout(deadline).map_err(CallError::WorkerFailed)?;
+        let result = worker.call(&mut head, body, limits.max_response_bytes as u64 + FRAME_OVERHEAD, deadline, self);
         self.calls.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok((outcome, body)) => {
-                if kept {
-                    lock(&self.health).consecutive = 0;
-                    self.checkin(worker);
-                }
+                lock(&self.health).consecutive = 0;
+                self.checkin(worker);
                 match outcome {
                     Outcome::Ok {
                         status,
@@ -406,7 +407,13 @@ impl Pool {
                     Outcome::Err { kind, code, message } => Err(CallError::Plugin { kind, code, message }),
                 }
             }
-            Err(_) if !kept => Err(CallError::Timeout(self.limits.call_timeout)),
+            Err(Failure::TimedOut) => {
+                drop(worker);
+                self.timeouts.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::METRICS.sandbox_call_timeouts.inc();
+                tracing::warn!(module = %self.module, tenant = self.owner.as_deref().unwrap_or("-"), "a sandboxed call passed its deadline; its worker was killed");
+                Err(CallError::Timeout(limits.call_timeout))
+            }
             Err(Failure::TooLarge(size)) => Err(CallError::ResponseTooLarge(size)),
             Err(Failure::Broken(why)) => {
                 self.record_crash(&why);
@@ -415,7 +422,7 @@ impl Pool {
             Err(Failure::Crashed { status, out_of_memory }) => {
                 self.record_crash(&status);
                 if out_of_memory {
-                    Err(CallError::OutOfMemory(self.limits.memory_bytes >> 20))
+                    Err(CallError::OutOfMemory(limits.memory_bytes >> 20))
                 } else {
                     Err(CallError::Crashed(status))
                 }
@@ -423,8 +430,18 @@ impl Pool {
         }
     }
 
-    /// An idle worker, or a new one once the crash backoff has passed.
-    fn checkout(&self) -> Result<Worker, String> {
+    /// The limits in force (a tenant's overrides can change while the module is loaded).
+    pub fn limits(&self) -> Limits {
+        lock(&self.limits).clone()
+    }
+
+    fn set_limits(&self, limits: Limits) {
+        *lock(&self.limits) = limits;
+    }
+
+    /// An idle worker, or a new one once the crash backoff has passed (waiting at most until
+    /// `deadline`).
+    fn checkout(&self, deadline: Instant) -> Result<Worker, String> {
         if let Some(worker) = lock(&self.idle).pop() {
             return Ok(worker);
         }
@@ -432,7 +449,7 @@ impl Pool {
             .backoff_until
             .map(|until| until.saturating_duration_since(Instant::now()));
         if let Some(wait) = wait.filter(|w| !w.is_zero()) {
-            thread::sleep(wait);
+            thread::sleep(wait.min(deadline.saturating_duration_since(Instant::now())));
         }
         self.spawn_worker()
     }
@@ -441,7 +458,7 @@ impl Pool {
         let (worker, layers, _) = Worker::spawn(
             &self.sandbox,
             Some(&self.library),
-            &self.limits,
+            &self.limits(),
             self.owner.as_deref(),
             &self.module,
         )?;
@@ -527,13 +544,13 @@ impl Pool {
         PoolStatus {
             tenant: self.owner.clone(),
             workers_idle: idle,
-            workers_busy: self.limits.max_concurrency as usize - self.permits.available_permits(),
+            workers_busy: self.in_flight.load(Ordering::Relaxed) as usize,
             workers_started: self.started.load(Ordering::Relaxed),
             calls: self.calls.load(Ordering::Relaxed),
             crashes: self.crashes.load(Ordering::Relaxed),
             timeouts: self.timeouts.load(Ordering::Relaxed),
             quarantined: self.quarantined(),
-            limits: self.limits.clone(),
+            limits: self.limits(),
             layers: lock(&self.layers).clone(),
         }
     }
@@ -547,7 +564,7 @@ impl Pool {
         }
         drop(health);
         let settings = &self.sandbox.settings;
-        let busy = self.limits.max_concurrency as usize - self.permits.available_permits();
+        let busy = self.in_flight.load(Ordering::Relaxed) as usize;
         let idle_count = {
             let mut idle = lock(&self.idle);
             let keep = (settings.warm_workers as usize).saturating_sub(busy);
@@ -598,7 +615,7 @@ fn maintain(sandbox: Weak<Sandbox>) {
 struct Worker {
     child: Child,
     input: ChildStdin,
-    output: BufReader<ChildStdout>,
+    output: BufReader<DeadlineReader>,
     pid: u32,
     calls: u64,
     rss_base: Option<u64>,
@@ -649,7 +666,10 @@ impl Worker {
         let mut worker = Worker {
             child,
             input,
-            output: BufReader::new(output),
+            output: BufReader::new(DeadlineReader {
+                pipe: output,
+                deadline: None,
+            }),
             pid,
             calls: 0,
             rss_base: None,
@@ -667,10 +687,10 @@ impl Worker {
             },
         };
         write_frame(&mut worker.input, &load, &[]).map_err(|e| format!("the worker did not take its load message: {e}"))?;
-        if !readable_within(worker.output.get_ref(), LOAD_TIMEOUT) {
-            return Err(format!("the worker did not answer within {} s", LOAD_TIMEOUT.as_secs()));
-        }
-        match read_frame::<WorkerMsg>(&mut worker.output, 64 << 20) {
+        worker.output.get_mut().deadline = Some(started + LOAD_TIMEOUT);
+        let loaded = read_frame::<WorkerMsg>(&mut worker.output, 64 << 20);
+        worker.output.get_mut().deadline = None;
+        match loaded {
             Ok((WorkerMsg::Loaded { protocol, .. }, _)) if protocol != PROTOCOL_VERSION => {
                 Err(format!("the worker speaks protocol {protocol}, the host {PROTOCOL_VERSION}"))
             }
@@ -693,17 +713,41 @@ impl Worker {
             }
             Ok((other, _)) => Err(format!("the worker answered its load message with {other:?}")),
             Err(FrameError::Closed) => Err(format!("the worker died while loading: {}", worker.exit_status())),
+            Err(FrameError::Io(err)) if err.kind() == std::io::ErrorKind::TimedOut => {
+                Err(format!("the worker did not answer within {} s", LOAD_TIMEOUT.as_secs()))
+            }
             Err(err) => Err(format!("the worker's answer was unreadable: {err}")),
         }
     }
 
     /// Sends one call and reads frames (forwarding log lines) until its reply.
-    fn call(&mut self, head: &CallHead, body: &[u8], limit: u64, pool: &Pool) -> Result<(Outcome, Vec<u8>), Failure> {
+    fn call(
+        &mut self,
+        head: &mut CallHead<'_>,
+        body: &[u8],
+        limit: u64,
+        deadline: Instant,
+        pool: &Pool,
+    ) -> Result<(Outcome, Vec<u8>), Failure> {
         self.calls += 1;
-        if let Err(err) = write_frame(&mut self.input, &HostMsg::Call(clone_head(head)), body) {
+        head.id = self.calls;
+        let call = HostMsg::Call(CallHead {
+            id: head.id,
+            function: head.function,
+            function_name: Cow::Borrowed(&head.function_name),
+            module: Cow::Borrowed(&head.module),
+            method: Cow::Borrowed(&head.method),
+            kwargs_json: Cow::Borrowed(&head.kwargs_json),
+            query: Cow::Borrowed(&head.query),
+            headers: Cow::Borrowed(&head.headers),
+            content_type: Cow::Borrowed(&head.content_type),
+            request_id: Cow::Borrowed(&head.request_id),
+        });
+        if let Err(err) = write_frame(&mut self.input, &call, body) {
             return Err(self.crashed(format!("the request could not be sent ({err})")));
         }
-        loop {
+        self.output.get_mut().deadline = Some(deadline);
+        let result = loop {
             match read_frame::<WorkerMsg>(&mut self.output, limit) {
                 Ok((
                     WorkerMsg::Log {
@@ -713,13 +757,16 @@ impl Worker {
                     },
                     _,
                 )) => log_line(level, &message, &request_id, pool),
-                Ok((WorkerMsg::Reply { id, outcome }, raw)) if id == head.id => return Ok((outcome, raw)),
-                Ok((other, _)) => return Err(Failure::Broken(format!("the worker broke the protocol: {other:?}"))),
-                Err(FrameError::Closed) => return Err(self.crashed(String::new())),
-                Err(FrameError::TooLarge(size, _)) => return Err(Failure::TooLarge(size.saturating_sub(FRAME_OVERHEAD))),
-                Err(err) => return Err(Failure::Broken(format!("the worker broke the protocol: {err}"))),
+                Ok((WorkerMsg::Reply { id, outcome }, raw)) if id == head.id => break Ok((outcome, raw)),
+                Ok((other, _)) => break Err(Failure::Broken(format!("the worker broke the protocol: {other:?}"))),
+                Err(FrameError::Closed) => break Err(self.crashed(String::new())),
+                Err(FrameError::Io(err)) if err.kind() == std::io::ErrorKind::TimedOut => break Err(Failure::TimedOut),
+                Err(FrameError::TooLarge(size, _)) => break Err(Failure::TooLarge(size.saturating_sub(FRAME_OVERHEAD))),
+                Err(err) => break Err(Failure::Broken(format!("the worker broke the protocol: {err}"))),
             }
-        }
+        };
+        self.output.get_mut().deadline = None;
+        result
     }
 
     /// The worker died: how, and whether it ran out of memory.
@@ -766,21 +813,6 @@ impl Drop for Worker {
     }
 }
 
-fn clone_head(head: &CallHead) -> CallHead {
-    CallHead {
-        id: head.id,
-        function: head.function,
-        function_name: head.function_name.clone(),
-        module: head.module.clone(),
-        method: head.method.clone(),
-        kwargs_json: head.kwargs_json.clone(),
-        query: head.query.clone(),
-        headers: head.headers.clone(),
-        content_type: head.content_type.clone(),
-        request_id: head.request_id.clone(),
-    }
-}
-
 fn signal_name(signal: i32) -> &'static str {
     match signal {
         libc::SIGSEGV => "SIGSEGV, a memory fault",
@@ -796,26 +828,36 @@ fn signal_name(signal: i32) -> &'static str {
     }
 }
 
-/// Whether `pipe` has something to read within `timeout`.
-fn readable_within(pipe: &ChildStdout, timeout: Duration) -> bool {
-    use rustix::event::{poll, PollFd, PollFlags, Timespec};
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return false;
+/// A worker's reply pipe whose reads fail with `TimedOut` once `deadline` has passed, so that a
+/// worker that stalls, even in the middle of a frame, cannot hold its caller.
+struct DeadlineReader {
+    pipe: ChildStdout,
+    deadline: Option<Instant>,
+}
+
+impl Read for DeadlineReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        if let Some(deadline) = self.deadline {
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the worker's deadline passed"));
+                }
+                let mut fds = [PollFd::new(&self.pipe, PollFlags::IN)];
+                let wait = Timespec {
+                    tv_sec: left.as_secs() as i64,
+                    tv_nsec: i64::from(left.subsec_nanos()),
+                };
+                match poll(&mut fds, Some(&wait)) {
+                    Ok(0) => continue,
+                    Ok(_) => break,
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(err) => return Err(err.into()),
+                }
+            }
         }
-        let mut fds = [PollFd::new(pipe, PollFlags::IN)];
-        let wait = Timespec {
-            tv_sec: left.as_secs() as i64,
-            tv_nsec: i64::from(left.subsec_nanos()),
-        };
-        match poll(&mut fds, Some(&wait)) {
-            Ok(0) => return false,
-            Ok(_) => return true,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(_) => return true,
-        }
+        self.pipe.read(buf)
     }
 }
 

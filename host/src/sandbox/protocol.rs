@@ -5,7 +5,10 @@
 //! A frame is `u32 LE length of the rest`, `u32 LE length of the header`, the header (JSON), then
 //! raw bytes (a request or response body), so bodies travel without being re-encoded.
 
-use std::io::{self, Read, Write};
+use std::{
+    borrow::Cow,
+    io::{self, Read, Write},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -15,7 +18,7 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// What the host sends.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
-pub enum HostMsg {
+pub enum HostMsg<'a> {
     /// Confine yourself, then load `library` (`None`: only report the confinement layers).
     Load {
         protocol: u32,
@@ -23,7 +26,7 @@ pub enum HostMsg {
         rlimits: Rlimits,
     },
     /// Call a function; the request body follows the header.
-    Call(CallHead),
+    Call(CallHead<'a>),
     /// Exit now.
     Goodbye,
 }
@@ -36,19 +39,19 @@ pub struct Rlimits {
     pub open_files: u64,
 }
 
-/// One call, without its body.
+/// One call, without its body; borrowed from the request on the host's side.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct CallHead {
+pub struct CallHead<'a> {
     pub id: u64,
     pub function: u32,
-    pub function_name: String,
-    pub module: String,
-    pub method: String,
-    pub kwargs_json: String,
-    pub query: String,
-    pub headers: Vec<(String, String)>,
-    pub content_type: String,
-    pub request_id: String,
+    pub function_name: Cow<'a, str>,
+    pub module: Cow<'a, str>,
+    pub method: Cow<'a, str>,
+    pub kwargs_json: Cow<'a, str>,
+    pub query: Cow<'a, str>,
+    pub headers: Cow<'a, [(String, String)]>,
+    pub content_type: Cow<'a, str>,
+    pub request_id: Cow<'a, str>,
 }
 
 /// What a worker sends.

@@ -138,7 +138,7 @@ fn in_memory(path: &str) -> std::io::Result<File> {
     Ok(memory)
 }
 
-fn call(root: plugin_api::abi::PluginModRef, head: &CallHead, body: &[u8]) -> (Outcome, Vec<u8>) {
+fn call(root: plugin_api::abi::PluginModRef, head: &CallHead<'_>, body: &[u8]) -> (Outcome, Vec<u8>) {
     set_request_id(&head.request_id);
     let headers: Vec<Tuple2<RStr<'_>, RStr<'_>>> = head
         .headers

@@ -26,6 +26,8 @@ pub struct PrincipalView {
     pub status: String,
     pub created_at: String,
     pub updated_at: String,
+    /// Overrides of the sandbox limits (`{}`: the defaults).
+    pub limits: serde_json::Value,
 }
 
 impl From<&PrincipalRecord> for PrincipalView {
@@ -38,6 +40,7 @@ impl From<&PrincipalRecord> for PrincipalView {
             status: r.status.clone(),
             created_at: at(r.created_at),
             updated_at: at(r.updated_at),
+            limits: if r.limits.is_object() { r.limits.clone() } else { json!({}) },
         }
     }
 }
@@ -182,6 +185,20 @@ impl Tenancy {
         }
         self.audit(actor, if active { "tenant.enable" } else { "tenant.disable" }, uuid, String::new())
             .await;
+        Ok(PrincipalView::from(&record))
+    }
+
+    /// Replaces a tenant's sandbox limits: a JSON object with any of `call_timeout_ms`,
+    /// `memory_mb`, `max_concurrency`, `max_response_bytes` (`{}`: the defaults).
+    pub async fn set_limits(&self, uuid: &str, limits: serde_json::Value, actor: &str) -> Result<PrincipalView, TenantError> {
+        crate::sandbox::check_overrides(&limits).map_err(TenantError::Invalid)?;
+        let mut record = self.tenant(uuid).await?;
+        record.limits = limits;
+        record.updated_at = totp::now() as i64;
+        if !self.store.replace(&record).await? {
+            return Err(TenantError::NotFound(uuid.to_owned()));
+        }
+        self.audit(actor, "tenant.limits", uuid, record.limits.to_string()).await;
         Ok(PrincipalView::from(&record))
     }
 

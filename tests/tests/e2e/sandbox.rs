@@ -371,6 +371,31 @@ fn concurrency_beyond_the_limit_is_refused_with_retry_after() {
         assert_eq!(slow.join().unwrap().status, 200);
     });
     assert_eq!(tenant.get(&app, "/rest/services/rogue/hello/").status, 200);
+
+    // The tenant's own limits apply to its loaded module at once.
+    let path = format!("/rest/admin/tenants/{}/limits", tenant.uuid);
+    let set = app.admin("PUT", &path, Some(&json!({"call_timeout_ms": 300, "max_concurrency": 2})));
+    assert_eq!(set.status, 200, "{}", set.text());
+    assert_eq!(set.json()["limits"]["call_timeout_ms"], 300);
+    let cut = wait_for(Duration::from_secs(10), || {
+        tenant.get(&app, "/rest/services/rogue/sleep/?ms=1000").status == 504
+    });
+    assert!(cut.is_some(), "the new deadline did not apply:\n{}", app.logs());
+    app.admin("PUT", &path, Some(&json!({"memory_mb": "lots"})))
+        .error(422, "INVALID_TENANT");
+    app.admin("PUT", &path, Some(&json!({"cpu": 1}))).error(422, "INVALID_TENANT");
+    app.admin("PUT", &path, Some(&json!([1]))).error(422, "INVALID_TENANT");
+    // The CLI changes one limit and keeps the others; --reset goes back to the defaults.
+    let out = app.cli(&["tenant", "limits", &tenant.uuid, "--memory-mb", "128"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        shown["limits"],
+        json!({"call_timeout_ms": 300, "max_concurrency": 2, "memory_mb": 128})
+    );
+    let out = app.cli(&["tenant", "limits", &tenant.uuid, "--reset"]);
+    assert!(out.status.success());
+    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap()["limits"], json!({}));
 }
 
 #[test]
