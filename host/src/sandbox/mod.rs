@@ -260,6 +260,7 @@ impl Sandbox {
             limits: Mutex::new(limits),
             idle: Mutex::new(vec![worker]),
             health: Mutex::new(Health::default()),
+            troubled: std::sync::atomic::AtomicBool::new(false),
             layers: Mutex::new(layers),
             calls: AtomicU64::new(0),
             crashes: AtomicU64::new(0),
@@ -317,6 +318,9 @@ pub struct Pool {
     in_flight: AtomicU32,
     idle: Mutex<Vec<Worker>>,
     health: Mutex<Health>,
+    /// Set while `health` has something to say (crashes, backoff, quarantine): calls skip its
+    /// lock otherwise.
+    troubled: std::sync::atomic::AtomicBool,
     layers: Mutex<Vec<Layer>>,
     calls: AtomicU64,
     crashes: AtomicU64,
@@ -371,8 +375,10 @@ impl Pool {
     /// thread for functions that have proven quick (see `dispatch`).
     pub fn call(&self, mut head: CallHead<'_>, body: &[u8]) -> Result<PluginReply, CallError> {
         let started = Instant::now();
-        if let Some(why) = lock(&self.health).quarantined.clone() {
-            return Err(CallError::Quarantined(why));
+        if self.troubled.load(Ordering::Acquire) {
+            if let Some(why) = lock(&self.health).quarantined.clone() {
+                return Err(CallError::Quarantined(why));
+            }
         }
         let limits = self.limits();
         if self.in_flight.fetch_add(1, Ordering::SeqCst) >= limits.max_concurrency {
@@ -386,7 +392,13 @@ impl Pool {
         self.calls.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok((outcome, body)) => {
-                lock(&self.health).consecutive = 0;
+                if self.troubled.load(Ordering::Acquire) {
+                    let mut health = lock(&self.health);
+                    health.consecutive = 0;
+                    if health.quarantined.is_none() {
+                        self.troubled.store(false, Ordering::Release);
+                    }
+                }
                 self.checkin(worker);
                 match outcome {
                     Outcome::Ok {
@@ -494,6 +506,7 @@ impl Pool {
         let settings = &self.sandbox.settings;
         let now = Instant::now();
         let mut health = lock(&self.health);
+        self.troubled.store(true, Ordering::Release);
         health.crashes.push_back(now);
         while health
             .crashes
@@ -531,6 +544,7 @@ impl Pool {
         health.crashes.clear();
         health.consecutive = 0;
         health.backoff_until = None;
+        self.troubled.store(false, Ordering::Release);
         was
     }
 

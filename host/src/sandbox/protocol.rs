@@ -17,7 +17,7 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 /// What the host sends.
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "t", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum HostMsg<'a> {
     /// Confine yourself, then load `library` (`None`: only report the confinement layers).
     Load {
@@ -56,7 +56,7 @@ pub struct CallHead<'a> {
 
 /// What a worker sends.
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "t", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum WorkerMsg {
     /// The answer to `Load`: the layers in force and the plugin's manifest (or why it failed).
     Loaded {
@@ -73,7 +73,7 @@ pub enum WorkerMsg {
 
 /// How a call ended inside the worker.
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "t", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Ok {
         status: u16,
