@@ -11,7 +11,7 @@ use super::protocol::{Layer, Rlimits};
 const NOBODY: u32 = 65534;
 
 /// Applies every layer; a layer that cannot be applied is reported, never fatal (the host decides
-/// what to accept).
+/// what to accept). The memory cgroup is the host's to set up, before it sends the library.
 pub fn apply(rlimits: &Rlimits) -> Vec<Layer> {
     let root = rustix::process::geteuid().is_root();
     let mut layers = vec![environment(), working_dir()];
@@ -21,11 +21,6 @@ pub fn apply(rlimits: &Rlimits) -> Vec<Layer> {
     layers.push(no_new_privs());
     layers.push(landlock());
     layers.push(seccomp());
-    layers.push(Layer {
-        name: "memory_cgroup".into(),
-        active: false,
-        detail: "not set up by plughost; memory is bounded by RLIMIT_AS instead".into(),
-    });
     layers
 }
 

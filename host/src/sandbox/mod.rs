@@ -7,6 +7,7 @@
 //! until its file changes or the admin releases it. Workers are retired after many calls or when
 //! they have grown, and idle ones beyond the warm count are stopped.
 
+pub mod cgroup;
 pub mod confine;
 pub mod protocol;
 pub mod worker;
@@ -134,6 +135,8 @@ pub struct Sandbox {
     pools: Mutex<Vec<Weak<Pool>>>,
     probe: Mutex<Option<Vec<Layer>>>,
     sequence: AtomicU64,
+    /// Where workers' memory cgroups go, or why there are none.
+    cgroups: Result<cgroup::MemoryCgroups, String>,
 }
 
 impl Sandbox {
@@ -165,6 +168,7 @@ impl Sandbox {
             pools: Mutex::new(Vec::new()),
             probe: Mutex::new(None),
             sequence: AtomicU64::new(0),
+            cgroups: cgroup::MemoryCgroups::detect(),
         });
         let weak = Arc::downgrade(&sandbox);
         thread::Builder::new().name("sandbox-pools".into()).spawn(move || maintain(weak))?;
@@ -636,6 +640,8 @@ struct Worker {
     last_used: Instant,
     output_log: Option<thread::JoinHandle<bool>>,
     dir: PathBuf,
+    /// Dropped after the process has been reaped (fields drop after `Drop::drop`).
+    cgroup: Option<cgroup::WorkerCgroup>,
 }
 
 impl Worker {
@@ -665,6 +671,24 @@ impl Worker {
                 format!("cannot start {} __sandbox: {e}", sandbox.program.display())
             })?;
         let pid = child.id();
+        // Into its memory cgroup before it is told what to load.
+        let (cgroup, cgroup_layer) = match &sandbox.cgroups {
+            Ok(cgroups) => match cgroups.place(id, pid, limits.memory_bytes) {
+                Ok(cgroup) => (
+                    Some(cgroup),
+                    Layer {
+                        name: "memory_cgroup".into(),
+                        active: true,
+                        detail: format!(
+                            "memory (resident and cache) limited to {} MiB by its own cgroup",
+                            limits.memory_bytes >> 20
+                        ),
+                    },
+                ),
+                Err(why) => (None, unavailable_cgroup(why)),
+            },
+            Err(why) => (None, unavailable_cgroup(why.clone())),
+        };
         let (Some(input), Some(output), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take()) else {
             let _ = child.kill();
             let _ = child.wait();
@@ -690,6 +714,7 @@ impl Worker {
             last_used: Instant::now(),
             output_log,
             dir,
+            cgroup,
         };
         let load = HostMsg::Load {
             protocol: PROTOCOL_VERSION,
@@ -719,7 +744,8 @@ impl Worker {
                 let _ = layers;
                 Err(error)
             }
-            Ok((WorkerMsg::Loaded { layers, manifest, .. }, _)) => {
+            Ok((WorkerMsg::Loaded { mut layers, manifest, .. }, _)) => {
+                layers.push(cgroup_layer);
                 let took = started.elapsed();
                 crate::metrics::METRICS.sandbox_worker_start.observe(took.as_secs_f64());
                 tracing::debug!(module, pid, elapsed_ms = took.as_secs_f64() * 1000.0, "sandbox worker ready");
@@ -786,7 +812,8 @@ impl Worker {
     /// The worker died: how, and whether it ran out of memory.
     fn crashed(&mut self, context: String) -> Failure {
         let status = self.exit_status();
-        let out_of_memory = self.output_log.take().and_then(|h| h.join().ok()).unwrap_or(false);
+        let reported = self.output_log.take().and_then(|h| h.join().ok()).unwrap_or(false);
+        let out_of_memory = reported || self.cgroup.as_ref().is_some_and(cgroup::WorkerCgroup::oom_killed);
         let status = if context.is_empty() {
             status
         } else {
@@ -824,6 +851,14 @@ impl Drop for Worker {
         }
         let _ = fs::remove_dir_all(&self.dir);
         crate::metrics::METRICS.sandbox_workers.dec();
+    }
+}
+
+fn unavailable_cgroup(why: String) -> Layer {
+    Layer {
+        name: "memory_cgroup".into(),
+        active: false,
+        detail: format!("{why}; memory is bounded by RLIMIT_AS alone"),
     }
 }
 

@@ -146,6 +146,13 @@ fn misbehaving_tenant_plugins_are_contained_and_the_worker_comes_back() {
         reply.json()["pid"].as_u64().unwrap()
     };
     let first_pid = back();
+    if layers.get("memory_cgroup") == Some(&true) {
+        let cgroup = std::fs::read_to_string(format!("/proc/{first_pid}/cgroup")).unwrap();
+        assert!(cgroup.contains("/plughost-"), "the worker is not in its memory cgroup: {cgroup}");
+        eprintln!("the worker runs in its own memory cgroup; layer checked: memory_cgroup");
+    } else {
+        eprintln!("memory_cgroup is unavailable here; RLIMIT_AS alone bounds memory");
+    }
 
     // Crashes of every kind: a panic is the plugin's error; the rest kill the worker.
     let panic = call("panic").error(500, "PLUGIN_PANICKED");
@@ -282,6 +289,25 @@ fn a_tenants_module_is_its_own_and_the_admins_only() {
     let module = owner.get(&app, "/rest/services/rogue/__dir__/").json();
     assert_eq!(module["isolation"], "sandbox", "{module}");
     assert_eq!(module["tenant"], owner.uuid.as_str());
+
+    // The server process never maps a tenant's library, not even to read its manifest.
+    for pid in [app.pid() as u64, app.worker_pid()] {
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        assert!(
+            !maps.contains("rogue") && !maps.contains("memfd:plughost-plugin"),
+            "pid {pid} mapped the tenant's library"
+        );
+    }
+    // A tenant's module whose name is taken is refused as usual (the admin's files win).
+    write_by_rename(&other.folder(&app), "libhello.so", &std::fs::read(plugin_file("hello")).unwrap());
+    let collided = wait_for(Duration::from_secs(20), || {
+        let plugins = app.admin("GET", "/rest/admin/plugins", None).json();
+        plugins["plugins"].as_array().unwrap().iter().any(|f| {
+            f["tenant"] == other.uuid.as_str() && f["state"] == "failed" && f["error"].as_str().is_some_and(|e| e.contains("collides"))
+        })
+    });
+    assert!(collided.is_some(), "{}", app.logs());
+    assert_eq!(app.get("/rest/services/hello/greet/").status, 200);
 
     // A library that is not a plugin is refused with its reason, by the worker.
     write_by_rename(
