@@ -13,6 +13,8 @@ CPUs) are alternated over the rounds, and each figure is the median over rounds:
   body-64k        the same POST to plughost's echo
   sandbox         the same echo in the sandbox tier (ADMIN_ISOLATION=process): server CPU counts
                   the worker processes too
+  echo-c1, sandbox-c1  the two echoes with one connection (latency-bound: every response pays
+                  the load generator's wake-up, which is costly across CPUs on a VM)
 plus: reload latency over N swaps (file renamed into place -> first response from the new
 version), RSS after M reloads without and with recycling, start-up time with 100 plugins, and
 the sandbox worker's cold start.
@@ -133,13 +135,13 @@ def admin_token(work, addr):
     raise RuntimeError(f"no admin token: {answer!r}")
 
 
-def wrk(server, path, seconds, headers=(), script=None):
+def wrk(server, path, seconds, headers=(), script=None, connections=32):
     """Load for `seconds`; returns req/s, p50/p99 (ms), server CPU µs per request, peak RSS MiB."""
     extra = [a for h in headers for a in ("-H", h)] + (["-s", script] if script else [])
     url = f"http://{server.addr}{path}"
     sh(*LOAD_CPU, "wrk", "-t1", "-c16", "-d1s", *extra, url, stdout=subprocess.DEVNULL)  # warm-up
     before = server.cpu_seconds()
-    out = subprocess.run(LOAD_CPU + ["wrk", "-t1", "-c32", f"-d{seconds}s", "--latency", *extra, url],
+    out = subprocess.run(LOAD_CPU + ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *extra, url],
                          check=True, capture_output=True, text=True).stdout
     cpu = server.cpu_seconds() - before
     requests = int(re.search(r"(\d+) requests in", out).group(1))
@@ -197,6 +199,9 @@ def throughput(args):
         ("baseline-64k", "baseline", None, "/rest/services/v1/hello-world/", script),
         ("body-64k", "plughost", "echo", "/rest/services/v1/hello-world/", script),
         ("sandbox", "plughost", "sandbox", ECHO_PATH, None),
+        # One connection: every response pays the load generator's wake-up, for both.
+        ("echo-c1", "plughost", "echo", ECHO_PATH, None),
+        ("sandbox-c1", "plughost", "sandbox", ECHO_PATH, None),
     ]
     if args.targets:
         targets = [t for t in targets if t[0] in args.targets.split(",")]
@@ -205,7 +210,7 @@ def throughput(args):
         for name, kind, work_key, path, extra in targets:
             work = works[work_key or "baseline"]
             # 32 connections: as many workers, all on the server's CPU (they inherit its affinity).
-            env = SANDBOX_ENV if name == "sandbox" else None
+            env = SANDBOX_ENV if name.startswith("sandbox") else None
             server = Server(work, kind, env=env)
             try:
                 headers = []
@@ -218,7 +223,7 @@ def throughput(args):
                                  body.encode() if lua else None, dict(h.split(": ", 1) for h in headers) | ({"Content-Type": "application/json"} if lua else {}))
                 if status != 200:
                     raise RuntimeError(f"{name}: {path} answered {status}")
-                result = wrk(server, path, args.seconds, headers, lua)
+                result = wrk(server, path, args.seconds, headers, lua, 1 if name.endswith("-c1") else 32)
             finally:
                 server.stop()
             samples[name].append(result)
@@ -381,18 +386,21 @@ TARGET_LABELS = {
     "baseline-64k": "bare warp, 64 KiB JSON POST",
     "body-64k": "plughost, 64 KiB JSON POST",
     "sandbox": "plughost, echo in the sandbox tier",
+    "echo-c1": "plughost, public echo, 1 connection",
+    "sandbox-c1": "plughost, sandbox echo, 1 connection",
 }
 
 
 def report(meta, medians, reload, start, cold):
     base, base64k, echo = medians["baseline"]["cpu_us"], medians["baseline-64k"]["cpu_us"], medians["echo"]["cpu_us"]
     ratio_to = {"baseline": base, "echo": base, "token": base, "modules-1000": echo, "baseline-64k": base64k, "body-64k": base64k,
-                "sandbox": echo}
+                "sandbox": echo, "echo-c1": base, "sandbox-c1": medians.get("echo-c1", {}).get("cpu_us", echo)}
     ratio_name = {"baseline": "baseline", "echo": "baseline", "token": "baseline", "modules-1000": "echo (1 module)",
-                  "baseline-64k": "baseline 64k", "body-64k": "baseline 64k", "sandbox": "echo in-process"}
+                  "baseline-64k": "baseline 64k", "body-64k": "baseline 64k", "sandbox": "echo in-process",
+                  "echo-c1": "baseline (32 connections)", "sandbox-c1": "echo in-process, 1 connection"}
     lines = [
         f"Measured {meta['date']} on {meta['cpus']} CPUs ({meta['model']}, Linux {meta['kernel']}), commit {meta['commit']}; "
-        f"median of {meta['rounds']} rounds of {meta['seconds']} s, server on CPU 0, wrk -t1 -c32 on CPU 1, 127.0.0.1.",
+        f"median of {meta['rounds']} rounds of {meta['seconds']} s, server on CPU 0, wrk -t1 -c32 (-c1 where said) on CPU 1, 127.0.0.1.",
         "",
         "| target | req/s | p50 | p99 | server CPU per request | ratio | peak RSS |",
         "|---|---:|---:|---:|---:|---|---:|",
