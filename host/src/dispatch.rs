@@ -16,11 +16,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use abi_stable::std_types::{RResult, RSlice, RStr, Tuple2};
+use abi_stable::std_types::{RResult, Tuple2};
 use bytes::Bytes;
-use plugin_api::{abi::CallRequest, ErrorKind};
+use plugin_api::ErrorKind;
 
-use crate::registry::Endpoint;
+use crate::{loader::CallParts, registry::Endpoint};
 
 /// Everything a call carries, owned, so that it can move to the blocking pool.
 #[derive(Debug)]
@@ -41,6 +41,21 @@ pub struct PluginReply {
     pub content_type: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+}
+
+impl From<plugin_api::abi::CallResponse> for PluginReply {
+    fn from(response: plugin_api::abi::CallResponse) -> PluginReply {
+        PluginReply {
+            status: response.status,
+            content_type: response.content_type.into_string(),
+            headers: response
+                .headers
+                .into_iter()
+                .map(|Tuple2(name, value)| (name.into_string(), value.into_string()))
+                .collect(),
+            body: response.body.into_vec(),
+        }
+    }
 }
 
 /// Why a call produced no reply.
@@ -148,33 +163,19 @@ fn run(endpoint: &Endpoint, input: &CallInput) -> Result<PluginReply, CallError>
 fn call_blocking(endpoint: &Endpoint, input: &CallInput) -> Result<PluginReply, CallError> {
     let module = &endpoint.module;
     let function = endpoint.function();
-    let headers: Vec<Tuple2<RStr<'_>, RStr<'_>>> = input
-        .headers
-        .iter()
-        .map(|(name, value)| Tuple2(RStr::from_str(name), RStr::from_str(value)))
-        .collect();
-    let request = CallRequest {
-        method: RStr::from_str(&input.method),
-        module: RStr::from_str(&module.spec.name),
-        function: RStr::from_str(&function.name),
-        kwargs_json: RStr::from_str(&input.kwargs_json),
-        query: RStr::from_str(&input.query),
-        headers: RSlice::from_slice(&headers),
-        body: RSlice::from_slice(&input.body),
-        content_type: RStr::from_str(&input.content_type),
-        request_id: RStr::from_str(&input.request_id),
+    let parts = CallParts {
+        method: &input.method,
+        module: &module.spec.name,
+        function: &function.name,
+        kwargs_json: &input.kwargs_json,
+        query: &input.query,
+        headers: &input.headers,
+        body: &input.body,
+        content_type: &input.content_type,
+        request_id: &input.request_id,
     };
-    match module.call(function.index, &request) {
-        RResult::ROk(response) => Ok(PluginReply {
-            status: response.status,
-            content_type: response.content_type.into_string(),
-            headers: response
-                .headers
-                .into_iter()
-                .map(|Tuple2(name, value)| (name.into_string(), value.into_string()))
-                .collect(),
-            body: response.body.into_vec(),
-        }),
+    match module.call(function.index, &parts) {
+        RResult::ROk(response) => Ok(PluginReply::from(response)),
         RResult::RErr(err) if err.kind == ErrorKind::Panicked => Err(CallError::Panicked(err.message.into_string())),
         RResult::RErr(err) => Err(CallError::Plugin {
             kind: err.kind,

@@ -14,7 +14,7 @@ use std::{
 
 use abi_stable::{
     library::{lib_header_from_path, LibraryError, RootModule},
-    std_types::{RResult, RStr},
+    std_types::{RResult, RSlice, RStr, Tuple2},
 };
 use plugin_api::abi::{CallError, CallRequest, CallResponse, HostServices, HostServicesRef, LogLevel, PluginModRef, ABI_VERSION};
 use sha2::{Digest, Sha256};
@@ -111,9 +111,9 @@ impl LoadedModule {
     /// the plugin come back as errors.
     ///
     /// A sandboxed module is not called here: the caller asks its [`Backend::Sandbox`] pool.
-    pub fn call(&self, index: u32, request: &CallRequest<'_>) -> RResult<CallResponse, CallError> {
+    pub fn call(&self, index: u32, parts: &CallParts<'_>) -> RResult<CallResponse, CallError> {
         match &self.backend {
-            Backend::InProcess(root) => (root.call())(index, request),
+            Backend::InProcess(root) => invoke(*root, index, parts),
             Backend::Sandbox(_) => RResult::RErr(CallError {
                 kind: plugin_api::ErrorKind::Internal,
                 code: "SANDBOXED".into(),
@@ -146,6 +146,41 @@ impl LoadedModule {
             backend,
         }
     }
+}
+
+/// What a call hands a plugin, borrowed from the request (in this process) or from the frame
+/// that carried it (in a sandbox worker).
+pub struct CallParts<'a> {
+    pub method: &'a str,
+    pub module: &'a str,
+    pub function: &'a str,
+    pub kwargs_json: &'a str,
+    pub query: &'a str,
+    pub headers: &'a [(String, String)],
+    pub body: &'a [u8],
+    pub content_type: &'a str,
+    pub request_id: &'a str,
+}
+
+/// Calls function `index` of a plugin's root module through the stable ABI.
+pub fn invoke(root: PluginModRef, index: u32, parts: &CallParts<'_>) -> RResult<CallResponse, CallError> {
+    let headers: Vec<Tuple2<RStr<'_>, RStr<'_>>> = parts
+        .headers
+        .iter()
+        .map(|(name, value)| Tuple2(RStr::from_str(name), RStr::from_str(value)))
+        .collect();
+    let request = CallRequest {
+        method: RStr::from_str(parts.method),
+        module: RStr::from_str(parts.module),
+        function: RStr::from_str(parts.function),
+        kwargs_json: RStr::from_str(parts.kwargs_json),
+        query: RStr::from_str(parts.query),
+        headers: RSlice::from_slice(&headers),
+        body: RSlice::from_slice(parts.body),
+        content_type: RStr::from_str(parts.content_type),
+        request_id: RStr::from_str(parts.request_id),
+    };
+    (root.call())(index, &request)
 }
 
 /// A plugin file read into memory: the exact bytes that will be loaded, and their hash.

@@ -13,7 +13,6 @@ pub mod protocol;
 pub mod worker;
 
 use std::{
-    borrow::Cow,
     collections::{HashMap, VecDeque},
     fs,
     io::{BufRead, BufReader, Read},
@@ -377,7 +376,7 @@ impl Pool {
     /// Calls a function in a worker, blocking until the reply or the module's deadline, which
     /// this call enforces itself: past it the worker is killed. Quick enough to run on an async
     /// thread for functions that have proven quick (see `dispatch`).
-    pub fn call(&self, mut head: CallHead<'_>, body: &[u8]) -> Result<PluginReply, CallError> {
+    pub fn call(&self, head: CallHead<'_>, body: &[u8]) -> Result<PluginReply, CallError> {
         let started = Instant::now();
         if self.troubled.load(Ordering::Acquire) {
             if let Some(why) = lock(&self.health).quarantined.clone() {
@@ -392,7 +391,7 @@ impl Pool {
         let _in_flight = InFlight(&self.in_flight);
         let deadline = started + limits.call_timeout;
         let mut worker = self.checkout(deadline).map_err(CallError::WorkerFailed)?;
-        let result = worker.call(&mut head, body, limits.max_response_bytes as u64 + FRAME_OVERHEAD, deadline, self);
+        let result = worker.call(head, body, limits.max_response_bytes as u64 + FRAME_OVERHEAD, deadline, self);
         self.calls.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok((outcome, body)) => {
@@ -763,26 +762,16 @@ impl Worker {
     /// Sends one call and reads frames (forwarding log lines) until its reply.
     fn call(
         &mut self,
-        head: &mut CallHead<'_>,
+        mut head: CallHead<'_>,
         body: &[u8],
         limit: u64,
         deadline: Instant,
         pool: &Pool,
     ) -> Result<(Outcome, Vec<u8>), Failure> {
         self.calls += 1;
-        head.id = self.calls;
-        let call = HostMsg::Call(CallHead {
-            id: head.id,
-            function: head.function,
-            function_name: Cow::Borrowed(&head.function_name),
-            module: Cow::Borrowed(&head.module),
-            method: Cow::Borrowed(&head.method),
-            kwargs_json: Cow::Borrowed(&head.kwargs_json),
-            query: Cow::Borrowed(&head.query),
-            headers: Cow::Borrowed(&head.headers),
-            content_type: Cow::Borrowed(&head.content_type),
-            request_id: Cow::Borrowed(&head.request_id),
-        });
+        let id = self.calls;
+        head.id = id;
+        let call = HostMsg::Call(head);
         if let Err(err) = write_frame(&mut self.input, &call, body) {
             return Err(self.crashed(format!("the request could not be sent ({err})")));
         }
@@ -797,7 +786,7 @@ impl Worker {
                     },
                     _,
                 )) => log_line(level, &message, &request_id, pool),
-                Ok((WorkerMsg::Reply { id, outcome }, raw)) if id == head.id => break Ok((outcome, raw)),
+                Ok((WorkerMsg::Reply { id: answered, outcome }, raw)) if answered == id => break Ok((outcome, raw)),
                 Ok((other, _)) => break Err(Failure::Broken(format!("the worker broke the protocol: {other:?}"))),
                 Err(FrameError::Closed) => break Err(self.crashed(String::new())),
                 Err(FrameError::Io(err)) if err.kind() == std::io::ErrorKind::TimedOut => break Err(Failure::TimedOut),

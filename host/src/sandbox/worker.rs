@@ -11,8 +11,8 @@ use std::{
     sync::{Mutex, OnceLock},
 };
 
-use abi_stable::std_types::{RResult, RSlice, RStr, Tuple2};
-use plugin_api::abi::{CallRequest, HostServices, HostServicesRef, LogLevel};
+use abi_stable::std_types::{RResult, RStr};
+use plugin_api::abi::{HostServices, HostServicesRef, LogLevel};
 
 use super::{
     confine,
@@ -140,35 +140,29 @@ fn in_memory(path: &str) -> std::io::Result<File> {
 
 fn call(root: plugin_api::abi::PluginModRef, head: &CallHead<'_>, body: &[u8]) -> (Outcome, Vec<u8>) {
     set_request_id(&head.request_id);
-    let headers: Vec<Tuple2<RStr<'_>, RStr<'_>>> = head
-        .headers
-        .iter()
-        .map(|(name, value)| Tuple2(RStr::from_str(name), RStr::from_str(value)))
-        .collect();
-    let request = CallRequest {
-        method: RStr::from_str(&head.method),
-        module: RStr::from_str(&head.module),
-        function: RStr::from_str(&head.function_name),
-        kwargs_json: RStr::from_str(&head.kwargs_json),
-        query: RStr::from_str(&head.query),
-        headers: RSlice::from_slice(&headers),
-        body: RSlice::from_slice(body),
-        content_type: RStr::from_str(&head.content_type),
-        request_id: RStr::from_str(&head.request_id),
+    let parts = crate::loader::CallParts {
+        method: &head.method,
+        module: &head.module,
+        function: &head.function_name,
+        kwargs_json: &head.kwargs_json,
+        query: &head.query,
+        headers: &head.headers,
+        body,
+        content_type: &head.content_type,
+        request_id: &head.request_id,
     };
-    let result = match (root.call())(head.function, &request) {
-        RResult::ROk(response) => (
-            Outcome::Ok {
-                status: response.status,
-                content_type: response.content_type.into_string(),
-                headers: response
-                    .headers
-                    .into_iter()
-                    .map(|Tuple2(name, value)| (name.into_string(), value.into_string()))
-                    .collect(),
-            },
-            response.body.into_vec(),
-        ),
+    let result = match crate::loader::invoke(root, head.function, &parts) {
+        RResult::ROk(response) => {
+            let reply = crate::dispatch::PluginReply::from(response);
+            (
+                Outcome::Ok {
+                    status: reply.status,
+                    content_type: reply.content_type,
+                    headers: reply.headers,
+                },
+                reply.body,
+            )
+        }
         RResult::RErr(err) => (
             Outcome::Err {
                 kind: err.kind,
