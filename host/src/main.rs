@@ -118,7 +118,7 @@ Exit code 1, with the reason on one line, when the file would be refused by a se
     #[command(name = "__worker", hide = true)]
     Worker(ServeArgs),
     /// A sandbox worker that runs one tenant module (started by the server, not by hand).
-    #[command(name = "__sandbox", hide = true)]
+    #[command(name = "worker", hide = true)]
     Sandbox,
 }
 
@@ -141,7 +141,7 @@ struct ServeArgs {
 fn main() -> ExitCode {
     // A sandbox worker must not parse arguments or read .env: it has a clean environment and
     // takes everything from its channel.
-    if std::env::args_os().nth(1).is_some_and(|arg| arg == "__sandbox") {
+    if std::env::args_os().nth(1).is_some_and(|arg| arg == "worker") {
         return plughost::sandbox::worker::main();
     }
     let cli = Cli::parse();

@@ -1,5 +1,5 @@
 //! The sandbox tier: tenants' modules (and the admin's with `ADMIN_ISOLATION=process`) run in
-//! confined worker processes, `plughost __sandbox`, never in this process.
+//! confined worker processes, `plughost worker`, never in this process.
 //!
 //! Each module version has a [`Pool`] of workers, each answering one call at a time over pipes
 //! ([`protocol`]). A call past its deadline kills its worker; a worker that dies is replaced, with
@@ -38,6 +38,8 @@ use crate::{
 
 /// How long a worker may take to confine itself, load its library and answer.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a worker told goodbye may take to exit before it is killed.
+const GOODBYE_GRACE: Duration = Duration::from_secs(1);
 /// Room for headers beyond a response body in a reply frame.
 const FRAME_OVERHEAD: u64 = 1 << 20;
 /// Plugin output logged per worker before the rest is dropped (counted).
@@ -136,10 +138,12 @@ pub struct Sandbox {
     sequence: AtomicU64,
     /// Where workers' memory cgroups go, or why there are none.
     cgroups: Result<cgroup::MemoryCgroups, String>,
+    /// Workers told goodbye, and when: reaped once they exit, killed after [`GOODBYE_GRACE`].
+    retiring: Mutex<Vec<(Worker, Instant)>>,
 }
 
 impl Sandbox {
-    /// A sandbox whose workers run `program __sandbox` (this binary) with files under
+    /// A sandbox whose workers run `program worker` (this binary) with files under
     /// `DATA_DIR/sandbox/<pid>`; starts the thread that keeps pools warm and trims idle workers.
     pub fn start(program: PathBuf, data_dir: &Path, settings: Settings, default_limits: Limits) -> std::io::Result<Arc<Sandbox>> {
         let root = data_dir.join("sandbox");
@@ -168,6 +172,7 @@ impl Sandbox {
             probe: Mutex::new(None),
             sequence: AtomicU64::new(0),
             cgroups: cgroup::MemoryCgroups::detect(),
+            retiring: Mutex::new(Vec::new()),
         });
         let weak = Arc::downgrade(&sandbox);
         thread::Builder::new().name("sandbox-pools".into()).spawn(move || maintain(weak))?;
@@ -190,6 +195,18 @@ impl Sandbox {
     /// A tenant by UUID, if known.
     pub fn tenant(&self, uuid: &str) -> Option<TenantInfo> {
         self.tenants.read().unwrap_or_else(|p| p.into_inner()).get(uuid).cloned()
+    }
+
+    /// Says goodbye to a healthy worker; the maintenance thread reaps it.
+    fn retire(&self, mut worker: Worker) {
+        let _ = write_frame(&mut worker.input, &HostMsg::Goodbye, &[]);
+        lock(&self.retiring).push((worker, Instant::now()));
+    }
+
+    /// Reaps retired workers that have exited; kills those that outstay [`GOODBYE_GRACE`].
+    fn reap(&self) {
+        let mut retiring = lock(&self.retiring);
+        retiring.retain_mut(|(worker, since)| !matches!(worker.child.try_wait(), Ok(Some(_))) && since.elapsed() < GOODBYE_GRACE);
     }
 
     /// Starts a worker that only confines itself and reports its layers, to show operators what
@@ -487,13 +504,13 @@ impl Pool {
         let settings = &self.sandbox.settings;
         if worker.calls >= settings.max_calls {
             tracing::debug!(module = %self.module, calls = worker.calls, "worker retired after its call budget");
-            return;
+            return self.sandbox.retire(worker);
         }
         if worker.calls % 16 == 0 {
             if let (Some(base), Some(now)) = (worker.rss_base, worker.rss()) {
                 if now.saturating_sub(base) > settings.max_growth_bytes {
                     tracing::info!(module = %self.module, grown_mb = (now - base) >> 20, "worker retired: it grew past SANDBOX_MAX_GROWTH_MB");
-                    return;
+                    return self.sandbox.retire(worker);
                 }
             } else if worker.rss_base.is_none() {
                 worker.rss_base = worker.rss();
@@ -536,7 +553,8 @@ impl Pool {
             crate::metrics::METRICS.sandbox_quarantines.inc();
             health.quarantined = Some(reason);
             drop(health);
-            lock(&self.idle).clear();
+            let idle = std::mem::take(&mut *lock(&self.idle));
+            idle.into_iter().for_each(|w| self.sandbox.retire(w));
         }
     }
 
@@ -589,7 +607,7 @@ impl Pool {
             let mut i = 0;
             while idle.len() > keep && i < idle.len() {
                 if now.duration_since(idle[i].last_used) > settings.idle_timeout {
-                    idle.remove(i);
+                    self.sandbox.retire(idle.remove(i));
                 } else {
                     i += 1;
                 }
@@ -607,7 +625,8 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        lock(&self.idle).clear();
+        let idle = std::mem::take(&mut *lock(&self.idle));
+        idle.into_iter().for_each(|w| self.sandbox.retire(w));
         let _ = fs::remove_file(&self.library);
     }
 }
@@ -616,6 +635,7 @@ fn maintain(sandbox: Weak<Sandbox>) {
     loop {
         thread::sleep(Duration::from_millis(250));
         let Some(sandbox) = sandbox.upgrade() else { return };
+        sandbox.reap();
         let pools: Vec<Arc<Pool>> = {
             let mut pools = lock(&sandbox.pools);
             pools.retain(|p| p.strong_count() > 0);
@@ -658,7 +678,7 @@ impl Worker {
         let dir = sandbox.run_dir.join(format!("w{id}"));
         fs::create_dir_all(&dir).map_err(|e| format!("cannot create its working folder {}: {e}", dir.display()))?;
         let mut child = Command::new(&sandbox.program)
-            .arg("__sandbox")
+            .arg("worker")
             .env_clear()
             .current_dir(&dir)
             .stdin(Stdio::piped())
@@ -667,7 +687,7 @@ impl Worker {
             .spawn()
             .map_err(|e| {
                 let _ = fs::remove_dir(&dir);
-                format!("cannot start {} __sandbox: {e}", sandbox.program.display())
+                format!("cannot start {} worker: {e}", sandbox.program.display())
             })?;
         let pid = child.id();
         // Into its memory cgroup before it is told what to load.

@@ -1,4 +1,4 @@
-//! The worker side: `plughost __sandbox`, started by the host with a clean environment in an empty
+//! The worker side: `plughost worker`, started by the host with a clean environment in an empty
 //! private folder. It takes its two channels off stdin and stdout, confines itself, and only then
 //! maps the tenant's library; from there on it answers calls one at a time until the host says
 //! goodbye or closes the channel.
