@@ -486,3 +486,36 @@ impl Drop for StopOnDrop<'_> {
         self.0.store(true, Ordering::Relaxed);
     }
 }
+
+#[test]
+fn workers_are_retired_after_their_call_budget_and_leave_by_themselves() {
+    let app = server(&[("SANDBOX_MAX_CALLS", "3")]);
+    let tenant = Tenant::add(&app, "budget");
+    tenant.install(
+        &app,
+        "librogue.so",
+        &std::fs::read(plugin_file("rogue")).unwrap(),
+        "/rest/services/rogue/hello/",
+    );
+    let pid = |reply: Reply| reply.json()["pid"].as_u64().unwrap();
+    let mut pids = Vec::new();
+    for _ in 0..7 {
+        pids.push(pid(tenant.get(&app, "/rest/services/rogue/hello/")));
+    }
+    pids.dedup();
+    assert!(pids.len() >= 3, "workers were not retired after 3 calls: {pids:?}");
+    // A retired worker is told goodbye and exits; it is reaped within a second or two.
+    let first = pids[0];
+    let gone = wait_for(Duration::from_secs(5), || !std::path::Path::new(&format!("/proc/{first}")).exists());
+    assert!(gone.is_some(), "retired worker {first} is still there");
+    let plugins = app.admin("GET", "/rest/admin/plugins", None).json();
+    let rogue = plugins["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["module"] == "rogue")
+        .unwrap()
+        .clone();
+    assert_eq!(rogue["sandbox"]["crashes"], 0, "{rogue}");
+    assert!(rogue["sandbox"]["workers_started"].as_u64().unwrap() >= 3, "{rogue}");
+}
