@@ -123,6 +123,9 @@ fn unprivileged(root: bool) -> Layer {
         rustix::thread::set_thread_uid(rustix::process::Uid::from_raw(NOBODY)).map_err(|e| format!("setuid: {e}"))?;
         // Changing uid makes /proc/self root-owned; the library is opened through /proc/self/fd.
         rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::Dumpable).map_err(|e| format!("PR_SET_DUMPABLE: {e}"))?;
+        // Changing uid also clears the death signal: ask again to die with the host.
+        rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+            .map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
         Ok(format!("runs as uid and gid {NOBODY} (nobody), with no supplementary groups"))
     })();
     layer("unprivileged_uid", result)

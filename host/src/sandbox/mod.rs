@@ -140,6 +140,34 @@ pub struct Sandbox {
     cgroups: Result<cgroup::MemoryCgroups, String>,
     /// Workers told goodbye, and when: reaped once they exit, killed after [`GOODBYE_GRACE`].
     retiring: Mutex<Vec<(Worker, Instant)>>,
+    spawner: Spawner,
+}
+
+/// Starts worker processes from one long-lived thread. A worker asks to die with its parent, and
+/// Linux sends that signal when the *thread* that forked it ends: a blocking-pool thread retired
+/// after idling would take its workers with it.
+struct Spawner {
+    requests: Mutex<std::sync::mpsc::Sender<(Command, std::sync::mpsc::Sender<std::io::Result<Child>>)>>,
+}
+
+impl Spawner {
+    fn start() -> std::io::Result<Spawner> {
+        let (tx, rx) = std::sync::mpsc::channel::<(Command, std::sync::mpsc::Sender<std::io::Result<Child>>)>();
+        thread::Builder::new().name("sandbox-spawner".into()).spawn(move || {
+            for (mut command, reply) in rx {
+                let _ = reply.send(command.spawn());
+            }
+        })?;
+        Ok(Spawner { requests: Mutex::new(tx) })
+    }
+
+    fn spawn(&self, command: Command) -> std::io::Result<Child> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        lock(&self.requests)
+            .send((command, tx))
+            .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
+        rx.recv().map_err(|_| std::io::Error::other("the spawner thread is gone"))?
+    }
 }
 
 impl Sandbox {
@@ -173,6 +201,7 @@ impl Sandbox {
             sequence: AtomicU64::new(0),
             cgroups: cgroup::MemoryCgroups::detect(),
             retiring: Mutex::new(Vec::new()),
+            spawner: Spawner::start()?,
         });
         let weak = Arc::downgrade(&sandbox);
         thread::Builder::new().name("sandbox-pools".into()).spawn(move || maintain(weak))?;
@@ -677,18 +706,18 @@ impl Worker {
         let id = sandbox.sequence.fetch_add(1, Ordering::Relaxed);
         let dir = sandbox.run_dir.join(format!("w{id}"));
         fs::create_dir_all(&dir).map_err(|e| format!("cannot create its working folder {}: {e}", dir.display()))?;
-        let mut child = Command::new(&sandbox.program)
+        let mut command = Command::new(&sandbox.program);
+        command
             .arg("worker")
             .env_clear()
             .current_dir(&dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| {
-                let _ = fs::remove_dir(&dir);
-                format!("cannot start {} worker: {e}", sandbox.program.display())
-            })?;
+            .stderr(Stdio::piped());
+        let mut child = sandbox.spawner.spawn(command).map_err(|e| {
+            let _ = fs::remove_dir(&dir);
+            format!("cannot start {} worker: {e}", sandbox.program.display())
+        })?;
         let pid = child.id();
         // Into its memory cgroup before it is told what to load.
         let (cgroup, cgroup_layer) = match &sandbox.cgroups {

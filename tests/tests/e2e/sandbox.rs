@@ -14,6 +14,8 @@ use std::{
     time::Duration,
 };
 
+use std::process::Command;
+
 use serde_json::{json, Value};
 
 use crate::support::{code_at, now, plugin_file, wait_for, write_by_rename, App, Reply, Setup};
@@ -518,4 +520,52 @@ fn workers_are_retired_after_their_call_budget_and_leave_by_themselves() {
         .clone();
     assert_eq!(rogue["sandbox"]["crashes"], 0, "{rogue}");
     assert!(rogue["sandbox"]["workers_started"].as_u64().unwrap() >= 3, "{rogue}");
+}
+
+/// Whether a process is gone (or a zombie nobody reaped yet).
+fn gone(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
+#[test]
+fn workers_outlive_idle_pool_threads_and_die_with_the_host() {
+    // Every call on the blocking pool, whose idle threads end after 10 s.
+    let app = server(&[("INLINE_CALL_MAX_US", "0"), ("SANDBOX_MAX_CONCURRENCY", "8")]);
+    let tenant = Tenant::add(&app, "patient");
+    tenant.install(
+        &app,
+        "librogue.so",
+        &std::fs::read(plugin_file("rogue")).unwrap(),
+        "/rest/services/rogue/hello/",
+    );
+    let burst = |path: &str| {
+        thread::scope(|scope| {
+            let calls: Vec<_> = (0..4).map(|_| scope.spawn(|| tenant.get(&app, path))).collect();
+            calls.into_iter().map(|c| c.join().unwrap()).collect::<Vec<Reply>>()
+        })
+    };
+    for reply in burst("/rest/services/rogue/sleep/?ms=300") {
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    thread::sleep(Duration::from_secs(12));
+    for reply in burst("/rest/services/rogue/sleep/?ms=300") {
+        assert_eq!(
+            reply.status,
+            200,
+            "a worker died with the pool thread that started it: {}",
+            reply.text()
+        );
+    }
+    let workers: Vec<u64> = burst("/rest/services/rogue/hello/")
+        .iter()
+        .map(|r| r.json()["pid"].as_u64().unwrap())
+        .collect();
+    // The server process dies hard: its workers go with it.
+    let server = app.worker_pid();
+    let _ = Command::new("kill").args(["-KILL", &server.to_string()]).status();
+    let all_gone = wait_for(Duration::from_secs(10), || workers.iter().all(|pid| gone(*pid)));
+    assert!(all_gone.is_some(), "sandbox workers outlived their server: {workers:?}");
 }
