@@ -91,6 +91,65 @@ pub enum TenantCommand {
     },
 }
 
+/// `plughost publish FILE [--name NAME] [--tenant UUID]`.
+pub fn publish(config: &Config, file: &std::path::Path, name: Option<&str>, tenant: Option<&str>) -> anyhow::Result<ExitCode> {
+    let bytes = std::fs::read(file).map_err(|err| anyhow::anyhow!("cannot read {}: {err}", file.display()))?;
+    let name = match name {
+        Some(name) => name.to_owned(),
+        None => {
+            let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            stem.strip_prefix("lib").unwrap_or(&stem).to_owned()
+        }
+    };
+    runtime()?.block_on(async {
+        let tenancy = open(config).await?;
+        let program = std::env::current_exe()?;
+        let limits = crate::sandbox::Limits {
+            call_timeout: config.call_timeout,
+            memory_bytes: config.sandbox.memory_bytes,
+            max_concurrency: 1,
+            max_response_bytes: config.max_response_bytes,
+        };
+        let sandbox = crate::sandbox::Sandbox::start(program, &config.data_dir, config.sandbox.clone(), limits)?;
+        let tenants = tenancy.store.list("tenant").await?;
+        sandbox.set_tenants(
+            tenants
+                .into_iter()
+                .map(|r| {
+                    let info = crate::sandbox::TenantInfo {
+                        active: r.is_active(),
+                        limits: r.limits.clone(),
+                    };
+                    (r.uuid, info)
+                })
+                .collect(),
+        );
+        let uploader = format!("cli:{}", config.admin_uuid);
+        let plugin = crate::publish::publish(
+            tenancy.store.as_ref(),
+            &sandbox,
+            tenant,
+            &name,
+            bytes,
+            &uploader,
+            config.publish_max_bytes,
+        )
+        .await?;
+        println!("{}", serde_json::to_string_pretty(&plugin.view())?);
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `plughost unpublish NAME [--tenant UUID]`.
+pub fn unpublish(config: &Config, name: &str, tenant: Option<&str>) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        let tenancy = open(config).await?;
+        crate::publish::unpublish(tenancy.store.as_ref(), tenant, name).await?;
+        println!("unpublished {}", crate::tenancy::PublishedPlugin::key_of(tenant, name));
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
 /// `plughost keygen`: a fresh SECRET_KEY, or with `--env` a whole admin identity for `.env`.
 pub fn keygen(env: bool) -> ExitCode {
     if env {

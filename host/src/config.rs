@@ -77,6 +77,16 @@ pub const KNOWN_VARS: &[(&str, &str, &str)] = &[
         "a module whose workers crash this often within the window is quarantined",
     ),
     ("SANDBOX_QUARANTINE_WINDOW_SECS", "60", "the window of SANDBOX_QUARANTINE_CRASHES"),
+    (
+        "PUBLISH_MAX_BYTES",
+        "67108864",
+        "largest plugin accepted by PUT /rest/admin/plugins/<name> (413 beyond)",
+    ),
+    (
+        "PUBLISH_SYNC_MS",
+        "2000",
+        "how often plugins published through the store are synced into PLUGINS_DIR (0: never)",
+    ),
     ("ADMIN_UUID", "", "the admin's UUID (required)"),
     ("ADMIN_TOTP_SECRET", "", "the admin's TOTP secret, base32 (required)"),
     (
@@ -178,6 +188,10 @@ pub struct Config {
     pub admin_isolation: bool,
     /// `SANDBOX_*`.
     pub sandbox: crate::sandbox::Settings,
+    /// Largest plugin accepted for publishing.
+    pub publish_max_bytes: usize,
+    /// How often published plugins are synced into the plugins folder; `None`: never.
+    pub publish_sync: Option<Duration>,
 }
 
 /// Every problem found in the configuration, one per line.
@@ -490,6 +504,15 @@ impl Config {
             quarantine_crashes: number("SANDBOX_QUARANTINE_CRASHES", "5", 1, 1_000_000) as u32,
             quarantine_window: Duration::from_secs(number("SANDBOX_QUARANTINE_WINDOW_SECS", "60", 1, 86_400)),
         };
+        let publish_max_bytes = parse_number(
+            &mut errors,
+            "PUBLISH_MAX_BYTES",
+            &var("PUBLISH_MAX_BYTES", "67108864"),
+            1024,
+            512 << 20,
+        ) as usize;
+        let sync_ms = parse_number(&mut errors, "PUBLISH_SYNC_MS", &var("PUBLISH_SYNC_MS", "2000"), 0, 3_600_000);
+        let publish_sync = (sync_ms > 0).then(|| Duration::from_millis(sync_ms.max(100)));
         let stage = Some(var("PLUGHOST_STAGE", "")).filter(|s| !s.is_empty());
         let log_filter = var("RUST_LOG", "info");
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&log_filter) {
@@ -528,6 +551,8 @@ impl Config {
                 metrics_bind,
                 admin_isolation,
                 sandbox,
+                publish_max_bytes,
+                publish_sync,
             })
         } else {
             Err(ConfigErrors(errors))

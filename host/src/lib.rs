@@ -23,6 +23,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod params;
 pub mod plugins;
+pub mod publish;
 pub mod registry;
 pub mod reload;
 pub mod sandbox;

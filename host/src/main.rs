@@ -98,6 +98,36 @@ Exit code 1, with the reason on one line, when the file would be refused by a se
         #[arg(long, value_name = "PATH")]
         env_file: Option<PathBuf>,
     },
+    /// Publish a plugin through the store: every replica syncs it into its plugins folder and
+    /// serves it within PUBLISH_SYNC_MS. It is checked (ELF, ABI, manifest, in a sandbox worker)
+    /// before anything is stored.
+    #[command(after_help = "Examples:
+  plughost publish target/release/liborders.so
+  plughost publish liborders.so --name orders --tenant 5dc1bb6a-721b-40f8-8fbc-da6304ba3977")]
+    Publish {
+        /// The plugin file.
+        file: PathBuf,
+        /// The name it is published under (default: the file name without `lib` and `.so`).
+        #[arg(long)]
+        name: Option<String>,
+        /// Publish into this tenant's namespace (its modules run sandboxed).
+        #[arg(long, value_name = "UUID")]
+        tenant: Option<String>,
+        /// Env file to read for the store settings (default: ./.env when present).
+        #[arg(long, value_name = "PATH")]
+        env_file: Option<PathBuf>,
+    },
+    /// Remove a published plugin; every replica removes the file it synced.
+    Unpublish {
+        /// The name it was published under.
+        name: String,
+        /// The tenant's namespace it is in (default: the admin's).
+        #[arg(long, value_name = "UUID")]
+        tenant: Option<String>,
+        /// Env file to read for the store settings (default: ./.env when present).
+        #[arg(long, value_name = "PATH")]
+        env_file: Option<PathBuf>,
+    },
     /// Create a plugin crate that builds and passes `plughost check` at once.
     ///
     /// Example: `plughost new orders && cd orders && cargo build --release`
@@ -163,6 +193,17 @@ fn main() -> ExitCode {
         }
         Some(Command::Tenant { env_file, command }) => with_config(env_file, |config| plughost::cli::tenant(config, command)),
         Some(Command::Totp { uuid, env_file }) => with_config(env_file, |config| plughost::cli::current_code(config, &uuid)),
+        Some(Command::Publish {
+            file,
+            name,
+            tenant,
+            env_file,
+        }) => with_config(env_file, |config| {
+            plughost::cli::publish(config, &file, name.as_deref(), tenant.as_deref())
+        }),
+        Some(Command::Unpublish { name, tenant, env_file }) => {
+            with_config(env_file, |config| plughost::cli::unpublish(config, &name, tenant.as_deref()))
+        }
         Some(Command::Serve(args)) => serve(args),
         None => serve(cli.serve),
     };

@@ -129,6 +129,9 @@ impl App {
                 );
             }),
         };
+        if let Some(every) = config.publish_sync {
+            crate::publish::spawn_sync(tenancy.store.clone(), config.plugins_dir.clone(), &config.data_dir, every);
+        }
         reload::spawn(plugins.clone(), settings, on_budget)
             .with_context(|| format!("cannot watch PLUGINS_DIR {}", config.plugins_dir.display()))?;
         let listener = match listener {

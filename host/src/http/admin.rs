@@ -38,6 +38,10 @@ async fn route(state: &AppState, tail: &str, method: &Method, segments: &[&str],
     let ok = |value: Value| Ok(json_response(StatusCode::OK, &value));
     match (method, segments) {
         (&Method::GET, ["plugins"]) => ok(builtins::admin_plugins(state)),
+        (&Method::GET, ["published"]) => {
+            let plugins: Vec<Value> = tenancy.store.published().await.map_err(store_error)?.iter().map(|p| p.view()).collect();
+            ok(json!({ "plugins": plugins }))
+        }
         (&Method::POST, ["plugins", module, "release"]) => {
             let registry = state.plugins.registry();
             let found = registry.module(module).ok_or_else(|| {
@@ -79,7 +83,7 @@ async fn route(state: &AppState, tail: &str, method: &Method, segments: &[&str],
             ok(json!(tenancy.set_limits(uuid, limits, actor).await.map_err(tenant_error)?))
         }
         (&Method::POST, ["tenants", uuid, "rotate-totp"]) => ok(json!(tenancy.rotate(uuid, actor).await.map_err(tenant_error)?)),
-        (_, ["plugins"] | ["audit"]) => Err(ApiError::method_not_allowed(method, &format!("/rest/admin/{tail}"), "GET, HEAD".to_owned())),
+        (_, ["plugins"] | ["audit"] | ["published"]) => Err(ApiError::method_not_allowed(method, &format!("/rest/admin/{tail}"), "GET, HEAD".to_owned())),
         (_, ["tenants"]) => Err(ApiError::method_not_allowed(method, "/rest/admin/tenants", "GET, HEAD, POST".to_owned())),
         (_, ["tenants", _]) => Err(ApiError::method_not_allowed(method, &format!("/rest/admin/{tail}"), "GET, HEAD, DELETE".to_owned())),
         (_, ["plugins", _, "release"]) => Err(ApiError::method_not_allowed(method, &format!("/rest/admin/{tail}"), "POST".to_owned())),
@@ -90,7 +94,7 @@ async fn route(state: &AppState, tail: &str, method: &Method, segments: &[&str],
         _ => Err(ApiError::not_found(
             "ROUTE_NOT_FOUND",
             format!(
-                "no admin route {method} /rest/admin/{tail}: use GET plugins, POST plugins/<module>/release, GET audit, GET|POST tenants, GET|DELETE tenants/<uuid>, POST tenants/<uuid>/disable|enable|rotate-totp, PUT tenants/<uuid>/limits"
+                "no admin route {method} /rest/admin/{tail}: use GET plugins, PUT|DELETE plugins/<name>, POST plugins/<module>/release, GET published, GET audit, GET|POST tenants, GET|DELETE tenants/<uuid>, POST tenants/<uuid>/disable|enable|rotate-totp, PUT tenants/<uuid>/limits"
             ),
         )),
     }

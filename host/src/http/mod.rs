@@ -8,6 +8,7 @@ mod dir;
 pub mod error;
 mod openapi;
 mod path;
+mod publish;
 pub mod services;
 
 use std::{convert::Infallible, sync::Arc};
@@ -81,7 +82,7 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
                     return error::ApiError::method_not_allowed(&method, "/rest/auth/token", "POST".to_owned()).into_response();
                 }
                 let result = async {
-                    let body = services::read_body(&headers, body, 64 * 1024).await?;
+                    let body = services::read_body(&headers, body, 64 * 1024, "64 KiB for this route").await?;
                     auth::token(&state, &body).await
                 };
                 result.await.unwrap_or_else(error::ApiError::into_response)
@@ -96,15 +97,43 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .and(with(&state))
         .then(
             |tail: warp::path::Tail, method: http::Method, headers: http::HeaderMap, body, state: Arc<AppState>| async move {
+                // Publishing takes large bodies: credentials first, then the body.
+                let segments = path::segments(tail.as_str()).unwrap_or_default();
+                if let Some((tenant, name)) = publish::admin_target(&method, &segments) {
+                    let result = publish::admin(&state, tenant, name, &method, &headers, body).await;
+                    return as_admin(result, "/rest/admin/…");
+                }
                 let result = async {
                     let body = if method == http::Method::POST || method == http::Method::PUT {
-                        services::read_body(&headers, body, 64 * 1024).await?
+                        services::read_body(&headers, body, 64 * 1024, "64 KiB for this route").await?
                     } else {
                         bytes::Bytes::new()
                     };
                     admin::handle(&state, tail.as_str(), &method, &headers, body).await
                 };
                 as_admin(result.await, "/rest/admin/…")
+            },
+        );
+    let tenant = warp::path("rest")
+        .and(warp::path("tenant"))
+        .and(warp::path::tail())
+        .and(warp::method())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .and(with(&state))
+        .then(
+            |tail: warp::path::Tail, method: http::Method, headers: http::HeaderMap, body, state: Arc<AppState>| async move {
+                match publish::tenant(&state, tail.as_str(), &method, &headers, body).await {
+                    Ok(mut response) => {
+                        response.extensions_mut().insert(RouteInfo {
+                            route: "/rest/tenant/…",
+                            endpoint: None,
+                            caller: "tenant",
+                        });
+                        response
+                    }
+                    Err(err) => err.into_response(),
+                }
             },
         );
     ping.or(version)
@@ -118,6 +147,8 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .or(token)
         .unify()
         .or(admin)
+        .unify()
+        .or(tenant)
         .unify()
         .recover(error::recover)
         .unify()

@@ -164,7 +164,7 @@ where
 
     let has_body = method != Method::GET && method != Method::HEAD;
     let body = if has_body {
-        read_body(headers, body, state.config.max_body_bytes).await?
+        read_body(headers, body, state.config.max_body_bytes, "MAX_BODY_BYTES").await?
     } else {
         Bytes::new()
     };
@@ -201,8 +201,9 @@ where
 }
 
 /// Reads the body up to `limit` bytes: 413 as soon as `Content-Length` or the bytes received
-/// pass it. Works for chunked bodies and for requests without `Content-Length`.
-pub(super) async fn read_body<S, B, E>(headers: &HeaderMap, body: S, limit: usize) -> Result<Bytes, ApiError>
+/// pass it. Works for chunked bodies and for requests without `Content-Length`. `setting` names
+/// the limit in the error.
+pub(super) async fn read_body<S, B, E>(headers: &HeaderMap, body: S, limit: usize, setting: &str) -> Result<Bytes, ApiError>
 where
     S: Stream<Item = Result<B, E>>,
     B: Buf,
@@ -212,7 +213,7 @@ where
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "PAYLOAD_TOO_LARGE",
-            format!("the request body is larger than {limit} bytes (MAX_BODY_BYTES)"),
+            format!("the request body is larger than {limit} bytes ({setting})"),
         )
     };
     let declared = header_text(headers, header::CONTENT_LENGTH.as_str()).parse::<u64>().ok();

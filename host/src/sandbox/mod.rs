@@ -253,6 +253,19 @@ impl Sandbox {
         layers
     }
 
+    /// Reads the manifest of the library `bytes` in a worker, without loading it in this process;
+    /// for checking a plugin before it is published.
+    pub fn inspect(&self, bytes: &[u8]) -> Result<ModuleSpec, String> {
+        let seq = self.sequence.fetch_add(1, Ordering::Relaxed);
+        let library = self.lib_dir.join(format!("inspect-{seq}.so"));
+        write_private(&library, bytes).map_err(|e| format!("cannot write {}: {e}", library.display()))?;
+        let spawned = Worker::spawn(self, Some(&library), &self.default_limits, None, "inspect");
+        let _ = fs::remove_file(&library);
+        let (_, _, manifest) = spawned?;
+        let manifest = manifest.ok_or_else(|| "the worker sent no manifest".to_owned())?;
+        ModuleSpec::from_abi(&manifest).map_err(|why| format!("its manifest is invalid: {why}"))
+    }
+
     /// The layers the last probe reported.
     pub fn layers(&self) -> Option<Vec<Layer>> {
         lock(&self.probe).clone()

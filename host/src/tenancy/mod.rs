@@ -9,4 +9,4 @@ pub mod store;
 pub mod tenants;
 pub mod totp;
 
-pub use store::{AuditEntry, PrincipalRecord, Store, StoreError};
+pub use store::{AuditEntry, PrincipalRecord, PublishedPlugin, Store, StoreError};

@@ -1,5 +1,6 @@
 //! The MongoDB store (official `mongodb` driver). Collections: `admins`, `tenants`, `used_codes`
-//! (unique on uuid+step, TTL on `expires_at`), `audit`. Tokens are stateless (signed), so none are
+//! (unique on uuid+step, TTL on `expires_at`), `audit`, `plugins` and `plugin_chunks` (published
+//! plugins: records, and their bytes in 4 MiB pieces keyed by sha256). Tokens are stateless (signed), so none are
 //! stored. Indexes are created at start-up. Kept to plain
 //! inserts, finds, replaces and deletes, so that it runs on a real mongod and on wire-compatible
 //! servers alike.
@@ -16,7 +17,7 @@ use mongodb::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::store::{AuditEntry, PrincipalRecord, Store, StoreError};
+use super::store::{AuditEntry, PrincipalRecord, PublishedPlugin, Store, StoreError};
 
 pub struct MongoStore {
     client: Client,
@@ -24,7 +25,21 @@ pub struct MongoStore {
     tenants: Collection<PrincipalRecord>,
     codes: Collection<UsedCode>,
     audit: Collection<AuditEntry>,
+    plugins: Collection<PublishedPlugin>,
+    chunks: Collection<Chunk>,
 }
+
+/// A piece of a published plugin's bytes (documents are limited to 16 MiB).
+#[derive(Debug, Serialize, Deserialize)]
+struct Chunk {
+    #[serde(rename = "_id")]
+    id: String,
+    sha256: String,
+    n: i64,
+    data: mongodb::bson::Binary,
+}
+
+const CHUNK_BYTES: usize = 4 << 20;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct UsedCode {
@@ -62,6 +77,8 @@ impl MongoStore {
             tenants: db.collection("tenants"),
             codes: db.collection("used_codes"),
             audit: db.collection("audit"),
+            plugins: db.collection("plugins"),
+            chunks: db.collection("plugin_chunks"),
             client,
         };
         if let Err(err) = store.create_indexes().await {
@@ -208,5 +225,100 @@ impl Store for MongoStore {
             .await
             .map_err(unavailable)?;
         cursor.try_collect().await.map_err(unavailable)
+    }
+
+    async fn publish(&self, plugin: &PublishedPlugin, bytes: &[u8]) -> Result<(), StoreError> {
+        let pieces = bytes.chunks(CHUNK_BYTES).count() as u64;
+        let stored = self
+            .chunks
+            .count_documents(doc! {"sha256": &plugin.sha256})
+            .await
+            .map_err(unavailable)?;
+        if stored != pieces {
+            self.chunks
+                .delete_many(doc! {"sha256": &plugin.sha256})
+                .await
+                .map_err(unavailable)?;
+            for (n, piece) in bytes.chunks(CHUNK_BYTES).enumerate() {
+                let chunk = Chunk {
+                    id: format!("{}:{n}", plugin.sha256),
+                    sha256: plugin.sha256.clone(),
+                    n: n as i64,
+                    data: mongodb::bson::Binary {
+                        subtype: mongodb::bson::spec::BinarySubtype::Generic,
+                        bytes: piece.to_vec(),
+                    },
+                };
+                self.chunks.insert_one(&chunk).await.map_err(unavailable)?;
+            }
+        }
+        let previous = self.plugins.find_one(doc! {"_id": &plugin.key}).await.map_err(unavailable)?;
+        let replaced = self
+            .plugins
+            .replace_one(doc! {"_id": &plugin.key}, plugin)
+            .await
+            .map_err(unavailable)?;
+        if replaced.matched_count == 0 {
+            match self.plugins.insert_one(plugin).await {
+                Ok(_) => {}
+                Err(err) if is_duplicate(&err) => {
+                    self.plugins
+                        .replace_one(doc! {"_id": &plugin.key}, plugin)
+                        .await
+                        .map_err(unavailable)?;
+                }
+                Err(err) => return Err(unavailable(err)),
+            }
+        }
+        if let Some(previous) = previous.filter(|p| p.sha256 != plugin.sha256) {
+            self.drop_unreferenced(&previous.sha256).await?;
+        }
+        Ok(())
+    }
+
+    async fn published(&self) -> Result<Vec<PublishedPlugin>, StoreError> {
+        let cursor = self.plugins.find(doc! {}).sort(doc! {"_id": 1}).await.map_err(unavailable)?;
+        cursor.try_collect().await.map_err(unavailable)
+    }
+
+    async fn plugin_bytes(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let cursor = self
+            .chunks
+            .find(doc! {"sha256": sha256})
+            .sort(doc! {"n": 1})
+            .await
+            .map_err(unavailable)?;
+        let chunks: Vec<Chunk> = cursor.try_collect().await.map_err(unavailable)?;
+        if chunks.is_empty() {
+            return Ok(None);
+        }
+        let bytes: Vec<u8> = chunks.into_iter().flat_map(|c| c.data.bytes).collect();
+        use sha2::Digest;
+        if hex::encode(sha2::Sha256::digest(&bytes)) != sha256 {
+            return Err(StoreError::Corrupt(format!(
+                "the stored bytes of plugin {sha256} do not match their sha256"
+            )));
+        }
+        Ok(Some(bytes))
+    }
+
+    async fn unpublish(&self, key: &str) -> Result<bool, StoreError> {
+        let Some(previous) = self.plugins.find_one(doc! {"_id": key}).await.map_err(unavailable)? else {
+            return Ok(false);
+        };
+        let removed = self.plugins.delete_one(doc! {"_id": key}).await.map_err(unavailable)?;
+        self.drop_unreferenced(&previous.sha256).await?;
+        Ok(removed.deleted_count > 0)
+    }
+}
+
+impl MongoStore {
+    /// Removes the bytes of `sha256` when no published plugin refers to them any more.
+    async fn drop_unreferenced(&self, sha256: &str) -> Result<(), StoreError> {
+        let users = self.plugins.count_documents(doc! {"sha256": sha256}).await.map_err(unavailable)?;
+        if users == 0 {
+            self.chunks.delete_many(doc! {"sha256": sha256}).await.map_err(unavailable)?;
+        }
+        Ok(())
     }
 }

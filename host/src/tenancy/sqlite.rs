@@ -9,7 +9,7 @@ use std::{
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::store::{AuditEntry, PrincipalRecord, Store, StoreError};
+use super::store::{AuditEntry, PrincipalRecord, PublishedPlugin, Store, StoreError};
 
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
@@ -33,7 +33,9 @@ impl SqliteStore {
              CREATE TABLE IF NOT EXISTS principals (uuid TEXT PRIMARY KEY, kind TEXT NOT NULL, doc TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS used_codes (uuid TEXT NOT NULL, step INTEGER NOT NULL, expires_at INTEGER NOT NULL, PRIMARY KEY (uuid, step));
              CREATE INDEX IF NOT EXISTS used_codes_expiry ON used_codes (expires_at);
-             CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY AUTOINCREMENT, doc TEXT NOT NULL);",
+             CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY AUTOINCREMENT, doc TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS plugin_blobs (sha256 TEXT PRIMARY KEY, bytes BLOB NOT NULL);
+             CREATE TABLE IF NOT EXISTS published (key TEXT PRIMARY KEY, sha256 TEXT NOT NULL, doc TEXT NOT NULL);",
         )
         .map_err(unavailable)?;
         Ok(SqliteStore {
@@ -190,6 +192,66 @@ impl Store for SqliteStore {
             let docs = stmt.query_map([limit as i64], |row| row.get::<_, String>(0)).map_err(unavailable)?;
             docs.map(|doc| serde_json::from_str(&doc.map_err(unavailable)?).map_err(|e| StoreError::Corrupt(e.to_string())))
                 .collect()
+        })
+        .await
+    }
+
+    async fn publish(&self, plugin: &PublishedPlugin, bytes: &[u8]) -> Result<(), StoreError> {
+        let doc = encode(plugin)?;
+        let (key, sha, bytes) = (plugin.key.clone(), plugin.sha256.clone(), bytes.to_vec());
+        self.with(move |conn| {
+            conn.execute(
+                "INSERT OR IGNORE INTO plugin_blobs (sha256, bytes) VALUES (?1, ?2)",
+                params![sha, bytes],
+            )
+            .map_err(unavailable)?;
+            conn.execute(
+                "INSERT INTO published (key, sha256, doc) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(key) DO UPDATE SET sha256 = excluded.sha256, doc = excluded.doc",
+                params![key, sha, doc],
+            )
+            .map_err(unavailable)?;
+            conn.execute("DELETE FROM plugin_blobs WHERE sha256 NOT IN (SELECT sha256 FROM published)", [])
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn published(&self) -> Result<Vec<PublishedPlugin>, StoreError> {
+        self.with(|conn| {
+            let mut statement = conn.prepare("SELECT doc FROM published ORDER BY key").map_err(unavailable)?;
+            let docs = statement
+                .query_map([], |row| row.get::<_, String>(0))
+                .map_err(unavailable)?
+                .collect::<Result<Vec<String>, _>>()
+                .map_err(unavailable)?;
+            docs.into_iter()
+                .map(|doc| serde_json::from_str(&doc).map_err(|err| StoreError::Corrupt(err.to_string())))
+                .collect()
+        })
+        .await
+    }
+
+    async fn plugin_bytes(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let sha = sha256.to_owned();
+        self.with(move |conn| {
+            conn.query_row("SELECT bytes FROM plugin_blobs WHERE sha256 = ?1", params![sha], |row| row.get(0))
+                .optional()
+                .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn unpublish(&self, key: &str) -> Result<bool, StoreError> {
+        let key = key.to_owned();
+        self.with(move |conn| {
+            let removed = conn
+                .execute("DELETE FROM published WHERE key = ?1", params![key])
+                .map_err(unavailable)?;
+            conn.execute("DELETE FROM plugin_blobs WHERE sha256 NOT IN (SELECT sha256 FROM published)", [])
+                .map_err(unavailable)?;
+            Ok(removed > 0)
         })
         .await
     }

@@ -29,6 +29,46 @@ impl PrincipalRecord {
     }
 }
 
+/// A plugin version published through the store, without its bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PublishedPlugin {
+    /// `admin/<name>` or `<tenant-uuid>/<name>`.
+    #[serde(rename = "_id")]
+    pub key: String,
+    /// The file name without `.so`.
+    pub name: String,
+    /// The tenant whose namespace holds it; `None` for the admin's.
+    pub tenant: Option<String>,
+    pub module: String,
+    pub version: String,
+    pub sha256: String,
+    pub size: i64,
+    pub uploader: String,
+    pub published_at: i64,
+}
+
+impl PublishedPlugin {
+    /// The key of `name` in `tenant`'s namespace (or the admin's).
+    pub fn key_of(tenant: Option<&str>, name: &str) -> String {
+        format!("{}/{name}", tenant.unwrap_or("admin"))
+    }
+
+    /// The record as the REST API shows it (`key`, not the store's `_id`).
+    pub fn view(&self) -> serde_json::Value {
+        serde_json::json!({
+            "key": self.key,
+            "name": self.name,
+            "tenant": self.tenant,
+            "module": self.module,
+            "version": self.version,
+            "sha256": self.sha256,
+            "size_bytes": self.size,
+            "uploader": self.uploader,
+            "published_at": crate::plugins::timestamp(std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.published_at.max(0) as u64)),
+        })
+    }
+}
+
 /// One admin action, kept for the record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEntry {
@@ -73,6 +113,15 @@ pub trait Store: Send + Sync {
     async fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
     /// The most recent entries, newest first.
     async fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Stores a plugin version (replacing the one under the same key): bytes first, then the
+    /// record, so that a replica never sees a record whose bytes are missing.
+    async fn publish(&self, plugin: &PublishedPlugin, bytes: &[u8]) -> Result<(), StoreError>;
+    /// Every published plugin, without bytes: cheap enough to poll.
+    async fn published(&self) -> Result<Vec<PublishedPlugin>, StoreError>;
+    /// The bytes of a published version, if they are still there.
+    async fn plugin_bytes(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Removes a published plugin; `false` if there was none.
+    async fn unpublish(&self, key: &str) -> Result<bool, StoreError>;
 }
 
 /// Wraps a store and records how long each operation takes in the metrics.
@@ -125,5 +174,17 @@ impl<S: Store> Store for Timed<S> {
     }
     async fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
         self.time("audit_log", self.0.audit_log(limit)).await
+    }
+    async fn publish(&self, plugin: &PublishedPlugin, bytes: &[u8]) -> Result<(), StoreError> {
+        self.time("publish", self.0.publish(plugin, bytes)).await
+    }
+    async fn published(&self) -> Result<Vec<PublishedPlugin>, StoreError> {
+        self.time("published", self.0.published()).await
+    }
+    async fn plugin_bytes(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.time("plugin_bytes", self.0.plugin_bytes(sha256)).await
+    }
+    async fn unpublish(&self, key: &str) -> Result<bool, StoreError> {
+        self.time("unpublish", self.0.unpublish(key)).await
     }
 }

@@ -12,6 +12,7 @@ mod mongo_auth;
 mod mongo_server;
 mod operator;
 mod plugins;
+mod publish;
 mod readme;
 mod reload;
 mod routing;
