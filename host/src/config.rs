@@ -46,6 +46,11 @@ pub const KNOWN_VARS: &[(&str, &str, &str)] = &[
         "how often the plugins folder is rescanned for missed changes",
     ),
     (
+        "WATCH_MODE",
+        "inotify",
+        "inotify: react to file events at once; poll: rescan every RESCAN_INTERVAL_MS only (network file systems)",
+    ),
+    (
         "RELOAD_LEAK_BUDGET_MB",
         "256",
         "recycle the process when unloadable old plugin images exceed this (0: never)",
@@ -188,6 +193,8 @@ pub struct Config {
     pub admin_isolation: bool,
     /// `SANDBOX_*`.
     pub sandbox: crate::sandbox::Settings,
+    /// `WATCH_MODE=poll`: rescans only, no inotify.
+    pub watch_poll: bool,
     /// Largest plugin accepted for publishing.
     pub publish_max_bytes: usize,
     /// How often published plugins are synced into the plugins folder; `None`: never.
@@ -504,6 +511,14 @@ impl Config {
             quarantine_crashes: number("SANDBOX_QUARANTINE_CRASHES", "5", 1, 1_000_000) as u32,
             quarantine_window: Duration::from_secs(number("SANDBOX_QUARANTINE_WINDOW_SECS", "60", 1, 86_400)),
         };
+        let watch_poll = match var("WATCH_MODE", "inotify").to_ascii_lowercase().as_str() {
+            "inotify" | "events" => false,
+            "poll" => true,
+            other => {
+                errors.push(format!("WATCH_MODE={other} is not a watch mode: use inotify or poll"));
+                false
+            }
+        };
         let publish_max_bytes = parse_number(
             &mut errors,
             "PUBLISH_MAX_BYTES",
@@ -551,6 +566,7 @@ impl Config {
                 metrics_bind,
                 admin_isolation,
                 sandbox,
+                watch_poll,
                 publish_max_bytes,
                 publish_sync,
             })

@@ -6,6 +6,8 @@
 //! plain writes settle after `RELOAD_DEBOUNCE_MS` of quiet. A file read while still being written
 //! fails the ELF completeness check and is retried on its next event. A periodic rescan catches
 //! missed events (an overflowing inotify queue) and a folder that was deleted and recreated.
+//! `WATCH_MODE=poll` (network file systems, where other machines' changes raise no events) uses
+//! that rescan alone.
 
 use std::{
     collections::HashMap,
@@ -31,6 +33,9 @@ pub struct ReloadSettings {
     pub rescan_every: Duration,
     /// Leaked image bytes beyond which `on_budget` is called (once); `None` for never.
     pub leak_budget_bytes: Option<u64>,
+    /// No inotify watch: only the rescan every `rescan_every` (`WATCH_MODE=poll`, for network
+    /// file systems, where changes made by other machines raise no events).
+    pub poll_only: bool,
 }
 
 enum Signal {
@@ -43,7 +48,7 @@ enum Signal {
 pub fn spawn(plugins: Arc<Plugins>, settings: ReloadSettings, on_budget: Box<dyn Fn(u64) + Send>) -> notify::Result<()> {
     let (tx, rx) = mpsc::channel();
     let events = tx.clone();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+    let handler = move |event: notify::Result<notify::Event>| match event {
         Ok(event) => {
             if event.need_rescan() {
                 let _ = events.send(Signal::Rescan);
@@ -67,11 +72,21 @@ pub fn spawn(plugins: Arc<Plugins>, settings: ReloadSettings, on_budget: Box<dyn
             tracing::warn!("plugins folder watch error ({err}); rescanning");
             let _ = events.send(Signal::Rescan);
         }
-    })?;
-    watcher.watch(&settings.dir, RecursiveMode::Recursive)?;
+    };
+    let watcher = if settings.poll_only {
+        None
+    } else {
+        let mut watcher = notify::recommended_watcher(handler)?;
+        watcher.watch(&settings.dir, RecursiveMode::Recursive)?;
+        Some(watcher)
+    };
     thread::Builder::new()
         .name("plugin-loader".to_owned())
-        .spawn(move || run(plugins, settings, watcher, rx, on_budget))
+        .spawn(move || {
+            // Holding a sender keeps the channel open when there is no watcher (poll mode).
+            let _keep_open = tx;
+            run(plugins, settings, watcher, rx, on_budget)
+        })
         .map_err(|err| notify::Error::generic(&format!("cannot start the loader thread: {err}")))?;
     Ok(())
 }
@@ -79,7 +94,7 @@ pub fn spawn(plugins: Arc<Plugins>, settings: ReloadSettings, on_budget: Box<dyn
 fn run(
     plugins: Arc<Plugins>,
     settings: ReloadSettings,
-    mut watcher: notify::RecommendedWatcher,
+    mut watcher: Option<notify::RecommendedWatcher>,
     rx: mpsc::Receiver<Signal>,
     on_budget: Box<dyn Fn(u64) + Send>,
 ) {
@@ -127,10 +142,12 @@ fn run(
             let current = identity(&dir);
             if current != folder {
                 tracing::info!(dir = %dir.display(), present = current.is_some(), "plugins folder replaced; watching it again");
-                let _ = watcher.unwatch(&dir);
-                if current.is_some() {
-                    if let Err(err) = watcher.watch(&dir, RecursiveMode::Recursive) {
-                        tracing::warn!(dir = %dir.display(), "cannot watch the plugins folder: {err}");
+                if let Some(watcher) = watcher.as_mut() {
+                    let _ = watcher.unwatch(&dir);
+                    if current.is_some() {
+                        if let Err(err) = watcher.watch(&dir, RecursiveMode::Recursive) {
+                            tracing::warn!(dir = %dir.display(), "cannot watch the plugins folder: {err}");
+                        }
                     }
                 }
                 folder = current;

@@ -120,6 +120,7 @@ impl App {
             debounce: config.reload_debounce,
             rescan_every: config.rescan_interval,
             leak_budget_bytes: config.leak_budget_bytes,
+            poll_only: config.watch_poll,
         };
         let on_budget: Box<dyn Fn(u64) + Send> = match role {
             Role::Worker => Box::new(|_| crate::supervisor::request_recycle()),

@@ -310,3 +310,26 @@ fn an_idle_loader_does_no_work() {
     std::fs::write(app.plugins_dir().join("libnew.so"), many("idle_new", 'A')).unwrap();
     wait_for(SOON, || rounds() > before).expect("a real change is applied");
 }
+
+#[test]
+fn poll_mode_sees_changes_without_file_events() {
+    let app = Setup::default().env("WATCH_MODE", "poll").env("RESCAN_INTERVAL_MS", "300").start();
+    let dir = app.plugins_dir();
+    write_by_rename(&dir, "libmany_000.so", &many("many_000", 'A'));
+    let added = wait_for(Duration::from_secs(10), || mark(&app, "many_000").as_deref() == Some("mark-A"));
+    assert!(added.is_some(), "{}", app.logs());
+    write_by_rename(&dir, "libmany_000.so", &many("many_000", 'B'));
+    let replaced = wait_for(Duration::from_secs(10), || mark(&app, "many_000").as_deref() == Some("mark-B"));
+    assert!(replaced.is_some(), "{}", app.logs());
+    std::fs::remove_file(dir.join("libmany_000.so")).unwrap();
+    assert!(wait_for(Duration::from_secs(10), || mark(&app, "many_000").is_none()).is_some());
+    // No inotify watch was set up.
+    let pid = app.worker_pid();
+    let watches = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target.to_string_lossy().contains("inotify")))
+        .count();
+    assert_eq!(watches, 0, "poll mode still watches with inotify");
+    Setup::default().env("WATCH_MODE", "sometimes").start_and_fail();
+}
