@@ -104,26 +104,9 @@ pub fn publish(config: &Config, file: &std::path::Path, name: Option<&str>, tena
     runtime()?.block_on(async {
         let tenancy = open(config).await?;
         let program = std::env::current_exe()?;
-        let limits = crate::sandbox::Limits {
-            call_timeout: config.call_timeout,
-            memory_bytes: config.sandbox.memory_bytes,
-            max_concurrency: 1,
-            max_response_bytes: config.max_response_bytes,
-        };
+        let limits = crate::sandbox::Limits::from_config(config);
         let sandbox = crate::sandbox::Sandbox::start(program, &config.data_dir, config.sandbox.clone(), limits)?;
-        let tenants = tenancy.store.list("tenant").await?;
-        sandbox.set_tenants(
-            tenants
-                .into_iter()
-                .map(|r| {
-                    let info = crate::sandbox::TenantInfo {
-                        active: r.is_active(),
-                        limits: r.limits.clone(),
-                    };
-                    (r.uuid, info)
-                })
-                .collect(),
-        );
+        sandbox.set_tenant_records(tenancy.store.list("tenant").await?);
         let uploader = format!("cli:{}", config.admin_uuid);
         let plugin = crate::publish::publish(
             tenancy.store.as_ref(),

@@ -38,12 +38,7 @@ const TENANT_REFRESH: Duration = Duration::from_secs(1);
 /// keeps the tenants up to date.
 async fn start_sandbox(config: &Config, tenancy: &Arc<crate::tenancy::tenants::Tenancy>) -> anyhow::Result<Arc<crate::sandbox::Sandbox>> {
     let program = std::env::current_exe().context("cannot find the plughost executable for sandbox workers")?;
-    let limits = crate::sandbox::Limits {
-        call_timeout: config.call_timeout,
-        memory_bytes: config.sandbox.memory_bytes,
-        max_concurrency: config.sandbox.max_concurrency,
-        max_response_bytes: config.max_response_bytes,
-    };
+    let limits = crate::sandbox::Limits::from_config(config);
     let sandbox = crate::sandbox::Sandbox::start(program, &config.data_dir, config.sandbox.clone(), limits)
         .with_context(|| format!("cannot set up the sandbox under {}", config.data_dir.join("sandbox").display()))?;
     refresh_tenants(&sandbox, tenancy, true).await;
@@ -71,18 +66,7 @@ async fn start_sandbox(config: &Config, tenancy: &Arc<crate::tenancy::tenants::T
 /// Refreshes the sandbox's view of tenants from the store.
 pub async fn refresh_tenants(sandbox: &crate::sandbox::Sandbox, tenancy: &crate::tenancy::tenants::Tenancy, first: bool) {
     match tenancy.store.list("tenant").await {
-        Ok(records) => sandbox.set_tenants(
-            records
-                .into_iter()
-                .map(|r| {
-                    let info = crate::sandbox::TenantInfo {
-                        active: r.is_active(),
-                        limits: r.limits.clone(),
-                    };
-                    (r.uuid, info)
-                })
-                .collect(),
-        ),
+        Ok(records) => sandbox.set_tenant_records(records),
         Err(err) if first => tracing::warn!("cannot list tenants ({err}); their modules load once the store answers"),
         Err(err) => tracing::debug!("cannot refresh tenants ({err}); keeping the last known"),
     }

@@ -75,6 +75,16 @@ fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error
 }
 
 impl Limits {
+    /// The defaults from `.env`.
+    pub fn from_config(config: &crate::config::Config) -> Limits {
+        Limits {
+            call_timeout: config.call_timeout,
+            memory_bytes: config.sandbox.memory_bytes,
+            max_concurrency: config.sandbox.max_concurrency,
+            max_response_bytes: config.max_response_bytes,
+        }
+    }
+
     /// The defaults, with the overrides a tenant record carries (`call_timeout_ms`, `memory_mb`,
     /// `max_concurrency`, `max_response_bytes`); an unusable override is reported and ignored.
     pub fn with_overrides(mut self, overrides: &serde_json::Value) -> (Limits, Vec<String>) {
@@ -219,6 +229,22 @@ impl Sandbox {
             }
         }
         *self.tenants.write().unwrap_or_else(|p| p.into_inner()) = tenants;
+    }
+
+    /// Replaces the tenants known to the loader with these store records.
+    pub fn set_tenant_records(&self, records: Vec<crate::tenancy::PrincipalRecord>) {
+        self.set_tenants(
+            records
+                .into_iter()
+                .map(|r| {
+                    let info = TenantInfo {
+                        active: r.is_active(),
+                        limits: r.limits,
+                    };
+                    (r.uuid, info)
+                })
+                .collect(),
+        );
     }
 
     /// A tenant by UUID, if known.

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::{
     mongo_server::MongoServer,
-    support::{code_at, now, plugin_file, wait_for, App, Reply, Setup},
+    support::{plugin_file, wait_for, App, Reply, Setup},
 };
 
 fn put(app: &App, path: &str, token: Option<&str>, bytes: Vec<u8>) -> Reply {
@@ -32,22 +32,8 @@ fn published(app: &App) -> Vec<Value> {
 
 /// A tenant and its bearer token.
 fn tenant(app: &App, name: &str) -> (String, String) {
-    let body = app.admin("POST", "/rest/admin/tenants", Some(&json!({"name": name}))).json();
-    let (uuid, secret) = (
-        body["uuid"].as_str().unwrap().to_owned(),
-        body["secret"].as_str().unwrap().to_owned(),
-    );
-    for offset in [0, 30] {
-        let reply = app.send(
-            "POST",
-            "/rest/auth/token",
-            Some(&json!({"uuid": uuid, "totp": code_at(&secret, now() + offset)})),
-        );
-        if reply.status == 200 {
-            return (uuid, reply.json()["token"].as_str().unwrap().to_owned());
-        }
-    }
-    panic!("no tenant token");
+    let tenant = crate::sandbox::Tenant::add(app, name);
+    (tenant.uuid, tenant.token)
 }
 
 fn serves(app: &App, path: &str, token: Option<&str>) -> bool {

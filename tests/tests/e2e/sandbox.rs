@@ -21,13 +21,13 @@ use serde_json::{json, Value};
 use crate::support::{code_at, now, plugin_file, wait_for, write_by_rename, App, Reply, Setup};
 
 /// A tenant of a test server, with a bearer token.
-struct Tenant {
-    uuid: String,
-    token: String,
+pub struct Tenant {
+    pub uuid: String,
+    pub token: String,
 }
 
 impl Tenant {
-    fn add(app: &App, name: &str) -> Tenant {
+    pub fn add(app: &App, name: &str) -> Tenant {
         let created = app.admin("POST", "/rest/admin/tenants", Some(&json!({"name": name})));
         assert_eq!(created.status, 201, "{}", created.text());
         let body = created.json();
