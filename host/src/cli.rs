@@ -94,6 +94,7 @@ pub enum TenantCommand {
 /// `plughost publish FILE [--name NAME] [--tenant UUID]`.
 pub fn publish(config: &Config, file: &std::path::Path, name: Option<&str>, tenant: Option<&str>) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(file).map_err(|err| anyhow::anyhow!("cannot read {}: {err}", file.display()))?;
+    let signature = crate::signing::read_signature(&crate::signing::signature_path(file))?;
     let name = match name {
         Some(name) => name.to_owned(),
         None => {
@@ -108,16 +109,18 @@ pub fn publish(config: &Config, file: &std::path::Path, name: Option<&str>, tena
         let sandbox = crate::sandbox::Sandbox::start(program, &config.data_dir, config.sandbox.clone(), limits)?;
         sandbox.set_tenant_records(tenancy.store.list("tenant").await?);
         let uploader = format!("cli:{}", config.admin_uuid);
-        let plugin = crate::publish::publish(
-            tenancy.store.as_ref(),
-            &sandbox,
+        let upload = crate::publish::Upload {
             tenant,
-            &name,
+            name: &name,
             bytes,
-            &uploader,
-            config.publish_max_bytes,
-        )
-        .await?;
+            signature,
+            uploader: &uploader,
+        };
+        let policy = crate::publish::Policy {
+            max_bytes: config.publish_max_bytes,
+            trusted_keys: config.trusted_keys.as_deref(),
+        };
+        let plugin = crate::publish::publish(tenancy.store.as_ref(), &sandbox, upload, &policy).await?;
         println!("{}", serde_json::to_string_pretty(&plugin.view())?);
         Ok(ExitCode::SUCCESS)
     })
@@ -131,6 +134,38 @@ pub fn unpublish(config: &Config, name: &str, tenant: Option<&str>) -> anyhow::R
         println!("unpublished {}", crate::tenancy::PublishedPlugin::key_of(tenant, name));
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `plughost sign FILE --key KEY.pem`: writes `FILE.sig`.
+pub fn sign(file: &std::path::Path, key: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let key = crate::signing::read_signing_key(key).map_err(anyhow::Error::msg)?;
+    let bytes = std::fs::read(file).map_err(|err| anyhow::anyhow!("cannot read {}: {err}", file.display()))?;
+    let target = crate::signing::signature_path(file);
+    std::fs::write(&target, crate::signing::sign(&key, &bytes))
+        .map_err(|err| anyhow::anyhow!("cannot write {}: {err}", target.display()))?;
+    println!(
+        "wrote {} (public key {}; it must be in PLUGIN_PUBKEYS)",
+        target.display(),
+        crate::signing::public_key_of(&key)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `plughost keygen --signing-key FILE`: a fresh ed25519 key in FILE (mode 0600, never
+/// overwritten); prints the `PLUGIN_PUBKEYS` line.
+pub fn signing_keygen(file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let (pem, public) = crate::signing::new_signing_key().map_err(anyhow::Error::msg)?;
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+        .map_err(|err| anyhow::anyhow!("cannot create {} ({err}); an existing key is never overwritten", file.display()))?;
+    out.write_all(pem.as_bytes())?;
+    eprintln!("wrote the private key to {}: keep it off the servers", file.display());
+    println!("PLUGIN_PUBKEYS={public}");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `plughost keygen`: a fresh SECRET_KEY, or with `--env` a whole admin identity for `.env`.

@@ -92,6 +92,11 @@ pub const KNOWN_VARS: &[(&str, &str, &str)] = &[
         "2000",
         "how often plugins published through the store are synced into PLUGINS_DIR (0: never)",
     ),
+    (
+        "PLUGIN_PUBKEYS",
+        "",
+        "ed25519 public keys, base64, comma-separated: only plugins signed by one of them load or publish (empty: unsigned allowed)",
+    ),
     ("ADMIN_UUID", "", "the admin's UUID (required)"),
     ("ADMIN_TOTP_SECRET", "", "the admin's TOTP secret, base32 (required)"),
     (
@@ -199,6 +204,8 @@ pub struct Config {
     pub publish_max_bytes: usize,
     /// How often published plugins are synced into the plugins folder; `None`: never.
     pub publish_sync: Option<Duration>,
+    /// `PLUGIN_PUBKEYS`: when set, plugins need a valid signature by one of these keys.
+    pub trusted_keys: Option<std::sync::Arc<crate::signing::TrustedKeys>>,
 }
 
 /// Every problem found in the configuration, one per line.
@@ -528,6 +535,15 @@ impl Config {
         ) as usize;
         let sync_ms = parse_number(&mut errors, "PUBLISH_SYNC_MS", &var("PUBLISH_SYNC_MS", "2000"), 0, 3_600_000);
         let publish_sync = (sync_ms > 0).then(|| Duration::from_millis(sync_ms.max(100)));
+        let trusted_keys = match crate::signing::TrustedKeys::parse(&var("PLUGIN_PUBKEYS", "")) {
+            Ok(keys) => keys.map(std::sync::Arc::new),
+            Err(why) => {
+                errors.push(format!(
+                    "PLUGIN_PUBKEYS has a bad {why}: list base64 ed25519 public keys, comma-separated"
+                ));
+                None
+            }
+        };
         let stage = Some(var("PLUGHOST_STAGE", "")).filter(|s| !s.is_empty());
         let log_filter = var("RUST_LOG", "info");
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&log_filter) {
@@ -569,6 +585,7 @@ impl Config {
                 watch_poll,
                 publish_max_bytes,
                 publish_sync,
+                trusted_keys,
             })
         } else {
             Err(ConfigErrors(errors))

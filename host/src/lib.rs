@@ -29,6 +29,7 @@ pub mod reload;
 pub mod sandbox;
 pub mod scaffold;
 pub mod server;
+pub mod signing;
 pub mod supervisor;
 pub mod tenancy;
 

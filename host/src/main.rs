@@ -55,6 +55,9 @@ Exit code 1, with the reason on one line, when the file would be refused by a se
     Check {
         /// The plugin's .so file.
         file: PathBuf,
+        /// Also require a valid FILE.sig by one of these base64 ed25519 public keys.
+        #[arg(long, value_name = "KEYS", env = "PLUGIN_PUBKEYS")]
+        pubkeys: Option<String>,
     },
     /// Ask the running server (found through DATA_DIR/plughost.pid) to replace its worker process
     /// with a fresh one, without downtime.
@@ -66,14 +69,31 @@ Exit code 1, with the reason on one line, when the file would be refused by a se
         env_file: Option<PathBuf>,
     },
     /// Print a fresh SECRET_KEY; with --env, a whole admin identity (ADMIN_UUID, ADMIN_TOTP_SECRET,
-    /// SECRET_KEY) to append to .env.
+    /// SECRET_KEY) to append to .env; with --signing-key, a key to sign plugins with.
     #[command(after_help = "Examples:
-  plughost keygen --env >> .env     first set-up
-  plughost keygen                   a new SECRET_KEY only (existing tokens and stored secrets then stop working)")]
+  plughost keygen --env >> .env                   first set-up
+  plughost keygen                                 a new SECRET_KEY only (existing tokens and stored secrets then stop working)
+  plughost keygen --signing-key release.pem >> .env   a plugin signing key; appends its PLUGIN_PUBKEYS line")]
     Keygen {
         /// Print ADMIN_UUID, ADMIN_TOTP_SECRET and SECRET_KEY as .env lines.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "signing_key")]
         env: bool,
+        /// Write a new ed25519 private key (PKCS#8 PEM) to this file and print its PLUGIN_PUBKEYS line.
+        #[arg(long, value_name = "FILE")]
+        signing_key: Option<PathBuf>,
+    },
+    /// Sign a plugin: writes FILE.sig, the detached ed25519 signature servers with PLUGIN_PUBKEYS
+    /// require. `plughost publish` sends it along.
+    #[command(after_help = "Example:
+  plughost sign target/release/liborders.so --key release.pem
+
+The key is a PKCS#8 PEM file from plughost keygen --signing-key or openssl genpkey -algorithm ed25519.")]
+    Sign {
+        /// The plugin file.
+        file: PathBuf,
+        /// The private key file.
+        #[arg(long, value_name = "FILE", env = "PLUGHOST_SIGNING_KEY")]
+        key: PathBuf,
     },
     /// Manage tenants (works beside a running server).
     #[command(after_help = "Examples:
@@ -176,11 +196,15 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let result = match cli.command {
-        Some(Command::Check { file }) => check(&file),
+        Some(Command::Check { file, pubkeys }) => check(&file, pubkeys.as_deref()),
         Some(Command::Recycle { env_file }) => recycle(env_file),
         Some(Command::Worker(args)) => worker(args),
         Some(Command::Sandbox) => Ok(plughost::sandbox::worker::main()),
-        Some(Command::Keygen { env }) => Ok(plughost::cli::keygen(env)),
+        Some(Command::Keygen {
+            signing_key: Some(file), ..
+        }) => plughost::cli::signing_keygen(&file),
+        Some(Command::Keygen { env, signing_key: None }) => Ok(plughost::cli::keygen(env)),
+        Some(Command::Sign { file, key }) => plughost::cli::sign(&file, &key),
         Some(Command::New { name, path, plugin_api }) => {
             plughost::scaffold::new_plugin(&name, path.as_deref(), plugin_api.as_deref()).map(|dir| {
                 println!(
@@ -364,7 +388,19 @@ fn init_logging(format: LogFormat, filter: &str) -> plughost::logwriter::FlushGu
     guard
 }
 
-fn check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
+fn check(file: &std::path::Path, pubkeys: Option<&str>) -> anyhow::Result<ExitCode> {
+    if let Some(keys) =
+        plughost::signing::TrustedKeys::parse(pubkeys.unwrap_or_default()).map_err(|why| anyhow::anyhow!("--pubkeys has a bad {why}"))?
+    {
+        let bytes = std::fs::read(file).map_err(|err| anyhow::anyhow!("cannot read {}: {err}", file.display()))?;
+        match keys.verify_file(file, &bytes) {
+            Ok(index) => println!("signature: valid, by key {} of PLUGIN_PUBKEYS", index + 1),
+            Err(err) => {
+                println!("FAIL {}: {err}", file.display());
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
     let shadow = std::env::temp_dir().join(format!("plughost-check-{}", std::process::id()));
     let loaded = loader::load(file, &shadow);
     let _ = std::fs::remove_dir_all(&shadow);

@@ -55,9 +55,10 @@ pub struct PluginStatus {
     collided: bool,
     #[serde(skip)]
     failed_sha256: Option<String>,
-    /// Modification time and size when the file was last looked at, for cheap rescans.
+    /// Modification time and size of the file and its signature when last looked at, for cheap
+    /// rescans.
     #[serde(skip)]
-    fingerprint: Option<(SystemTime, u64)>,
+    fingerprint: Option<Fingerprint>,
 }
 
 /// Library images mapped into this process. abi_stable never unmaps one, so images no longer
@@ -98,6 +99,8 @@ pub struct Plugins {
     sandbox: Option<Arc<crate::sandbox::Sandbox>>,
     /// Whether the admin's own plugins run in the sandbox too.
     admin_isolation: bool,
+    /// When set, only files with a valid signature by one of these keys are loaded.
+    trusted_keys: Option<Arc<crate::signing::TrustedKeys>>,
 }
 
 impl Plugins {
@@ -109,7 +112,14 @@ impl Plugins {
             rounds: std::sync::atomic::AtomicU64::new(0),
             sandbox: None,
             admin_isolation: false,
+            trusted_keys: None,
         }
+    }
+
+    /// Loads only files signed by one of `keys` (see [`crate::signing`]).
+    pub fn with_trusted_keys(mut self, keys: Option<Arc<crate::signing::TrustedKeys>>) -> Plugins {
+        self.trusted_keys = keys;
+        self
     }
 
     /// Runs tenants' modules (and, with `admin_isolation`, the admin's) in `sandbox`.
@@ -339,6 +349,14 @@ impl Plugins {
                 tracing::debug!(file = %file.display(), "content unchanged since it failed; not retried");
                 continue;
             }
+            if let Some(keys) = &self.trusted_keys {
+                if let Err(err) = keys.verify_file(file, &candidate.bytes) {
+                    // No sha recorded: the file is tried again when its signature changes.
+                    fail(inner, file, served.is_some(), None, err.to_string(), false);
+                    applied.failed.push(file.clone());
+                    continue;
+                }
+            }
             let sha = candidate.sha256.clone();
             let size = candidate.bytes.len() as u64;
             let owner = tenant_of_file(file);
@@ -528,9 +546,14 @@ fn record_loaded(inner: &mut Inner, module: &LoadedModule, replaced: bool) {
     }
 }
 
-fn fingerprint(path: &Path) -> Option<(SystemTime, u64)> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
+type Fingerprint = ((SystemTime, u64), Option<(SystemTime, u64)>);
+
+fn fingerprint(path: &Path) -> Option<Fingerprint> {
+    let stamp = |path: &Path| {
+        let meta = std::fs::metadata(path).ok()?;
+        Some((meta.modified().ok()?, meta.len()))
+    };
+    Some((stamp(path)?, stamp(&crate::signing::signature_path(path))))
 }
 
 fn file_name(path: &Path) -> String {

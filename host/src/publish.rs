@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     sandbox::Sandbox,
+    signing::TrustedKeys,
     tenancy::{PublishedPlugin, Store, StoreError},
 };
 
@@ -54,20 +55,46 @@ pub fn check_name(name: &str) -> Result<(), PublishError> {
     }
 }
 
-/// Checks `bytes` and stores them as plugin `name` in `tenant`'s namespace (the admin's when
+/// What is published: the plugin's bytes and, optionally, its detached signature.
+pub struct Upload<'a> {
+    pub tenant: Option<&'a str>,
+    pub name: &'a str,
+    pub bytes: Vec<u8>,
+    /// The text of its `.sig` (base64), when signed.
+    pub signature: Option<String>,
+    pub uploader: &'a str,
+}
+
+/// The limits an upload is checked against.
+pub struct Policy<'a> {
+    pub max_bytes: usize,
+    /// When set, the upload needs a valid signature by one of these keys.
+    pub trusted_keys: Option<&'a TrustedKeys>,
+}
+
+/// Checks `upload` and stores it as plugin `name` in `tenant`'s namespace (the admin's when
 /// `None`). Nothing is stored unless every check passes.
 pub async fn publish(
     store: &dyn Store,
     sandbox: &Arc<Sandbox>,
-    tenant: Option<&str>,
-    name: &str,
-    bytes: Vec<u8>,
-    uploader: &str,
-    max_bytes: usize,
+    upload: Upload<'_>,
+    policy: &Policy<'_>,
 ) -> Result<PublishedPlugin, PublishError> {
+    let Upload {
+        tenant,
+        name,
+        bytes,
+        signature,
+        uploader,
+    } = upload;
     check_name(name)?;
-    if bytes.len() > max_bytes {
-        return Err(PublishError::TooLarge(bytes.len(), max_bytes));
+    if bytes.len() > policy.max_bytes {
+        return Err(PublishError::TooLarge(bytes.len(), policy.max_bytes));
+    }
+    let signature = signature.map(|text| text.trim().to_owned()).filter(|text| !text.is_empty());
+    if let Some(keys) = policy.trusted_keys {
+        keys.verify(&bytes, signature.as_deref(), "send it in the Plugin-Signature header")
+            .map_err(|err| PublishError::Refused(err.to_string()))?;
     }
     if let Some(uuid) = tenant {
         if !sandbox.tenant(uuid).is_some_and(|t| t.active) {
@@ -90,6 +117,7 @@ pub async fn publish(
         size: bytes.len() as i64,
         uploader: uploader.to_owned(),
         published_at: crate::tenancy::totp::now() as i64,
+        signature,
     };
     store.publish(&plugin, &bytes).await?;
     tracing::info!(key = %plugin.key, module = %plugin.module, version = %plugin.version, sha256 = %&plugin.sha256[..12], "plugin published");
@@ -161,16 +189,22 @@ async fn sync_once(store: &dyn Store, plugins_dir: &Path, synced: &mut HashMap<S
         let path = local_path(plugins_dir, plugin);
         let current = synced.get(&plugin.key);
         if current.is_some_and(|(p, sha)| *p == path && *sha == plugin.sha256) && path.exists() {
+            if let Err(err) = sync_signature(&path, plugin.signature.as_deref()) {
+                tracing::warn!(file = %path.display(), "cannot write a published plugin's signature: {err}");
+            }
             continue;
         }
         let Some(bytes) = store.plugin_bytes(&plugin.sha256).await? else {
             continue; // Replaced in between; the next round gets the new one.
         };
         let target = path.clone();
+        let signature = plugin.signature.clone();
         let written = tokio::task::spawn_blocking(move || {
             if let Some(folder) = target.parent() {
                 std::fs::create_dir_all(folder)?;
             }
+            // The signature first, so that the file is valid the moment it appears.
+            sync_signature(&target, signature.as_deref())?;
             write_atomically(&target, &bytes)
         })
         .await
@@ -195,12 +229,24 @@ async fn sync_once(store: &dyn Store, plugins_dir: &Path, synced: &mut HashMap<S
             let ours = std::fs::read(&path).is_ok_and(|bytes| hex::encode(Sha256::digest(&bytes)) == sha);
             if ours {
                 let _ = std::fs::remove_file(&path);
+                let _ = std::fs::remove_file(crate::signing::signature_path(&path));
                 tracing::info!(%key, file = %path.display(), "unpublished plugin removed");
             }
             changed = true;
         }
     }
     Ok(changed)
+}
+
+/// Makes the signature file beside `plugin` hold `signature` (none: no file).
+fn sync_signature(plugin: &Path, signature: Option<&str>) -> std::io::Result<()> {
+    let path = crate::signing::signature_path(plugin);
+    let current = std::fs::read_to_string(&path).ok();
+    match signature {
+        Some(text) if current.as_deref().map(str::trim) != Some(text) => write_atomically(&path, format!("{text}\n").as_bytes()),
+        None if current.is_some() => std::fs::remove_file(&path),
+        _ => Ok(()),
+    }
 }
 
 /// Writes a file through a hidden temporary name and a rename, so that the watcher never sees a
@@ -240,6 +286,7 @@ mod tests {
             size: 1,
             uploader: "admin".into(),
             published_at: 0,
+            signature: None,
         };
         assert_eq!(local_path(Path::new("/p"), &plugin), Path::new("/p/orders.so"));
         plugin.tenant = Some("5dc1bb6a-721b-40f8-8fbc-da6304ba3977".into());

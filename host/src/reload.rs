@@ -110,6 +110,8 @@ fn run(
         let wake = pending.values().copied().min().unwrap_or(next_rescan).min(next_rescan);
         match rx.recv_timeout(wake.saturating_duration_since(now)) {
             Ok(Signal::Path(path, settled)) => {
+                // A signature changed: its plugin is looked at again.
+                let path = crate::signing::plugin_of_signature(&path).unwrap_or(path);
                 let folder = path.parent();
                 let watched = folder == Some(dir.as_path()) || folder.and_then(tenant_of_folder).is_some();
                 if watched && is_plugin_path(&path) {

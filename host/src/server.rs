@@ -92,7 +92,17 @@ impl App {
         );
         record_admin(tenancy.clone(), config.admin_uuid.clone(), config.admin_totp_secret.clone()).await;
         let sandbox = start_sandbox(&config, &tenancy).await?;
-        let plugins = Arc::new(Plugins::new(&config.data_dir).with_sandbox(sandbox, config.admin_isolation));
+        let plugins = Arc::new(
+            Plugins::new(&config.data_dir)
+                .with_sandbox(sandbox, config.admin_isolation)
+                .with_trusted_keys(config.trusted_keys.clone()),
+        );
+        if let Some(keys) = &config.trusted_keys {
+            tracing::info!(
+                keys = keys.len(),
+                "signed plugins required: only files with a valid .sig by a key in PLUGIN_PUBKEYS load"
+            );
+        }
         let folder = config.plugins_dir.clone();
         let loading = plugins.clone();
         tokio::task::spawn_blocking(move || loading.load_folder(&folder))

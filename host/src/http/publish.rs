@@ -111,6 +111,9 @@ where
     }
 }
 
+/// The request header that carries a plugin's detached signature (the `.sig` file's text).
+pub const SIGNATURE_HEADER: &str = "plugin-signature";
+
 async fn change<S, B, E>(
     state: &AppState,
     tenant: Option<&str>,
@@ -138,18 +141,31 @@ where
             "plugins are checked in a sandbox worker before they are published, and this server has none",
         ));
     };
+    let signature = match headers.get(SIGNATURE_HEADER).map(|value| value.to_str()) {
+        None => None,
+        Some(Ok(text)) => Some(text.to_owned()),
+        Some(Err(_)) => {
+            return Err(ApiError::bad_request(
+                "INVALID_SIGNATURE_HEADER",
+                format!("the {SIGNATURE_HEADER} header is not text: send the base64 content of the .sig file"),
+            ))
+        }
+    };
     let bytes = read_body(headers, body, state.config.publish_max_bytes, "PUBLISH_MAX_BYTES").await?;
-    let plugin = publish::publish(
-        store.as_ref(),
-        sandbox,
+    let upload = publish::Upload {
         tenant,
         name,
-        bytes.to_vec(),
+        bytes: bytes.to_vec(),
+        signature,
         uploader,
-        state.config.publish_max_bytes,
-    )
-    .await
-    .map_err(publish_error)?;
+    };
+    let policy = publish::Policy {
+        max_bytes: state.config.publish_max_bytes,
+        trusted_keys: state.config.trusted_keys.as_deref(),
+    };
+    let plugin = publish::publish(store.as_ref(), sandbox, upload, &policy)
+        .await
+        .map_err(publish_error)?;
     Ok(json_response(StatusCode::CREATED, &plugin.view()))
 }
 

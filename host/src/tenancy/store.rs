@@ -45,6 +45,9 @@ pub struct PublishedPlugin {
     pub size: i64,
     pub uploader: String,
     pub published_at: i64,
+    /// The detached ed25519 signature sent with it (base64), written beside the synced file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 impl PublishedPlugin {
@@ -64,6 +67,7 @@ impl PublishedPlugin {
             "sha256": self.sha256,
             "size_bytes": self.size,
             "uploader": self.uploader,
+            "signed": self.signature.is_some(),
             "published_at": crate::plugins::timestamp(std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.published_at.max(0) as u64)),
         })
     }

@@ -18,6 +18,7 @@ mod reload;
 mod routing;
 mod sandbox;
 mod scaffold;
+mod signing;
 mod store_contract;
 mod support;
 mod web;

@@ -6,26 +6,13 @@ use std::{
     time::Duration,
 };
 
-use serde_json::Value;
-
-use crate::support::{many, plugin_file, rss_kib, wait_for, write_by_rename, App, Setup};
+use crate::support::{many, plugin_file, rss_kib, status_of, wait_for, write_by_rename, App, Setup};
 
 const SOON: Duration = Duration::from_secs(10);
 
 fn mark(app: &App, module: &str) -> Option<String> {
     let reply = app.get(&format!("/rest/services/{module}/which/"));
     (reply.status == 200).then(|| reply.json()["mark"].as_str().unwrap_or_default().to_owned())
-}
-
-fn status_of(app: &App, file: &str) -> Value {
-    let all = app.admin("GET", "/rest/admin/plugins", None).json();
-    all["plugins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["file"] == file)
-        .cloned()
-        .unwrap_or(Value::Null)
 }
 
 #[test]

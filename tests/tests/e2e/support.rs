@@ -492,6 +492,18 @@ pub fn write_by_rename(dir: &Path, name: &str, bytes: &[u8]) {
 }
 
 /// Polls `check` until it holds or `timeout` passes; returns how long it took.
+/// The status record of one file in the plugins folder (`GET /rest/admin/plugins`); null if none.
+pub fn status_of(app: &App, file: &str) -> Value {
+    let all = app.admin("GET", "/rest/admin/plugins", None).json();
+    all["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["file"] == file)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
 pub fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
     let started = Instant::now();
     while started.elapsed() < timeout {
