@@ -309,6 +309,117 @@ fn builtins(paths: &mut Map<String, Value>, context: &Context<'_>) {
     if admin {
         admin_paths(paths);
     }
+    if matches!(context.caller, Some(Caller::Tenant { .. })) {
+        tenant_paths(paths);
+    }
+}
+
+/// The parameters of a publishing route: the plugin's name, and the uuid when `tenant`.
+fn plugin_name_parameters(tenant: bool) -> Value {
+    let name = json!({
+        "name": "name",
+        "in": "path",
+        "required": true,
+        "description": "The plugin's name: the file name without .so",
+        "schema": {"type": "string", "pattern": "^[a-z0-9_-]{1,64}$"},
+    });
+    if tenant {
+        json!([
+            {"name": "uuid", "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"}},
+            name,
+        ])
+    } else {
+        json!([name])
+    }
+}
+
+/// `PUT` and `DELETE` of a published plugin.
+fn publishing(id: &str, namespace: &str, tenant: bool) -> Value {
+    let mut put = json!({
+        "operationId": format!("{id}.publish"),
+        "tags": ["plughost"],
+        "summary": format!("Publishes a plugin into {namespace}: checked, stored, then synced by every replica"),
+        "security": credentials(),
+        "parameters": plugin_name_parameters(tenant),
+        "requestBody": {"required": true, "content": {"application/octet-stream": {"schema": {
+            "type": "string",
+            "format": "binary",
+            "description": "The plugin's .so file",
+        }}}},
+        "responses": {
+            "201": {"description": "Published", "content": {"application/json": {"schema": published_schema()}}},
+            "default": error_response(),
+        },
+    });
+    if let Some(parameters) = put["parameters"].as_array_mut() {
+        parameters.push(json!({
+            "name": "Plugin-Signature",
+            "in": "header",
+            "required": false,
+            "description": "The base64 ed25519 signature of the file (its .sig); required when the server sets PLUGIN_PUBKEYS",
+            "schema": {"type": "string"},
+        }));
+    }
+    let delete = json!({
+        "operationId": format!("{id}.unpublish"),
+        "tags": ["plughost"],
+        "summary": format!("Unpublishes a plugin from {namespace}: every replica removes the file it synced"),
+        "security": credentials(),
+        "parameters": plugin_name_parameters(tenant),
+        "responses": {
+            "200": {"description": "Unpublished", "content": {"application/json": {"schema": {"type": "object"}}}},
+            "default": error_response(),
+        },
+    });
+    json!({"put": put, "delete": delete})
+}
+
+/// One published plugin, as the publishing routes show it.
+fn published_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["key", "name", "module", "version", "sha256", "size_bytes", "uploader", "published_at", "signed"],
+        "properties": {
+            "key": {"type": "string"},
+            "name": {"type": "string"},
+            "tenant": {"type": ["string", "null"]},
+            "module": {"type": "string"},
+            "version": {"type": "string"},
+            "sha256": {"type": "string"},
+            "size_bytes": {"type": "integer"},
+            "uploader": {"type": "string"},
+            "published_at": {"type": "string"},
+            "signed": {"type": "boolean"},
+        },
+    })
+}
+
+fn published_list(id: &str, summary: &str) -> Value {
+    json!({"get": {
+        "operationId": id,
+        "tags": ["plughost"],
+        "summary": summary,
+        "security": credentials(),
+        "responses": {
+            "200": {"description": "The list", "content": {"application/json": {"schema": {
+                "type": "object",
+                "required": ["plugins"],
+                "properties": {"plugins": {"type": "array", "items": published_schema()}},
+            }}}},
+            "default": error_response(),
+        },
+    }})
+}
+
+fn tenant_paths(paths: &mut Map<String, Value>) {
+    paths.insert(
+        "/rest/tenant/plugins".into(),
+        published_list("tenant.plugins", "The plugins this tenant published"),
+    );
+    paths.insert(
+        "/rest/tenant/plugins/{name}".into(),
+        publishing("tenant.plugins", "this tenant's namespace (its modules run sandboxed)", false),
+    );
 }
 
 fn admin_paths(paths: &mut Map<String, Value>) {
@@ -329,6 +440,21 @@ fn admin_paths(paths: &mut Map<String, Value>) {
         "/rest/admin/plugins".into(),
         json!({"get": operation("admin.plugins", "Every plugin file seen, and the leak accounting", "200")}),
     );
+    paths.insert(
+        "/rest/admin/plugins/{name}".into(),
+        publishing("admin.plugins", "the admin's namespace", false),
+    );
+    paths.insert(
+        "/rest/admin/tenants/{uuid}/plugins/{name}".into(),
+        publishing("admin.tenants.plugins", "a tenant's namespace", true),
+    );
+    paths.insert(
+        "/rest/admin/published".into(),
+        published_list("admin.published", "Every plugin published through the store, in every namespace"),
+    );
+    let mut release = operation("admin.plugins.release", "Releases a sandboxed module from quarantine", "200");
+    release["parameters"] = json!([{"name": "module", "in": "path", "required": true, "schema": {"type": "string"}}]);
+    paths.insert("/rest/admin/plugins/{module}/release".into(), json!({"post": release}));
     paths.insert(
         "/rest/admin/audit".into(),
         json!({"get": operation("admin.audit", "The 200 most recent identity changes", "200")}),
@@ -363,6 +489,24 @@ fn admin_paths(paths: &mut Map<String, Value>) {
         op["parameters"] = uuid.clone();
         paths.insert(format!("/rest/admin/tenants/{{uuid}}/{action}"), json!({"post": op}));
     }
+    let limit = |max: u64, what: &str| json!({"type": "integer", "minimum": 1, "maximum": max, "description": what});
+    let mut limits = operation(
+        "admin.tenants.limits",
+        "Sets a tenant's sandbox limits (replacing earlier ones; {} returns to the defaults); loaded modules follow at once",
+        "200",
+    );
+    limits["parameters"] = uuid.clone();
+    limits["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+            "call_timeout_ms": limit(3_600_000, "deadline of one call"),
+            "memory_mb": {"type": "integer", "minimum": 16, "maximum": 1 << 20, "description": "address space of one worker"},
+            "max_concurrency": limit(1024, "calls at once per module (429 beyond)"),
+            "max_response_bytes": limit(1 << 34, "largest response body (502 beyond)"),
+        },
+    }}}});
+    paths.insert("/rest/admin/tenants/{uuid}/limits".into(), json!({"put": limits}));
 }
 
 fn components() -> Value {

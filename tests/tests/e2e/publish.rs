@@ -98,6 +98,25 @@ fn published_plugins_are_checked_served_and_unpublished() {
     // Tenants publish into their own namespace only; their modules run sandboxed.
     let (owner, owner_token) = tenant(&app, "publisher");
     let (other, other_token) = tenant(&app, "bystander");
+    // The routes are in each caller's OpenAPI document: the admin's and the tenant's own.
+    let paths = |token: &str| {
+        let doc = app
+            .with_headers("GET", "/openapi.json", &[("authorization", &format!("Bearer {token}"))], None)
+            .json();
+        doc["paths"].as_object().unwrap().keys().cloned().collect::<Vec<String>>()
+    };
+    let admin_paths = paths(&admin);
+    for path in [
+        "/rest/admin/plugins/{name}",
+        "/rest/admin/tenants/{uuid}/plugins/{name}",
+        "/rest/admin/published",
+        "/rest/admin/tenants/{uuid}/limits",
+    ] {
+        assert!(admin_paths.iter().any(|p| p == path), "{path} not in {admin_paths:?}");
+    }
+    let tenant_paths = paths(&owner_token);
+    assert!(tenant_paths.iter().any(|p| p == "/rest/tenant/plugins/{name}"), "{tenant_paths:?}");
+    assert!(!tenant_paths.iter().any(|p| p.starts_with("/rest/admin")), "{tenant_paths:?}");
     put(
         &app,
         &format!("/rest/admin/tenants/{other}/plugins/rogue"),
