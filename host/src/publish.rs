@@ -4,9 +4,10 @@
 //! for this machine, and its ABI and manifest, read by a sandbox worker (the publishing process
 //! never maps it). Every replica then syncs the published plugins into its own plugins folder
 //! (`<name>.so`, or `tenants/<uuid>/<name>.so`), writing a temporary file and renaming it into
-//! place, and the folder watcher serves them like any dropped file. Sync polls the store's list of
-//! published plugins (records only, no bytes), so a new version reaches every replica within
-//! `PUBLISH_SYNC_MS`. Files dropped by hand stay as they are: sync only replaces or removes files it
+//! place, and the folder watcher serves them like any dropped file. Every `PUBLISH_SYNC_MS` a
+//! replica reads one number, the store's version of the published plugins, and only when it
+//! changed the list of records (no bytes), so a new version reaches every replica within that
+//! interval. Files dropped by hand stay as they are: sync only replaces or removes files it
 //! wrote itself, which it remembers in `DATA_DIR/published.json`.
 
 use std::{
@@ -145,7 +146,12 @@ pub fn local_path(plugins_dir: &Path, plugin: &PublishedPlugin) -> PathBuf {
     folder.join(format!("{}.so", plugin.name))
 }
 
-/// Keeps `plugins_dir` in step with the store, every `interval`, for the life of the process.
+/// Sync reads the records and checks the folder at least once in this many rounds, even when
+/// the store's version did not change (a synced file deleted by hand comes back).
+const FULL_SYNC_EVERY: u32 = 15;
+
+/// Keeps `plugins_dir` in step with the store, for the life of the process: every `interval` it
+/// reads the store's version of the published plugins (one small read), and syncs when it changed.
 pub fn spawn_sync(store: Arc<dyn Store>, plugins_dir: PathBuf, data_dir: &Path, interval: Duration) {
     let state_file = data_dir.join("published.json");
     tokio::spawn(async move {
@@ -156,9 +162,23 @@ pub fn spawn_sync(store: Arc<dyn Store>, plugins_dir: PathBuf, data_dir: &Path, 
         let mut failing = false;
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The version last synced, and how many rounds ago the folder was last checked in full.
+        let mut synced_version: Option<u64> = None;
+        let mut rounds_since_full = 0u32;
         loop {
             ticks.tick().await;
-            match sync_once(store.as_ref(), &plugins_dir, &mut synced).await {
+            rounds_since_full += 1;
+            let round = async {
+                let version = store.published_version().await?;
+                if synced_version == Some(version) && rounds_since_full < FULL_SYNC_EVERY {
+                    return Ok(false);
+                }
+                let changed = sync_once(store.as_ref(), &plugins_dir, &mut synced).await?;
+                synced_version = Some(version);
+                rounds_since_full = 0;
+                Ok::<bool, StoreError>(changed)
+            };
+            match round.await {
                 Ok(changed) => {
                     if failing {
                         tracing::info!("the store answers again: published plugins are in sync");

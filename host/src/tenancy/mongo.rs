@@ -27,6 +27,8 @@ pub struct MongoStore {
     audit: Collection<AuditEntry>,
     plugins: Collection<PublishedPlugin>,
     chunks: Collection<Chunk>,
+    /// One document, `{_id: "published", version}`, counting publish and unpublish.
+    versions: Collection<mongodb::bson::Document>,
 }
 
 /// A piece of a published plugin's bytes (documents are limited to 16 MiB).
@@ -79,6 +81,7 @@ impl MongoStore {
             audit: db.collection("audit"),
             plugins: db.collection("plugins"),
             chunks: db.collection("plugin_chunks"),
+            versions: db.collection("plugin_versions"),
             client,
         };
         if let Err(err) = store.create_indexes().await {
@@ -273,7 +276,7 @@ impl Store for MongoStore {
         if let Some(previous) = previous.filter(|p| p.sha256 != plugin.sha256) {
             self.drop_unreferenced(&previous.sha256).await?;
         }
-        Ok(())
+        self.bump_version().await
     }
 
     async fn published(&self) -> Result<Vec<PublishedPlugin>, StoreError> {
@@ -308,11 +311,32 @@ impl Store for MongoStore {
         };
         let removed = self.plugins.delete_one(doc! {"_id": key}).await.map_err(unavailable)?;
         self.drop_unreferenced(&previous.sha256).await?;
+        self.bump_version().await?;
         Ok(removed.deleted_count > 0)
+    }
+
+    async fn published_version(&self) -> Result<u64, StoreError> {
+        let found = self.versions.find_one(doc! {"_id": "published"}).await.map_err(unavailable)?;
+        let version = found.and_then(|doc| match doc.get("version") {
+            Some(mongodb::bson::Bson::Int64(n)) => Some(*n),
+            Some(mongodb::bson::Bson::Int32(n)) => Some(i64::from(*n)),
+            _ => None,
+        });
+        Ok(version.unwrap_or(0).max(0) as u64)
     }
 }
 
 impl MongoStore {
+    /// Counts one more change to the published plugins.
+    async fn bump_version(&self) -> Result<(), StoreError> {
+        self.versions
+            .update_one(doc! {"_id": "published"}, doc! {"$inc": {"version": 1_i64}})
+            .upsert(true)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
     /// Removes the bytes of `sha256` when no published plugin refers to them any more.
     async fn drop_unreferenced(&self, sha256: &str) -> Result<(), StoreError> {
         let users = self.plugins.count_documents(doc! {"sha256": sha256}).await.map_err(unavailable)?;

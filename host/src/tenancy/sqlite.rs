@@ -35,7 +35,8 @@ impl SqliteStore {
              CREATE INDEX IF NOT EXISTS used_codes_expiry ON used_codes (expires_at);
              CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY AUTOINCREMENT, doc TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS plugin_blobs (sha256 TEXT PRIMARY KEY, bytes BLOB NOT NULL);
-             CREATE TABLE IF NOT EXISTS published (key TEXT PRIMARY KEY, sha256 TEXT NOT NULL, doc TEXT NOT NULL);",
+             CREATE TABLE IF NOT EXISTS published (key TEXT PRIMARY KEY, sha256 TEXT NOT NULL, doc TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS published_version (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL);",
         )
         .map_err(unavailable)?;
         Ok(SqliteStore {
@@ -213,7 +214,7 @@ impl Store for SqliteStore {
             .map_err(unavailable)?;
             conn.execute("DELETE FROM plugin_blobs WHERE sha256 NOT IN (SELECT sha256 FROM published)", [])
                 .map_err(unavailable)?;
-            Ok(())
+            bump_version(conn)
         })
         .await
     }
@@ -251,8 +252,31 @@ impl Store for SqliteStore {
                 .map_err(unavailable)?;
             conn.execute("DELETE FROM plugin_blobs WHERE sha256 NOT IN (SELECT sha256 FROM published)", [])
                 .map_err(unavailable)?;
+            if removed > 0 {
+                bump_version(conn)?;
+            }
             Ok(removed > 0)
         })
         .await
     }
+
+    async fn published_version(&self) -> Result<u64, StoreError> {
+        self.with(|conn| {
+            conn.query_row("SELECT version FROM published_version WHERE id = 1", [], |row| row.get::<_, i64>(0))
+                .optional()
+                .map(|version| version.unwrap_or(0).max(0) as u64)
+                .map_err(unavailable)
+        })
+        .await
+    }
+}
+
+/// Counts one more change to the published plugins.
+fn bump_version(conn: &rusqlite::Connection) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO published_version (id, version) VALUES (1, 1) ON CONFLICT(id) DO UPDATE SET version = version + 1",
+        [],
+    )
+    .map_err(unavailable)?;
+    Ok(())
 }

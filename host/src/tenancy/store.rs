@@ -126,6 +126,9 @@ pub trait Store: Send + Sync {
     async fn plugin_bytes(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Removes a published plugin; `false` if there was none.
     async fn unpublish(&self, key: &str) -> Result<bool, StoreError>;
+    /// A number that changes with every publish and unpublish: one read tells a replica whether
+    /// anything is new (0 before the first change).
+    async fn published_version(&self) -> Result<u64, StoreError>;
 }
 
 /// Wraps a store and records how long each operation takes in the metrics.
@@ -190,5 +193,8 @@ impl<S: Store> Store for Timed<S> {
     }
     async fn unpublish(&self, key: &str) -> Result<bool, StoreError> {
         self.time("unpublish", self.0.unpublish(key)).await
+    }
+    async fn published_version(&self) -> Result<u64, StoreError> {
+        self.time("published_version", self.0.published_version()).await
     }
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use plughost::tenancy::{mongo::MongoStore, sqlite::SqliteStore, AuditEntry, PrincipalRecord, Store, StoreError};
+use plughost::tenancy::{mongo::MongoStore, sqlite::SqliteStore, AuditEntry, PrincipalRecord, PublishedPlugin, Store, StoreError};
 use serde_json::json;
 
 use crate::mongo_server::MongoServer;
@@ -70,6 +70,58 @@ async fn contract(store: Arc<dyn Store>) {
         vec!["act2", "act1"],
         "newest first"
     );
+
+    published_plugins(store.as_ref()).await;
+}
+
+fn plugin(key: &str, sha256: &str, signature: Option<&str>) -> PublishedPlugin {
+    PublishedPlugin {
+        key: key.to_owned(),
+        name: key.rsplit('/').next().unwrap().to_owned(),
+        tenant: None,
+        module: "m".to_owned(),
+        version: "1".to_owned(),
+        sha256: sha256.to_owned(),
+        size: 3,
+        uploader: "admin".to_owned(),
+        published_at: 7,
+        signature: signature.map(str::to_owned),
+    }
+}
+
+/// Published plugins: records with their bytes, replaced by key, bytes dropped with their last
+/// record, and a version that moves with every change.
+async fn published_plugins(store: &dyn Store) {
+    use sha2::Digest;
+    let sha = |bytes: &[u8]| hex::encode(sha2::Sha256::digest(bytes));
+    assert_eq!(store.published_version().await.unwrap(), 0);
+    assert!(store.published().await.unwrap().is_empty());
+    // More than one 4 MiB piece on MongoDB.
+    let big: Vec<u8> = (0..9 << 20).map(|i| (i % 251) as u8).collect();
+    let (aa, bb, cc) = (sha(&big), sha(b"bbb"), sha(b"ccc"));
+    let (aa, bb, cc) = (aa.as_str(), bb.as_str(), cc.as_str());
+    store.publish(&plugin("admin/a", aa, Some("c2ln")), &big).await.unwrap();
+    store.publish(&plugin("admin/b", bb, None), b"bbb").await.unwrap();
+    let v2 = store.published_version().await.unwrap();
+    assert!(v2 > 0);
+    assert_eq!(
+        store.published().await.unwrap(),
+        vec![plugin("admin/a", aa, Some("c2ln")), plugin("admin/b", bb, None)]
+    );
+    assert_eq!(store.plugin_bytes(aa).await.unwrap().as_deref(), Some(big.as_slice()));
+
+    // A new version under the same key replaces the record; the old bytes go.
+    store.publish(&plugin("admin/a", cc, None), b"ccc").await.unwrap();
+    let v3 = store.published_version().await.unwrap();
+    assert!(v3 > v2);
+    assert_eq!(store.plugin_bytes(aa).await.unwrap(), None);
+    assert_eq!(store.published().await.unwrap()[0], plugin("admin/a", cc, None));
+
+    assert!(store.unpublish("admin/a").await.unwrap());
+    assert!(store.published_version().await.unwrap() > v3);
+    assert!(!store.unpublish("admin/a").await.unwrap());
+    assert_eq!(store.plugin_bytes(cc).await.unwrap(), None);
+    assert_eq!(store.published().await.unwrap(), vec![plugin("admin/b", bb, None)]);
 }
 
 #[tokio::test(flavor = "current_thread")]
