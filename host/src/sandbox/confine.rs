@@ -111,7 +111,7 @@ fn unprivileged(root: bool) -> Layer {
         return layer(
             "unprivileged_uid",
             Ok(format!(
-                "runs as uid {} (the host does not run as root)",
+                "runs as the host's own unprivileged uid (seen as {} inside the worker's user namespace): the host does not run as root",
                 rustix::process::getuid().as_raw()
             )),
         );

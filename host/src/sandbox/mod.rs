@@ -195,6 +195,10 @@ impl Sandbox {
             }
         }
         let mine = root.join(std::process::id().to_string());
+        fs::create_dir_all(&mine)?;
+        // Absolute: workers change into a private folder before they open the library, so a
+        // relative DATA_DIR (the default, ./data) would point nowhere.
+        let mine = fs::canonicalize(&mine)?;
         let lib_dir = mine.join("lib");
         let run_dir = mine.join("run");
         fs::create_dir_all(&lib_dir)?;

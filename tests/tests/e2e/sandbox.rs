@@ -569,3 +569,38 @@ fn workers_outlive_idle_pool_threads_and_die_with_the_host() {
     let all_gone = wait_for(Duration::from_secs(10), || workers.iter().all(|pid| gone(*pid)));
     assert!(all_gone.is_some(), "sandbox workers outlived their server: {workers:?}");
 }
+
+/// Containers run plughost as an unprivileged user (the image's uid 10001): the sandbox still
+/// confines, with the layers that need root reported unavailable, and a relative DATA_DIR works.
+#[test]
+fn a_host_that_is_not_root_still_sandboxes() {
+    let app = Setup::default()
+        .plugins(&["hello", "rogue"])
+        .env("ADMIN_ISOLATION", "process")
+        .env("DATA_DIR", "data")
+        .as_user(10001)
+        .start();
+    let uid = std::fs::read_to_string(format!("/proc/{}/status", app.pid())).unwrap();
+    assert!(uid.lines().any(|l| l.starts_with("Uid:\t10001")), "{uid}");
+    let reply = app.get("/rest/services/hello/greet/?name=unprivileged");
+    assert_eq!(reply.status, 200, "{}\n{}", reply.text(), app.logs());
+    let active = layers(&app);
+    for layer in [
+        "clean_environment",
+        "network_namespace",
+        "rlimits",
+        "no_new_privs",
+        "landlock",
+        "seccomp",
+    ] {
+        assert_eq!(active.get(layer), Some(&true), "{layer}: {active:?}");
+    }
+    eprintln!("layers of an unprivileged host: {active:?}");
+    let call = |path: &str| app.admin("GET", &format!("/rest/services/rogue/{path}"), None);
+    denied(&call("fork"), "fork");
+    denied(&call("exec"), "exec /bin/sh");
+    denied(&call("read/?path=/etc/shadow"), "read /etc/shadow");
+    let crashed = call("segfault");
+    assert_eq!(crashed.status, 502, "{}", crashed.text());
+    assert_eq!(app.get("/rest/services/hello/greet/").status, 200);
+}

@@ -73,6 +73,8 @@ pub struct Setup {
     env: Vec<(String, String)>,
     /// Files in the server's working directory (such as `.env`).
     root_files: Vec<(String, String)>,
+    /// Run the server as this uid and gid instead of the test's own.
+    user: Option<u32>,
 }
 
 impl Setup {
@@ -90,6 +92,13 @@ impl Setup {
     /// A file in the server's working directory, such as `.env` or `.env.prod`.
     pub fn root_file(mut self, name: &str, text: &str) -> Self {
         self.root_files.push((name.to_owned(), text.to_owned()));
+        self
+    }
+
+    /// Runs the server as `uid` (gid alike, no supplementary groups), through util-linux's
+    /// `setpriv`, as containers run it; its folder is handed to that user.
+    pub fn as_user(mut self, uid: u32) -> Self {
+        self.user = Some(uid);
         self
     }
 
@@ -139,7 +148,27 @@ impl Setup {
             let file = std::fs::File::options().write(true).open(path).expect("open");
             file.set_modified(base + Duration::from_secs(i as u64)).expect("set mtime");
         }
-        let mut command = Command::new(plughost_bin());
+        let mut command = match self.user {
+            None => Command::new(plughost_bin()),
+            Some(uid) => {
+                // The binary must be reachable by that user: a copy when a folder on its way is not.
+                let mut program = plughost_bin();
+                let open_to_all = program.ancestors().skip(1).all(|folder| {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::metadata(folder).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)
+                });
+                if !open_to_all {
+                    let copy = dir.path().join("plughost");
+                    std::fs::copy(&program, &copy).expect("copy plughost");
+                    program = copy;
+                }
+                give_to(dir.path(), uid);
+                let mut command = Command::new("setpriv");
+                let id = uid.to_string();
+                command.args(["--reuid", &id, "--regid", &id, "--clear-groups"]).arg(program);
+                command
+            }
+        };
         command
             .current_dir(dir.path())
             .env_remove("RUST_LOG")
@@ -215,6 +244,16 @@ impl Setup {
                 "plughost did not start within 60 s:\n{}",
                 stderr.lock().unwrap()
             );
+        }
+    }
+}
+
+/// Hands `path` and everything under it to `uid`.
+fn give_to(path: &Path, uid: u32) {
+    std::os::unix::fs::chown(path, Some(uid), Some(uid)).expect("chown");
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).expect("read dir").flatten() {
+            give_to(&entry.path(), uid);
         }
     }
 }
