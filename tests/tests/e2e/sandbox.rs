@@ -578,7 +578,7 @@ fn a_host_that_is_not_root_still_sandboxes() {
         .plugins(&["hello", "rogue"])
         .env("ADMIN_ISOLATION", "process")
         .env("DATA_DIR", "data")
-        .as_user(10001)
+        .run_as(10001)
         .start();
     let uid = std::fs::read_to_string(format!("/proc/{}/status", app.pid())).unwrap();
     assert!(uid.lines().any(|l| l.starts_with("Uid:\t10001")), "{uid}");

@@ -97,7 +97,7 @@ impl Setup {
 
     /// Runs the server as `uid` (gid alike, no supplementary groups), through util-linux's
     /// `setpriv`, as containers run it; its folder is handed to that user.
-    pub fn as_user(mut self, uid: u32) -> Self {
+    pub fn run_as(mut self, uid: u32) -> Self {
         self.user = Some(uid);
         self
     }
