@@ -6,6 +6,8 @@ divides the instructions executed by N. System-call time in the kernel is not co
 
     bench/instructions.py [N] [PATH]     (defaults: 2000, /rest/services/hello-world/a/b/?x=1)
     CONFIGS="baseline RUST_LOG=warn,METRICS=off RUST_LOG=info" bench/instructions.py
+    CONFIGS="RUST_LOG=warn,METRICS=off RUST_LOG=warn,METRICS=off,TOKEN=1" ...   (TOKEN=1: with a bearer token)
+    KEEP_DUMPS=/tmp/profiles bench/instructions.py   (keeps each dump, for callgrind_annotate)
 
 `baseline` is bench/baseline, the bare warp handler. Under callgrind everything runs ~50 times
 slower, so INLINE_CALL_MAX_US is raised to 20 ms: quick functions are then called inline, as they
@@ -23,14 +25,31 @@ CONFIGS = os.environ.get(
 EXAMPLES = ["module1", "module2", "product_v1", "product_v2", "hello"]
 
 
-def requests(port, count):
+def requests(port, count, headers=None):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     for _ in range(count):
-        conn.request("GET", PATH)
+        conn.request("GET", PATH, headers=headers or {})
         response = conn.getresponse()
         response.read()
         assert response.status == 200, response.status
     conn.close()
+
+
+def admin_token(work, port):
+    """A bearer token for the admin, from a current TOTP code."""
+    import json
+    env_text = open(f"{work}/.env").read()
+    uuid = re.search(r"^ADMIN_UUID=(.+)$", env_text, re.M).group(1).strip()
+    code = subprocess.run([f"{ROOT}/target/release/plughost", "totp", uuid, "--env-file", f"{work}/.env"],
+                          env=dict(os.environ, DATA_DIR=f"{work}/data"), capture_output=True, text=True,
+                          check=True).stdout.split()[0]
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("POST", "/rest/auth/token", body=json.dumps({"uuid": uuid, "totp": code}),
+                 headers={"content-type": "application/json"})
+    response = conn.getresponse()
+    body = response.read()
+    assert response.status == 200, body
+    return json.loads(body)["token"]
 
 
 def total_instructions(out_file):
@@ -48,8 +67,12 @@ def measure(work, config):
         command = [f"{ROOT}/target/release/bench-baseline", "127.0.0.1:0"]
     else:
         command = [f"{ROOT}/target/release/plughost", "serve", "--no-supervisor", "--env-file", f"{work}/.env"]
+    with_token = False
     for pair in config.split(",") if config != "baseline" else []:
         key, value = pair.split("=", 1)
+        if key == "TOKEN":  # not a setting: call with the admin's bearer token
+            with_token = value == "1"
+            continue
         env[key] = value
     out = f"{work}/callgrind.out"
     for old in os.listdir(work):
@@ -62,9 +85,10 @@ def measure(work, config):
     try:
         line = server.stdout.readline()
         port = int(re.search(r":(\d+)\s*$", line).group(1))
-        requests(port, 200)  # warm-up: lazy statics, connection set-up, caches
+        headers = {"Authorization": f"Bearer {admin_token(work, port)}"} if with_token else None
+        requests(port, 200, headers)  # warm-up: lazy statics, connection set-up, caches
         subprocess.run(["callgrind_control", "-z", str(server.pid)], check=True, stdout=subprocess.DEVNULL)
-        requests(port, N)
+        requests(port, N, headers)
         subprocess.run(["callgrind_control", "-d", str(server.pid)], check=True, stdout=subprocess.DEVNULL)
         time.sleep(0.5)
     finally:
@@ -73,6 +97,10 @@ def measure(work, config):
     dumps = sorted(f for f in os.listdir(work) if re.fullmatch(r"callgrind\.out\.\d+", f))
     if not dumps:
         raise RuntimeError(f"callgrind wrote no dump in {work}")
+    keep = os.environ.get("KEEP_DUMPS")
+    if keep:
+        os.makedirs(keep, exist_ok=True)
+        shutil.copy(os.path.join(work, dumps[0]), os.path.join(keep, re.sub(r"[^\w.-]", "_", config) + ".callgrind"))
     return total_instructions(os.path.join(work, dumps[0])) / N
 
 

@@ -317,13 +317,15 @@ where
     let started = Instant::now();
     let request_id = request
         .headers()
-        .get("x-request-id")
+        .get(&crate::http::names::X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|id| is_sane_request_id(id))
         .map(str::to_owned)
         .unwrap_or_else(new_request_id);
     let id_value = HeaderValue::from_str(&request_id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
-    request.headers_mut().insert("x-request-id", id_value.clone());
+    request
+        .headers_mut()
+        .insert(crate::http::names::X_REQUEST_ID.clone(), id_value.clone());
     let method = request.method().clone();
     let measure = crate::metrics::enabled();
     let _in_flight = measure.then(InFlight::enter);
@@ -364,7 +366,7 @@ where
     if let Some(cors) = cors.filter(|_| !answered_preflight) {
         cors.decorate(origin.as_ref(), &mut response);
     }
-    response.headers_mut().insert("x-request-id", id_value);
+    response.headers_mut().insert(crate::http::names::X_REQUEST_ID.clone(), id_value);
     let status = response.status().as_u16();
     let info = response.extensions_mut().remove::<RouteInfo>();
     let (route, module, function, caller) = match &info {

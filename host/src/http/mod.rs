@@ -6,6 +6,7 @@ pub mod builtins;
 pub mod cors;
 mod dir;
 pub mod error;
+pub mod names;
 mod openapi;
 mod path;
 mod publish;

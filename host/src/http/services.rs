@@ -169,7 +169,7 @@ where
         Bytes::new()
     };
     let content_type = if has_body {
-        header_text(headers, header::CONTENT_TYPE.as_str())
+        header_text(headers, &header::CONTENT_TYPE)
     } else {
         String::new()
     };
@@ -186,12 +186,20 @@ where
 
     let input = CallInput {
         method: method.as_str().to_owned(),
-        kwargs_json: serde_json::Value::Object(kwargs).to_string(),
+        // Straight into a buffer: `Value`'s `Display` goes through the formatter for every token.
+        kwargs_json: serde_json::to_string(&kwargs).map_err(|err| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL_ERROR",
+                "the kwargs could not be encoded",
+            )
+            .with_internal(err.to_string())
+        })?,
         query,
         headers: auth::plugin_headers(headers, caller.as_ref()),
         body,
         content_type,
-        request_id: crate::access::current_request_id().unwrap_or_else(|| header_text(headers, "x-request-id").into()),
+        request_id: crate::access::current_request_id().unwrap_or_else(|| header_text(headers, &super::names::X_REQUEST_ID).into()),
     };
     let timeout = state.config.call_timeout;
     match dispatch::call(endpoint.clone(), input, timeout, state.config.inline_call_max).await {
@@ -216,7 +224,7 @@ where
             format!("the request body is larger than {limit} bytes ({setting})"),
         )
     };
-    let declared = header_text(headers, header::CONTENT_LENGTH.as_str()).parse::<u64>().ok();
+    let declared = header_text(headers, &header::CONTENT_LENGTH).parse::<u64>().ok();
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
@@ -239,7 +247,7 @@ where
     Ok(buffer.freeze())
 }
 
-fn header_text(headers: &HeaderMap, name: &str) -> String {
+fn header_text(headers: &HeaderMap, name: &http::HeaderName) -> String {
     headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
 }
 

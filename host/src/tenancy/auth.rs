@@ -145,8 +145,12 @@ impl Authenticator {
                 )),
             };
         }
-        let uuid = headers.get("x-plughost-uuid").map(|v| v.to_str().unwrap_or("").trim().to_owned());
-        let code = headers.get("x-plughost-totp").map(|v| v.to_str().unwrap_or("").trim().to_owned());
+        let uuid = headers
+            .get(&crate::http::names::X_PLUGHOST_UUID)
+            .map(|v| v.to_str().unwrap_or("").trim().to_owned());
+        let code = headers
+            .get(&crate::http::names::X_PLUGHOST_TOTP)
+            .map(|v| v.to_str().unwrap_or("").trim().to_owned());
         match (uuid, code) {
             (None, None) => Ok(None),
             (Some(uuid), Some(code)) => self.check_code(&uuid, &code).await.map(Some),

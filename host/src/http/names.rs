@@ -1,0 +1,8 @@
+//! Header names the host reads or writes on every request, parsed once: looking a header up by
+//! `&str` parses the name again on each call.
+
+use http::HeaderName;
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_PLUGHOST_UUID: HeaderName = HeaderName::from_static("x-plughost-uuid");
+pub static X_PLUGHOST_TOTP: HeaderName = HeaderName::from_static("x-plughost-totp");
