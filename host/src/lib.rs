@@ -51,11 +51,14 @@ pub struct AppState {
     pub started_at: std::time::SystemTime,
     /// Set while shutting down: responses then carry `Connection: close`.
     pub draining: AtomicBool,
+    /// Wakes this replica's sync of published plugins at once after a publish through it.
+    pub sync_now: Arc<tokio::sync::Notify>,
 }
 
 impl AppState {
     pub fn new(config: config::Config, plugins: Arc<plugins::Plugins>, auth: Arc<tenancy::auth::Authenticator>, role: Role) -> AppState {
         AppState {
+            sync_now: Arc::new(tokio::sync::Notify::new()),
             config,
             plugins,
             auth,

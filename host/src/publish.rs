@@ -152,7 +152,9 @@ const FULL_SYNC_EVERY: u32 = 15;
 
 /// Keeps `plugins_dir` in step with the store, for the life of the process: every `interval` it
 /// reads the store's version of the published plugins (one small read), and syncs when it changed.
-pub fn spawn_sync(store: Arc<dyn Store>, plugins_dir: PathBuf, data_dir: &Path, interval: Duration) {
+/// `now` wakes it early: after a publish through this replica, which then serves the new version
+/// at once.
+pub fn spawn_sync(store: Arc<dyn Store>, plugins_dir: PathBuf, data_dir: &Path, interval: Duration, now: Arc<tokio::sync::Notify>) {
     let state_file = data_dir.join("published.json");
     tokio::spawn(async move {
         let mut synced: HashMap<String, (PathBuf, String)> = std::fs::read(&state_file)
@@ -166,7 +168,10 @@ pub fn spawn_sync(store: Arc<dyn Store>, plugins_dir: PathBuf, data_dir: &Path, 
         let mut synced_version: Option<u64> = None;
         let mut rounds_since_full = 0u32;
         loop {
-            ticks.tick().await;
+            tokio::select! {
+                _ = ticks.tick() => {}
+                () = now.notified() => {}
+            }
             rounds_since_full += 1;
             let round = async {
                 let version = store.published_version().await?;

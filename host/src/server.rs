@@ -124,9 +124,6 @@ impl App {
                 );
             }),
         };
-        if let Some(every) = config.publish_sync {
-            crate::publish::spawn_sync(tenancy.store.clone(), config.plugins_dir.clone(), &config.data_dir, every);
-        }
         reload::spawn(plugins.clone(), settings, on_budget)
             .with_context(|| format!("cannot watch PLUGINS_DIR {}", config.plugins_dir.display()))?;
         let listener = match listener {
@@ -147,7 +144,7 @@ impl App {
             None => None,
         };
         let auth = Arc::new(crate::tenancy::auth::Authenticator::new(
-            tenancy,
+            tenancy.clone(),
             config.admin_uuid.clone(),
             config.token_ttl,
             config.auth_max_failures,
@@ -156,7 +153,19 @@ impl App {
         Ok(App {
             listener,
             metrics_listener,
-            state: Arc::new(AppState::new(config, plugins, auth, role)),
+            state: {
+                let state = AppState::new(config, plugins, auth, role);
+                if let Some(every) = state.config.publish_sync {
+                    crate::publish::spawn_sync(
+                        tenancy.store.clone(),
+                        state.config.plugins_dir.clone(),
+                        &state.config.data_dir,
+                        every,
+                        state.sync_now.clone(),
+                    );
+                }
+                Arc::new(state)
+            },
         })
     }
 

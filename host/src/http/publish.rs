@@ -132,6 +132,7 @@ where
     publish::check_name(name).map_err(publish_error)?;
     if method == Method::DELETE {
         publish::unpublish(store.as_ref(), tenant, name).await.map_err(publish_error)?;
+        state.sync_now.notify_one();
         return Ok(json_response(StatusCode::OK, &json!({ "unpublished": name, "tenant": tenant })));
     }
     let Some(sandbox) = state.plugins.sandbox() else {
@@ -166,6 +167,7 @@ where
     let plugin = publish::publish(store.as_ref(), sandbox, upload, &policy)
         .await
         .map_err(publish_error)?;
+    state.sync_now.notify_one();
     Ok(json_response(StatusCode::CREATED, &plugin.view()))
 }
 

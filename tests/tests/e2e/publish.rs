@@ -290,3 +290,28 @@ fn sync_survives_the_store_going_away_and_catches_up() {
     .is_some());
     assert!(app.logs().contains("cannot sync published plugins"), "the outage was not logged");
 }
+
+/// The replica that takes an upload syncs at once; the others within `PUBLISH_SYNC_MS`.
+#[test]
+fn the_replica_that_takes_a_publish_serves_it_at_once() {
+    let app = Setup::default().env("PUBLISH_SYNC_MS", "600000").start();
+    let admin = app.admin_token();
+    let started = Instant::now();
+    let reply = put(
+        &app,
+        "/rest/admin/plugins/hello",
+        Some(&admin),
+        std::fs::read(plugin_file("hello")).unwrap(),
+    );
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    let served = wait_for(Duration::from_secs(10), || serves(&app, "/rest/services/hello/greet/", None));
+    assert!(
+        served.is_some(),
+        "not served without waiting for the 10-minute sync:\n{}",
+        app.logs()
+    );
+    eprintln!("published → served on the same replica after {:?}", started.elapsed());
+    assert_eq!(app.admin("DELETE", "/rest/admin/plugins/hello", None).status, 200);
+    let gone = wait_for(Duration::from_secs(10), || !serves(&app, "/rest/services/hello/greet/", None));
+    assert!(gone.is_some(), "{}", app.logs());
+}
