@@ -77,6 +77,17 @@ fn network_namespace(root: bool) -> Layer {
     )
 }
 
+/// The bytes of address space this process has mapped (`VmSize`).
+fn own_address_space() -> std::io::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmSize:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| std::io::Error::other("no VmSize line"))?;
+    Ok(kib * 1024)
+}
+
 fn limits(rlimits: &Rlimits) -> Layer {
     let set = |resource, soft: u64, hard: u64| {
         rustix::process::setrlimit(
@@ -89,7 +100,11 @@ fn limits(rlimits: &Rlimits) -> Layer {
         .map_err(|e| format!("{resource:?}: {e}"))
     };
     let result = (|| {
-        set(Resource::As, rlimits.address_space_bytes, rlimits.address_space_bytes)?;
+        // The limit is on what the plugin adds: the worker's own mappings (its binary, and the
+        // address space its allocator reserved up front) are already there and cost no memory.
+        let own = own_address_space().map_err(|e| format!("cannot read /proc/self/status: {e}"))?;
+        let address_space = own.saturating_add(rlimits.address_space_bytes);
+        set(Resource::As, address_space, address_space)?;
         // SIGXCPU at the soft limit, SIGKILL a second later.
         set(Resource::Cpu, rlimits.cpu_seconds, rlimits.cpu_seconds + 1)?;
         set(Resource::Nofile, rlimits.open_files, rlimits.open_files)?;
@@ -97,7 +112,7 @@ fn limits(rlimits: &Rlimits) -> Layer {
         set(Resource::Nproc, 0, 0)?;
         set(Resource::Core, 0, 0)?;
         Ok(format!(
-            "address space {} MiB, CPU {} s, {} open files, no file writes, no new processes or threads, no core dumps",
+            "address space {} MiB beyond the worker's own, CPU {} s, {} open files, no file writes, no new processes or threads, no core dumps",
             rlimits.address_space_bytes >> 20,
             rlimits.cpu_seconds,
             rlimits.open_files
