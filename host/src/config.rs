@@ -63,7 +63,7 @@ pub const KNOWN_VARS: &[(&str, &str, &str)] = &[
     (
         "SANDBOX_MEMORY_MB",
         "512",
-        "address space of one sandbox worker (the call fails beyond it)",
+        "address space a plugin may add to its sandbox worker's own (the call fails beyond it)",
     ),
     ("SANDBOX_CPU_SECS", "300", "CPU seconds one sandbox worker may use in its life"),
     ("SANDBOX_OPEN_FILES", "64", "open files one sandbox worker may hold"),
