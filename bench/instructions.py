@@ -35,13 +35,13 @@ def requests(port, count, headers=None):
     conn.close()
 
 
-def admin_token(work, port):
+def admin_token(work, data_dir, port):
     """A bearer token for the admin, from a current TOTP code."""
     import json
     env_text = open(f"{work}/.env").read()
     uuid = re.search(r"^ADMIN_UUID=(.+)$", env_text, re.M).group(1).strip()
     code = subprocess.run([f"{ROOT}/target/release/plughost", "totp", uuid, "--env-file", f"{work}/.env"],
-                          env=dict(os.environ, DATA_DIR=f"{work}/data"), capture_output=True, text=True,
+                          env=dict(os.environ, DATA_DIR=data_dir), capture_output=True, text=True,
                           check=True).stdout.split()[0]
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     conn.request("POST", "/rest/auth/token", body=json.dumps({"uuid": uuid, "totp": code}),
@@ -61,7 +61,9 @@ def total_instructions(out_file):
 
 
 def measure(work, config):
-    env = dict(os.environ, PLUGINS_DIR=f"{work}/plugins", DATA_DIR=f"{work}/data", BIND="127.0.0.1:0",
+    # A data folder per configuration: TOTP codes are single-use, and two runs may fall in one step.
+    data_dir = f"{work}/data-" + re.sub(r"[^\w.-]", "_", config)
+    env = dict(os.environ, PLUGINS_DIR=f"{work}/plugins", DATA_DIR=data_dir, BIND="127.0.0.1:0",
                INLINE_CALL_MAX_US="20000")
     if config == "baseline":
         command = [f"{ROOT}/target/release/bench-baseline", "127.0.0.1:0"]
@@ -85,7 +87,7 @@ def measure(work, config):
     try:
         line = server.stdout.readline()
         port = int(re.search(r":(\d+)\s*$", line).group(1))
-        headers = {"Authorization": f"Bearer {admin_token(work, port)}"} if with_token else None
+        headers = {"Authorization": f"Bearer {admin_token(work, data_dir, port)}"} if with_token else None
         requests(port, 200, headers)  # warm-up: lazy statics, connection set-up, caches
         subprocess.run(["callgrind_control", "-z", str(server.pid)], check=True, stdout=subprocess.DEVNULL)
         requests(port, N, headers)
