@@ -146,9 +146,7 @@ pub fn read_signing_key(path: &Path) -> Result<SigningKey, String> {
 
 /// A fresh signing key: its PKCS#8 PEM text and its public key in base64 (for `PLUGIN_PUBKEYS`).
 pub fn new_signing_key() -> Result<(String, String), String> {
-    let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).map_err(|err| format!("no randomness from the OS: {err}"))?;
-    let key = SigningKey::from_bytes(&seed);
+    let key = SigningKey::from_bytes(&crate::tenancy::secrets::random_bytes::<32>());
     let pem = key
         .to_pkcs8_pem(LineEnding::LF)
         .map_err(|err| format!("cannot encode the key: {err}"))?;

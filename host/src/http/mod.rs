@@ -89,54 +89,31 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
                 result.await.unwrap_or_else(error::ApiError::into_response)
             },
         );
-    let admin = warp::path("rest")
-        .and(warp::path("admin"))
-        .and(warp::path::tail())
-        .and(warp::method())
-        .and(warp::header::headers_cloned())
-        .and(warp::body::stream())
-        .and(with(&state))
-        .then(
-            |tail: warp::path::Tail, method: http::Method, headers: http::HeaderMap, body, state: Arc<AppState>| async move {
-                // Publishing takes large bodies: credentials first, then the body.
-                let segments = path::segments(tail.as_str()).unwrap_or_default();
-                if let Some((tenant, name)) = publish::admin_target(&method, &segments) {
-                    let result = publish::admin(&state, tenant, name, &method, &headers, body).await;
-                    return as_admin(result, "/rest/admin/…");
-                }
-                let result = async {
-                    let body = if method == http::Method::POST || method == http::Method::PUT {
-                        services::read_body(&headers, body, 64 * 1024, "64 KiB for this route").await?
-                    } else {
-                        bytes::Bytes::new()
-                    };
-                    admin::handle(&state, tail.as_str(), &method, &headers, body).await
+    let admin = streamed("admin", &state).then(
+        |tail: warp::path::Tail, method: http::Method, headers: http::HeaderMap, body, state: Arc<AppState>| async move {
+            // Publishing takes large bodies: credentials first, then the body.
+            let segments = path::segments(tail.as_str()).unwrap_or_default();
+            if let Some((tenant, name)) = publish::admin_target(&method, &segments) {
+                let result = publish::admin(&state, tenant, name, &method, &headers, body).await;
+                return as_admin(result, "/rest/admin/…");
+            }
+            let result = async {
+                let body = if method == http::Method::POST || method == http::Method::PUT {
+                    services::read_body(&headers, body, 64 * 1024, "64 KiB for this route").await?
+                } else {
+                    bytes::Bytes::new()
                 };
-                as_admin(result.await, "/rest/admin/…")
-            },
-        );
-    let tenant = warp::path("rest")
-        .and(warp::path("tenant"))
-        .and(warp::path::tail())
-        .and(warp::method())
-        .and(warp::header::headers_cloned())
-        .and(warp::body::stream())
-        .and(with(&state))
-        .then(
-            |tail: warp::path::Tail, method: http::Method, headers: http::HeaderMap, body, state: Arc<AppState>| async move {
-                match publish::tenant(&state, tail.as_str(), &method, &headers, body).await {
-                    Ok(mut response) => {
-                        response.extensions_mut().insert(RouteInfo {
-                            route: "/rest/tenant/…",
-                            endpoint: None,
-                            caller: "tenant",
-                        });
-                        response
-                    }
-                    Err(err) => err.into_response(),
-                }
-            },
-        );
+                admin::handle(&state, tail.as_str(), &method, &headers, body).await
+            };
+            as_admin(result.await, "/rest/admin/…")
+        },
+    );
+    let tenant = streamed("tenant", &state).then(
+        |tail: warp::path::Tail, method: http::Method, headers: http::HeaderMap, body, state: Arc<AppState>| async move {
+            let result = publish::tenant(&state, tail.as_str(), &method, &headers, body).await;
+            as_caller(result, "/rest/tenant/…", "tenant")
+        },
+    );
     ping.or(version)
         .unify()
         .or(health)
@@ -158,17 +135,46 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
 
 /// A response of an admin-only route: a success means the admin called.
 fn as_admin(result: Result<Response, error::ApiError>, route: &'static str) -> Response {
+    as_caller(result, route, "admin")
+}
+
+/// A response of a route only `caller` (a kind of caller) may use: a success means it called.
+fn as_caller(result: Result<Response, error::ApiError>, route: &'static str, caller: &'static str) -> Response {
     match result {
         Ok(mut response) => {
             response.extensions_mut().insert(RouteInfo {
                 route,
                 endpoint: None,
-                caller: "admin",
+                caller,
             });
             response
         }
         Err(err) => err.into_response(),
     }
+}
+
+/// `/rest/<segment>/…` with everything a handler that reads its body late needs: the tail, the
+/// method, the headers, the body as a stream, and the state.
+fn streamed(
+    segment: &'static str,
+    state: &Arc<AppState>,
+) -> impl Filter<
+    Extract = (
+        warp::path::Tail,
+        http::Method,
+        http::HeaderMap,
+        impl futures_util::Stream<Item = Result<impl bytes::Buf, warp::Error>>,
+        Arc<AppState>,
+    ),
+    Error = warp::Rejection,
+> + Clone {
+    warp::path("rest")
+        .and(warp::path(segment))
+        .and(warp::path::tail())
+        .and(warp::method())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .and(with(state))
 }
 
 fn with(state: &Arc<AppState>) -> impl Filter<Extract = (Arc<AppState>,), Error = Infallible> + Clone {
