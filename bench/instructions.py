@@ -7,6 +7,7 @@ divides the instructions executed by N. System-call time in the kernel is not co
     bench/instructions.py [N] [PATH]     (defaults: 2000, /rest/services/hello-world/a/b/?x=1)
     CONFIGS="baseline RUST_LOG=warn,METRICS=off RUST_LOG=info" bench/instructions.py
     CONFIGS="RUST_LOG=warn,METRICS=off RUST_LOG=warn,METRICS=off,TOKEN=1" ...   (TOKEN=1: with a bearer token)
+    CONFIGS="... RUST_LOG=warn,PATH=/rest/services/hello-world2/a/b/?x=1"   (PATH=: call another path)
     KEEP_DUMPS=/tmp/profiles bench/instructions.py   (keeps each dump, for callgrind_annotate)
 
 `baseline` is bench/baseline, the bare warp handler. Under callgrind everything runs ~50 times
@@ -25,10 +26,10 @@ CONFIGS = os.environ.get(
 EXAMPLES = ["module1", "module2", "product_v1", "product_v2", "hello"]
 
 
-def requests(port, count, headers=None):
+def requests(port, count, headers=None, path=PATH):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     for _ in range(count):
-        conn.request("GET", PATH, headers=headers or {})
+        conn.request("GET", path, headers=headers or {})
         response = conn.getresponse()
         response.read()
         assert response.status == 200, response.status
@@ -70,10 +71,14 @@ def measure(work, config):
     else:
         command = [f"{ROOT}/target/release/plughost", "serve", "--no-supervisor", "--env-file", f"{work}/.env"]
     with_token = False
+    path = PATH
     for pair in config.split(",") if config != "baseline" else []:
         key, value = pair.split("=", 1)
         if key == "TOKEN":  # not a setting: call with the admin's bearer token
             with_token = value == "1"
+            continue
+        if key == "PATH":  # not a setting: the path to call instead of the default
+            path = value
             continue
         env[key] = value
     out = f"{work}/callgrind.out"
@@ -88,9 +93,9 @@ def measure(work, config):
         line = server.stdout.readline()
         port = int(re.search(r":(\d+)\s*$", line).group(1))
         headers = {"Authorization": f"Bearer {admin_token(work, data_dir, port)}"} if with_token else None
-        requests(port, 200, headers)  # warm-up: lazy statics, connection set-up, caches
+        requests(port, 200, headers, path)  # warm-up: lazy statics, connection set-up, caches
         subprocess.run(["callgrind_control", "-z", str(server.pid)], check=True, stdout=subprocess.DEVNULL)
-        requests(port, N, headers)
+        requests(port, N, headers, path)
         subprocess.run(["callgrind_control", "-d", str(server.pid)], check=True, stdout=subprocess.DEVNULL)
         time.sleep(0.5)
     finally:

@@ -189,10 +189,16 @@ struct ServeArgs {
 }
 
 /// The host allocates and frees many small buffers on every request; mimalloc's thread-local free
-/// lists serve them with fewer instructions than glibc's malloc (see bench/instructions.py). Plugins
-/// keep their own allocator: memory crossing the ABI is freed by the side that allocated it.
+/// lists serve them with fewer instructions than glibc's malloc (see bench/instructions.py).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Plugins built with `export_plugin!` find this table with `dlsym` at their first allocation and
+/// allocate through mimalloc too (plugin_api::alloc). `build.rs` puts it in the dynamic symbol
+/// table; the name is `plugin_api::alloc::SYMBOL`.
+#[allow(unsafe_code, non_upper_case_globals)]
+#[no_mangle]
+pub static plughost_allocator_v1: plugin_api::alloc::HostAllocator = plugin_api::alloc::HostAllocator::GLOBAL;
 
 fn main() -> ExitCode {
     // A sandbox worker must not parse arguments or read .env: it has a clean environment and

@@ -53,6 +53,7 @@
 //! FFI-safe types of [`abi`] crosses between them. A panic inside a function is caught and becomes
 //! a 500 for that call; the plugin's log lines go through the host's logger ([`log`]).
 
+pub mod alloc;
 mod error;
 pub mod log;
 mod request;
@@ -82,9 +83,19 @@ pub mod prelude {
 /// The module's version defaults to the plugin crate's `CARGO_PKG_VERSION`. This emits the same
 /// library header as abi_stable's `#[export_root_module]`, without requiring plugin crates to
 /// depend on `abi_stable` themselves.
+///
+/// It also makes the plugin allocate through the host's allocator ([`alloc`]). A plugin that
+/// declares its own `#[global_allocator]` exports itself with
+/// `export_plugin!(plugin, own_allocator)` instead.
 #[macro_export]
 macro_rules! export_plugin {
     ($constructor:path) => {
+        #[global_allocator]
+        static __PLUGHOST_ALLOCATOR: $crate::alloc::PluginAllocator = $crate::alloc::PluginAllocator;
+
+        $crate::export_plugin!($constructor, own_allocator);
+    };
+    ($constructor:path, own_allocator) => {
         extern "C" fn __plughost_root_module() -> $crate::runtime::RootModuleResult {
             $crate::runtime::load_root_module(|| $constructor().default_version(::std::env!("CARGO_PKG_VERSION")))
         }

@@ -1,7 +1,9 @@
 //! The request a plugin function receives: kwargs with typed accessors, and the raw HTTP parts.
 
+use std::{cell::OnceCell, sync::OnceLock};
+
 use serde::de::DeserializeOwned;
-use serde_json::{Map, Value};
+use serde_json::{value::RawValue, Map, Value};
 
 use crate::{abi::CallRequest, Error, Result};
 
@@ -9,19 +11,31 @@ use crate::{abi::CallRequest, Error, Result};
 ///
 /// `kwargs` are built by the host from the JSON body, the query string and the positional URL
 /// segments (URL over query over body), already coerced to the types the function declared.
+///
+/// The kwargs arrive as JSON text and are decoded at the first accessor that needs them, so a
+/// function that never reads them, or passes them on whole with [`Request::kwargs_raw`], does not
+/// pay for decoding them.
 pub struct Request<'a> {
     raw: &'a CallRequest<'a>,
-    kwargs: Map<String, Value>,
+    kwargs: OnceCell<Map<String, Value>>,
 }
 
 impl<'a> Request<'a> {
     pub(crate) fn from_abi(raw: &'a CallRequest<'a>) -> Result<Self> {
-        let kwargs = match serde_json::from_str::<Value>(raw.kwargs_json.as_str()) {
-            Ok(Value::Object(map)) => map,
-            Ok(Value::Null) => Map::new(),
-            Ok(_) | Err(_) => return Err(Error::internal("the host sent kwargs that are not a JSON object")),
-        };
-        Ok(Request { raw, kwargs })
+        Ok(Request {
+            raw,
+            kwargs: OnceCell::new(),
+        })
+    }
+
+    fn decoded(&self) -> &Map<String, Value> {
+        // The host always sends an object (`null` from hosts before 0.1); anything else would be
+        // a host bug, and reads as no kwargs.
+        self.kwargs
+            .get_or_init(|| match serde_json::from_str::<Value>(self.raw.kwargs_json.as_str()) {
+                Ok(Value::Object(map)) => map,
+                _ => Map::new(),
+            })
     }
 
     /// The HTTP method, upper case (`GET`, `POST`, …).
@@ -41,12 +55,24 @@ impl<'a> Request<'a> {
 
     /// All kwargs.
     pub fn kwargs(&self) -> &Map<String, Value> {
-        &self.kwargs
+        self.decoded()
+    }
+
+    /// All kwargs as the JSON object text the host sent, not decoded. Embed it in a response
+    /// (a `&RawValue` field serializes as the text itself) to pass the kwargs on without decoding
+    /// and re-encoding them.
+    pub fn kwargs_raw(&self) -> &RawValue {
+        let text = self.raw.kwargs_json.as_str();
+        match serde_json::from_str::<&RawValue>(text) {
+            Ok(raw) if text.starts_with('{') => raw,
+            // Not an object (a host bug): an empty one, as `kwargs` reads it.
+            _ => empty_object(),
+        }
     }
 
     /// One kwarg, if present.
     pub fn kwarg(&self, name: &str) -> Option<&Value> {
-        self.kwargs.get(name)
+        self.decoded().get(name)
     }
 
     /// A required string kwarg. Numbers and booleans are not converted: declare the parameter
@@ -57,7 +83,7 @@ impl<'a> Request<'a> {
 
     /// An optional string kwarg; an error if present with another type.
     pub fn opt_str(&self, name: &str) -> Result<Option<&str>> {
-        match self.kwargs.get(name) {
+        match self.decoded().get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
             Some(other) => Err(wrong_type(name, "a string", other)),
@@ -71,7 +97,7 @@ impl<'a> Request<'a> {
 
     /// An optional integer kwarg.
     pub fn opt_i64(&self, name: &str) -> Result<Option<i64>> {
-        match self.kwargs.get(name) {
+        match self.decoded().get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Number(n)) => n
                 .as_i64()
@@ -93,7 +119,7 @@ impl<'a> Request<'a> {
 
     /// An optional number kwarg.
     pub fn opt_f64(&self, name: &str) -> Result<Option<f64>> {
-        match self.kwargs.get(name) {
+        match self.decoded().get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Number(n)) => Ok(n.as_f64()),
             Some(Value::String(s)) => s
@@ -114,7 +140,7 @@ impl<'a> Request<'a> {
 
     /// An optional boolean kwarg.
     pub fn opt_bool(&self, name: &str) -> Result<Option<bool>> {
-        match self.kwargs.get(name) {
+        match self.decoded().get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
             Some(Value::String(s)) => match s.as_str() {
@@ -128,7 +154,8 @@ impl<'a> Request<'a> {
 
     /// Deserializes all kwargs into `T` (a struct with named fields, typically).
     pub fn kwargs_as<T: DeserializeOwned>(&self) -> Result<T> {
-        serde_json::from_value(Value::Object(self.kwargs.clone())).map_err(|err| Error::unprocessable(format!("kwargs do not fit: {err}")))
+        // Straight from the text: no map to build and clone first.
+        serde_json::from_str(self.kwargs_raw().get()).map_err(|err| Error::unprocessable(format!("kwargs do not fit: {err}")))
     }
 
     /// The raw query string, without `?`.
@@ -192,6 +219,11 @@ pub enum CallerKind {
 pub struct Caller<'a> {
     pub kind: CallerKind,
     pub uuid: &'a str,
+}
+
+fn empty_object() -> &'static RawValue {
+    static EMPTY: OnceLock<Box<RawValue>> = OnceLock::new();
+    EMPTY.get_or_init(|| RawValue::from_string("{}".to_owned()).unwrap_or_else(|_| unreachable!("{{}} is JSON")))
 }
 
 fn missing(name: &str) -> Error {

@@ -112,4 +112,40 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Internal);
         assert!(err.message().contains("not serializable"), "{}", err.message());
     }
+
+    #[test]
+    fn raw_kwargs_pass_on_the_same_bytes_as_decoded_ones() {
+        #[derive(serde::Serialize)]
+        struct Echo<'a> {
+            kwargs: &'a serde_json::value::RawValue,
+        }
+        let request = TestRequest::get()
+            .kwarg("name", "Ada \"A\" é")
+            .kwarg("n", 3)
+            .kwarg("list", serde_json::json!([1, {"a": null}]));
+        let raw = request.call(|req| Ok(Response::json(Echo { kwargs: req.kwargs_raw() }))).unwrap();
+        let decoded = request.call(|req| Ok(serde_json::json!({ "kwargs": req.kwargs() }))).unwrap();
+        assert_eq!(raw.body(), decoded.body());
+    }
+
+    #[test]
+    fn kwargs_decode_once_and_into_structs() {
+        #[derive(serde::Deserialize)]
+        struct Args {
+            name: String,
+            n: i64,
+        }
+        let request = TestRequest::get().kwarg("name", "Ada").kwarg("n", 3);
+        let response = request
+            .call(|req| {
+                let args: Args = req.kwargs_as()?;
+                let first = req.kwargs() as *const _;
+                assert_eq!(first, req.kwargs() as *const _, "decoded once and kept");
+                Ok(format!("{} {} {}", args.name, args.n, req.i64("n")?))
+            })
+            .unwrap();
+        assert_eq!(response.body(), b"Ada 3 3");
+        let err = request.call(|req| Ok(req.kwargs_as::<Vec<i64>>()?.len().to_string())).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unprocessable);
+    }
 }

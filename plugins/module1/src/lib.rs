@@ -1,12 +1,25 @@
 //! The reference framework's first sample module, alias `v1`: every function echoes its kwargs.
 
 use plugin_api::prelude::*;
+use serde::Serialize;
+use serde_json::value::RawValue;
 
-fn echo(api: &str, req: &Request) -> Result<Value> {
-    Ok(json!({ "response": api, "kwargs": req.kwargs() }))
+/// `{"response": <api>, "kwargs": {…}}`. The kwargs are passed on as the host encoded them
+/// (`kwargs_raw`): the same bytes as decoding and re-encoding them, without the work.
+#[derive(Serialize)]
+struct Echo<'a> {
+    response: &'a str,
+    kwargs: &'a RawValue,
 }
 
-fn foo(req: &Request) -> Result<Value> {
+fn echo(api: &str, req: &Request) -> Result<Response> {
+    Ok(Response::json(Echo {
+        response: api,
+        kwargs: req.kwargs_raw(),
+    }))
+}
+
+fn foo(req: &Request) -> Result<Response> {
     echo("hello-world", req)
 }
 
@@ -14,19 +27,19 @@ fn bar(_req: &Request) -> Result<Value> {
     Ok(json!("bar-none again"))
 }
 
-fn sample1(req: &Request) -> Result<Value> {
+fn sample1(req: &Request) -> Result<Response> {
     echo("sample-one", req)
 }
 
-fn sample12(req: &Request) -> Result<Value> {
+fn sample12(req: &Request) -> Result<Response> {
     echo("sample-one2", req)
 }
 
-fn sample12a(req: &Request) -> Result<Value> {
+fn sample12a(req: &Request) -> Result<Response> {
     echo("sample-one2a", req)
 }
 
-fn sample2(req: &Request) -> Result<Value> {
+fn sample2(req: &Request) -> Result<Response> {
     echo("sample-two", req)
 }
 

@@ -125,3 +125,13 @@ fn a_plugin_that_kills_its_process_costs_one_request_and_the_worker_is_replaced(
     assert_ne!(app.worker_pid(), first);
     assert!(app.logs().contains("worker exited unexpectedly"));
 }
+
+#[test]
+fn plugins_allocate_through_the_hosts_allocator() {
+    // plugin_api::alloc: the plugin finds the table plughost exports and uses it from its first
+    // allocation; its own unit tests (no host) use the system allocator.
+    let app = Setup::default().plugins(&["panicky"]).start();
+    let reply = app.get("/rest/services/panicky/allocator/");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["host_allocator"], true, "{}", reply.text());
+}

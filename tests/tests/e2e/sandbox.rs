@@ -148,6 +148,11 @@ fn misbehaving_tenant_plugins_are_contained_and_the_worker_comes_back() {
         reply.json()["pid"].as_u64().unwrap()
     };
     let first_pid = back();
+    let hello = tenant.get(&app, "/rest/services/rogue/hello/").json();
+    assert_eq!(
+        hello["host_allocator"], true,
+        "a sandboxed plugin allocates through the worker's allocator: {hello}"
+    );
     if layers.get("memory_cgroup") == Some(&true) {
         let cgroup = std::fs::read_to_string(format!("/proc/{first_pid}/cgroup")).unwrap();
         assert!(cgroup.contains("/plughost-"), "the worker is not in its memory cgroup: {cgroup}");
