@@ -9,6 +9,7 @@ divides the instructions executed by N. System-call time in the kernel is not co
     CONFIGS="RUST_LOG=warn,METRICS=off RUST_LOG=warn,METRICS=off,TOKEN=1" ...   (TOKEN=1: with a bearer token)
     CONFIGS="... RUST_LOG=warn,PATH=/rest/services/hello-world2/a/b/?x=1"   (PATH=: call another path)
     KEEP_DUMPS=/tmp/profiles bench/instructions.py   (keeps each dump, for callgrind_annotate)
+    VALGRIND_ARGS="--cache-sim=yes --branch-sim=yes" bench/instructions.py   (simulated cache and branch misses)
 
 `baseline` is bench/baseline, the bare warp handler. Under callgrind everything runs ~50 times
 slower, so INLINE_CALL_MAX_US is raised to 20 ms: quick functions are then called inline, as they
@@ -87,7 +88,7 @@ def measure(work, config):
             os.remove(os.path.join(work, old))
     server = subprocess.Popen(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--collect-atstart=yes",
-         *command],
+         *os.environ.get("VALGRIND_ARGS", "").split(), *command],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=work)
     try:
         line = server.stdout.readline()

@@ -7,12 +7,14 @@
 //! that takes longer sends the function back to the pool until it has proven quick again, so a
 //! function that turns slow costs at most one late answer.
 //!
-//! A sandboxed module is called the same way, through its worker pool: the thread writes the
-//! request to a worker's pipe and reads the reply, and kills the worker at the deadline.
+//! A sandboxed module is called asynchronously, through its worker pool: a task writes the
+//! request to a worker's pipe and awaits the reply, and kills the worker at the deadline. The
+//! async thread meanwhile serves other requests, so under load several workers run in turn
+//! before the host is woken again.
 
 use std::{
     borrow::Cow,
-    sync::atomic::Ordering,
+    sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
 
@@ -94,12 +96,9 @@ pub async fn call(
     deadline: Duration,
     inline_max: Option<Duration>,
 ) -> Result<PluginReply, CallError> {
-    // A sandboxed call enforces its module's deadline itself (it kills its worker); the timer
-    // here is only a safety net for it.
-    let deadline = match endpoint.module.sandbox() {
-        Some(pool) => pool.limits().call_timeout + SANDBOX_GRACE,
-        None => deadline,
-    };
+    if let Some(pool) = endpoint.module.sandbox() {
+        return call_sandboxed(Arc::clone(pool), endpoint, input, inline_max).await;
+    }
     if let Some(max) = inline_max {
         if endpoint.quick_streak().load(Ordering::Relaxed) >= QUICK_STREAK {
             let started = Instant::now();
@@ -139,28 +138,47 @@ pub async fn call(
 /// How long past a sandboxed module's own deadline the safety-net timer waits.
 const SANDBOX_GRACE: Duration = Duration::from_secs(2);
 
-/// Calls the function in this process or in a sandbox worker; blocks until it answers.
-fn run(endpoint: &Endpoint, input: &CallInput) -> Result<PluginReply, CallError> {
-    let Some(pool) = endpoint.module.sandbox() else {
-        return call_blocking(endpoint, input);
-    };
-    let function = endpoint.function();
-    let head = crate::sandbox::protocol::CallHead {
-        id: 0,
-        function: function.index,
-        function_name: Cow::Borrowed(&function.name),
-        module: Cow::Borrowed(&endpoint.module.spec.name),
-        method: Cow::Borrowed(&input.method),
-        kwargs_json: Cow::Borrowed(&input.kwargs_json),
-        query: Cow::Borrowed(&input.query),
-        headers: Cow::Borrowed(&input.headers),
-        content_type: Cow::Borrowed(&input.content_type),
-        request_id: Cow::Borrowed(&input.request_id),
-    };
-    pool.call(head, &input.body)
+/// A call through the module's worker pool. It runs as a task of its own, so that a client that
+/// goes away does not cut a call short: its worker finishes it and goes back to the pool.
+async fn call_sandboxed(
+    pool: Arc<crate::sandbox::Pool>,
+    endpoint: Endpoint,
+    input: CallInput,
+    quick_max: Option<Duration>,
+) -> Result<PluginReply, CallError> {
+    // The pool enforces the module's deadline itself (it kills the worker); this timer is only a
+    // safety net. A batched call queued behind one that turned slow may wait for that one's
+    // deadline before its own starts: hence twice the deadline.
+    let deadline = pool.limits().call_timeout * 2 + SANDBOX_GRACE;
+    let task = tokio::spawn(async move {
+        let function = endpoint.function();
+        let head = crate::sandbox::protocol::CallHead {
+            id: 0,
+            function: function.index,
+            function_name: Cow::Borrowed(&function.name),
+            module: Cow::Borrowed(&endpoint.module.spec.name),
+            method: Cow::Borrowed(&input.method),
+            kwargs_json: Cow::Borrowed(&input.kwargs_json),
+            query: Cow::Borrowed(&input.query),
+            headers: Cow::Borrowed(&input.headers),
+            content_type: Cow::Borrowed(&input.content_type),
+            request_id: Cow::Borrowed(&input.request_id),
+        };
+        let pace = crate::sandbox::Pace {
+            streak: endpoint.quick_streak(),
+            quick_max,
+        };
+        pool.call(head, &input.body, pace).await
+    });
+    match tokio::time::timeout(deadline, task).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(join_error)) => Err(CallError::Pool(join_error.to_string())),
+        Err(_) => Err(CallError::Timeout(deadline)),
+    }
 }
 
-fn call_blocking(endpoint: &Endpoint, input: &CallInput) -> Result<PluginReply, CallError> {
+/// Calls the function in this process; blocks until it answers.
+fn run(endpoint: &Endpoint, input: &CallInput) -> Result<PluginReply, CallError> {
     let module = &endpoint.module;
     let function = endpoint.function();
     let parts = CallParts {

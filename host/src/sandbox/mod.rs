@@ -29,7 +29,10 @@ use std::{
 use plugin_api::ErrorKind;
 use serde::Serialize;
 
-use self::protocol::{read_frame, write_frame, CallHead, FrameError, HostMsg, Layer, Outcome, Rlimits, WorkerMsg, PROTOCOL_VERSION};
+use self::protocol::{
+    encode_frame, read_frame, read_frame_async, write_frame, CallHead, FrameError, HostMsg, Layer, Outcome, Rlimits, WorkerMsg,
+    PROTOCOL_VERSION,
+};
 use crate::{
     dispatch::{CallError, PluginReply},
     loader::{Backend, Candidate, LoadError, LoadedModule},
@@ -146,6 +149,8 @@ pub struct Sandbox {
     pools: Mutex<Vec<Weak<Pool>>>,
     probe: Mutex<Option<Vec<Layer>>>,
     sequence: AtomicU64,
+    /// The CPUs this process may run on: how many runners feed a pool's quick calls to workers.
+    cpus: u32,
     /// Where workers' memory cgroups go, or why there are none.
     cgroups: Result<cgroup::MemoryCgroups, String>,
     /// Workers told goodbye, and when: reaped once they exit, killed after [`GOODBYE_GRACE`].
@@ -213,6 +218,7 @@ impl Sandbox {
             pools: Mutex::new(Vec::new()),
             probe: Mutex::new(None),
             sequence: AtomicU64::new(0),
+            cpus: thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX)),
             cgroups: cgroup::MemoryCgroups::detect(),
             retiring: Mutex::new(Vec::new()),
             spawner: Spawner::start()?,
@@ -258,7 +264,7 @@ impl Sandbox {
 
     /// Says goodbye to a healthy worker; the maintenance thread reaps it.
     fn retire(&self, mut worker: Worker) {
-        let _ = write_frame(&mut worker.input, &HostMsg::Goodbye, &[]);
+        worker.goodbye();
         lock(&self.retiring).push((worker, Instant::now()));
     }
 
@@ -358,6 +364,10 @@ impl Sandbox {
             crashes: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
             started: AtomicU64::new(1),
+            queue: Mutex::new(VecDeque::new()),
+            runners: AtomicU32::new(0),
+            batched: AtomicU64::new(0),
+            requeued: AtomicU64::new(0),
         });
         lock(&self.pools).push(Arc::downgrade(&pool));
         Ok(LoadedModule::new(
@@ -418,6 +428,11 @@ pub struct Pool {
     crashes: AtomicU64,
     timeouts: AtomicU64,
     started: AtomicU64,
+    /// Quick calls waiting for a runner, and the runners feeding them to workers.
+    queue: Mutex<VecDeque<Job>>,
+    runners: AtomicU32,
+    batched: AtomicU64,
+    requeued: AtomicU64,
 }
 
 impl std::fmt::Debug for Pool {
@@ -437,6 +452,10 @@ pub struct PoolStatus {
     pub workers_busy: usize,
     pub workers_started: u64,
     pub calls: u64,
+    /// Calls of quick functions, sent to workers in batches.
+    pub calls_batched: u64,
+    /// Batched calls sent again to another worker because one before them failed.
+    pub calls_requeued: u64,
     pub crashes: u64,
     pub timeouts: u64,
     pub quarantined: Option<String>,
@@ -461,11 +480,44 @@ enum Failure {
     Broken(String),
 }
 
+/// How quick a function has been, which decides how it is called: a function whose latest
+/// calls each ran within `quick_max` (as its worker measured them) may share a worker with other
+/// quick calls.
+pub struct Pace<'a> {
+    pub streak: &'a AtomicU32,
+    pub quick_max: Option<Duration>,
+}
+
+/// Quick calls in a row before a function's calls are batched.
+const QUICK_STREAK: u32 = 32;
+/// Most calls sent to a worker in one write.
+const MAX_BATCH: usize = 64;
+/// Most request bytes sent to a worker in one write (a call larger than this goes alone). Below
+/// a pipe's 64 KiB, so that the write never waits for the worker, which may be waiting for its
+/// replies to be read.
+const MAX_BATCH_BYTES: usize = 60 * 1024;
+
+/// What a worker answered to one call: the outcome, the body, and how long the plugin took (µs).
+type Answered = Result<(Outcome, Vec<u8>, u64), Failure>;
+
+/// A quick call waiting in its pool's queue for a worker.
+struct Job {
+    id: u64,
+    frame: Vec<u8>,
+    deadline: Instant,
+    answer: tokio::sync::oneshot::Sender<Answered>,
+}
+
 impl Pool {
-    /// Calls a function in a worker, blocking until the reply or the module's deadline, which
-    /// this call enforces itself: past it the worker is killed. Quick enough to run on an async
-    /// thread for functions that have proven quick (see `dispatch`).
-    pub fn call(&self, head: CallHead<'_>, body: &[u8]) -> Result<PluginReply, CallError> {
+    /// Calls a function in a worker and waits for its reply or the module's deadline, which this
+    /// call enforces itself: past it the worker is killed.
+    ///
+    /// A function that has proven quick is not given a worker of its own: its calls queue, and
+    /// a runner task (one per CPU) sends everything queued to one worker in one write and reads
+    /// the replies together. Under load a worker then answers many calls per pair of context
+    /// switches instead of one. A worker answers in order, so when one call of a batch fails
+    /// (deadline, crash), the calls after it have not started: they go back to the queue.
+    pub async fn call(self: &Arc<Self>, head: CallHead<'_>, body: &[u8], pace: Pace<'_>) -> Result<PluginReply, CallError> {
         let started = Instant::now();
         if self.troubled.load(Ordering::Acquire) {
             if let Some(why) = lock(&self.health).quarantined.clone() {
@@ -479,11 +531,149 @@ impl Pool {
         }
         let _in_flight = InFlight(&self.in_flight);
         let deadline = started + limits.call_timeout;
-        let mut worker = self.checkout(deadline).map_err(CallError::WorkerFailed)?;
-        let result = worker.call(head, body, limits.max_response_bytes as u64 + FRAME_OVERHEAD, deadline, self);
+        let quick = pace.quick_max.is_some() && pace.streak.load(Ordering::Relaxed) >= QUICK_STREAK;
+        let result = if quick {
+            self.queued(head, body, deadline).await
+        } else {
+            let mut worker = self.checkout(deadline).await.map_err(CallError::WorkerFailed)?;
+            let result = worker
+                .call(head, body, limits.max_response_bytes as u64 + FRAME_OVERHEAD, deadline, self)
+                .await;
+            if result.is_ok() {
+                self.checkin(worker);
+            }
+            result
+        };
+        if let (Ok((_, _, micros)), Some(max)) = (&result, pace.quick_max) {
+            if Duration::from_micros(*micros) <= max {
+                let _ = pace
+                    .streak
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_add(1)));
+            } else {
+                pace.streak.store(0, Ordering::Relaxed);
+            }
+        } else {
+            pace.streak.store(0, Ordering::Relaxed);
+        }
+        self.settle(result, &limits)
+    }
+
+    /// Queues a quick call and waits for a runner to answer it.
+    async fn queued(self: &Arc<Self>, head: CallHead<'_>, body: &[u8], deadline: Instant) -> Answered {
+        let id = self.sandbox.sequence.fetch_add(1, Ordering::Relaxed);
+        let mut head = head;
+        head.id = id;
+        let frame =
+            encode_frame(&HostMsg::Call(head), body).map_err(|err| Failure::Broken(format!("the request could not be encoded: {err}")))?;
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        self.batched.fetch_add(1, Ordering::Relaxed);
+        lock(&self.queue).push_back(Job {
+            id,
+            frame,
+            deadline,
+            answer,
+        });
+        if self.claim_runner() {
+            tokio::spawn(Arc::clone(self).run_queue());
+        }
+        answered
+            .await
+            .unwrap_or_else(|_| Err(Failure::Broken("the runner of the queue ended without an answer".to_owned())))
+    }
+
+    /// Counts one more runner if there are fewer than the CPUs this process may use.
+    fn claim_runner(&self) -> bool {
+        let most = self.sandbox.cpus.min(self.limits().max_concurrency.max(1));
+        self.runners
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < most).then_some(n + 1))
+            .is_ok()
+    }
+
+    /// Takes queued calls for one write; answers those whose deadline passed while they waited.
+    fn take_batch(&self) -> VecDeque<Job> {
+        let mut queue = lock(&self.queue);
+        let mut batch = VecDeque::new();
+        let mut bytes = 0;
+        let now = Instant::now();
+        while batch.len() < MAX_BATCH {
+            let Some(next) = queue.front() else { break };
+            if !batch.is_empty() && bytes + next.frame.len() > MAX_BATCH_BYTES {
+                break;
+            }
+            let Some(job) = queue.pop_front() else { break };
+            if job.deadline <= now {
+                let _ = job.answer.send(Err(Failure::TimedOut));
+                continue;
+            }
+            bytes += job.frame.len();
+            batch.push_back(job);
+        }
+        batch
+    }
+
+    /// A runner: takes a worker and feeds it batches until the queue is empty.
+    async fn run_queue(self: Arc<Self>) {
+        loop {
+            let mut batch = self.take_batch();
+            if batch.is_empty() {
+                self.runners.fetch_sub(1, Ordering::AcqRel);
+                // A call queued after the batch was taken but before the count dropped would
+                // otherwise wait for the next call to start a runner.
+                if lock(&self.queue).is_empty() || !self.claim_runner() {
+                    return;
+                }
+                continue;
+            }
+            let deadline = batch.front().map_or_else(Instant::now, |job| job.deadline);
+            let mut worker = match self.checkout(deadline).await {
+                Ok(worker) => worker,
+                Err(why) => {
+                    for job in batch {
+                        let _ = job.answer.send(Err(Failure::Broken(format!("no worker could start: {why}"))));
+                    }
+                    continue;
+                }
+            };
+            let limits = self.limits();
+            let limit = limits.max_response_bytes as u64 + FRAME_OVERHEAD;
+            match worker.run_batch(&mut batch, limit, limits.call_timeout, &self).await {
+                // Checked in after every batch, so that the call budget and the growth check
+                // apply; the next batch takes the same (last idle) worker back.
+                Ok(()) => self.checkin(worker),
+                Err((job, failure)) => {
+                    // The worker answers in order: the calls after the failed one never started
+                    // when it hung, died, or is stuck writing a reply too large to be read (over
+                    // a pipe's size, so it cannot have moved on); after a protocol error nothing
+                    // is known.
+                    let requeue = matches!(failure, Failure::TimedOut | Failure::Crashed { .. } | Failure::TooLarge(_));
+                    let _ = job.answer.send(Err(failure));
+                    if requeue {
+                        self.requeued.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                        // They have not started: a full deadline from now, as anywhere else.
+                        let fresh = Instant::now() + limits.call_timeout;
+                        let mut queue = lock(&self.queue);
+                        while let Some(mut job) = batch.pop_back() {
+                            job.deadline = job.deadline.max(fresh);
+                            queue.push_front(job);
+                        }
+                    } else {
+                        for job in batch.drain(..) {
+                            let _ = job.answer.send(Err(Failure::Broken(
+                                "the worker failed on an earlier call of the same batch".to_owned(),
+                            )));
+                        }
+                    }
+                    drop(worker);
+                }
+            }
+        }
+    }
+
+    /// A call's result, as the caller sees it; crashes and timeouts are counted.
+    fn settle(&self, result: Answered, limits: &Limits) -> Result<PluginReply, CallError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         match result {
-            Ok((outcome, body)) => {
+            Ok((outcome, body, _)) => {
                 if self.troubled.load(Ordering::Acquire) {
                     let mut health = lock(&self.health);
                     health.consecutive = 0;
@@ -491,7 +681,6 @@ impl Pool {
                         self.troubled.store(false, Ordering::Release);
                     }
                 }
-                self.checkin(worker);
                 match outcome {
                     Outcome::Ok {
                         status,
@@ -512,7 +701,6 @@ impl Pool {
                 }
             }
             Err(Failure::TimedOut) => {
-                drop(worker);
                 self.timeouts.fetch_add(1, Ordering::Relaxed);
                 crate::metrics::METRICS.sandbox_call_timeouts.inc();
                 tracing::warn!(module = %self.module, tenant = self.owner.as_deref().unwrap_or("-"), "a sandboxed call passed its deadline; its worker was killed");
@@ -545,17 +733,22 @@ impl Pool {
 
     /// An idle worker, or a new one once the crash backoff has passed (waiting at most until
     /// `deadline`).
-    fn checkout(&self, deadline: Instant) -> Result<Worker, String> {
-        if let Some(worker) = lock(&self.idle).pop() {
+    async fn checkout(self: &Arc<Self>, deadline: Instant) -> Result<Worker, String> {
+        let idle = lock(&self.idle).pop();
+        if let Some(worker) = idle {
             return Ok(worker);
         }
         let wait = lock(&self.health)
             .backoff_until
             .map(|until| until.saturating_duration_since(Instant::now()));
         if let Some(wait) = wait.filter(|w| !w.is_zero()) {
-            thread::sleep(wait.min(deadline.saturating_duration_since(Instant::now())));
+            tokio::time::sleep(wait.min(deadline.saturating_duration_since(Instant::now()))).await;
         }
-        self.spawn_worker()
+        // Starting a process and loading the library blocks for milliseconds: not on this thread.
+        let pool = Arc::clone(self);
+        tokio::task::spawn_blocking(move || pool.spawn_worker())
+            .await
+            .map_err(|err| format!("the worker could not be started: {err}"))?
     }
 
     fn spawn_worker(&self) -> Result<Worker, String> {
@@ -578,7 +771,8 @@ impl Pool {
             tracing::debug!(module = %self.module, calls = worker.calls, "worker retired after its call budget");
             return self.sandbox.retire(worker);
         }
-        if worker.calls % 16 == 0 {
+        if worker.calls >= worker.rss_checked + 16 {
+            worker.rss_checked = worker.calls;
             if let (Some(base), Some(now)) = (worker.rss_base, worker.rss()) {
                 if now.saturating_sub(base) > settings.max_growth_bytes {
                     tracing::info!(module = %self.module, grown_mb = (now - base) >> 20, "worker retired: it grew past SANDBOX_MAX_GROWTH_MB");
@@ -654,6 +848,8 @@ impl Pool {
             workers_busy: self.in_flight.load(Ordering::Relaxed) as usize,
             workers_started: self.started.load(Ordering::Relaxed),
             calls: self.calls.load(Ordering::Relaxed),
+            calls_batched: self.batched.load(Ordering::Relaxed),
+            calls_requeued: self.requeued.load(Ordering::Relaxed),
             crashes: self.crashes.load(Ordering::Relaxed),
             timeouts: self.timeouts.load(Ordering::Relaxed),
             quarantined: self.quarantined(),
@@ -720,14 +916,39 @@ fn maintain(sandbox: Weak<Sandbox>) {
     }
 }
 
+/// A worker's two pipes: blocking while it loads (on a thread of its own), then driven by tokio
+/// for calls.
+enum Channel {
+    Blocking {
+        input: ChildStdin,
+        output: BufReader<DeadlineReader>,
+    },
+    Async {
+        input: tokio::net::unix::pipe::Sender,
+        output: tokio::net::unix::pipe::Receiver,
+        /// Bytes read past the last frame.
+        buffer: Vec<u8>,
+    },
+    /// Lost in a failed conversion; the worker is then treated as crashed.
+    Gone,
+}
+
+/// How an asynchronous call ended before it became a [`Failure`].
+enum CallEnd {
+    Closed,
+    SendFailed(std::io::Error),
+    Failed(Failure),
+}
+
 /// One worker process and its channels.
 struct Worker {
     child: Child,
-    input: ChildStdin,
-    output: BufReader<DeadlineReader>,
+    channel: Channel,
     pid: u32,
     calls: u64,
     rss_base: Option<u64>,
+    /// `calls` when the growth was last checked.
+    rss_checked: u64,
     last_used: Instant,
     output_log: Option<thread::JoinHandle<bool>>,
     dir: PathBuf,
@@ -794,14 +1015,17 @@ impl Worker {
         crate::metrics::METRICS.sandbox_workers.inc();
         let mut worker = Worker {
             child,
-            input,
-            output: BufReader::new(DeadlineReader {
-                pipe: output,
-                deadline: None,
-            }),
+            channel: Channel::Blocking {
+                input,
+                output: BufReader::new(DeadlineReader {
+                    pipe: output,
+                    deadline: None,
+                }),
+            },
             pid,
             calls: 0,
             rss_base: None,
+            rss_checked: 0,
             last_used: Instant::now(),
             output_log,
             dir,
@@ -816,10 +1040,13 @@ impl Worker {
                 open_files: sandbox.settings.open_files,
             },
         };
-        write_frame(&mut worker.input, &load, &[]).map_err(|e| format!("the worker did not take its load message: {e}"))?;
-        worker.output.get_mut().deadline = Some(started + LOAD_TIMEOUT);
-        let loaded = read_frame::<WorkerMsg>(&mut worker.output, 64 << 20);
-        worker.output.get_mut().deadline = None;
+        let Channel::Blocking { input, output } = &mut worker.channel else {
+            return Err("a new worker's channel is not blocking".into());
+        };
+        write_frame(input, &load, &[]).map_err(|e| format!("the worker did not take its load message: {e}"))?;
+        output.get_mut().deadline = Some(started + LOAD_TIMEOUT);
+        let loaded = read_frame::<WorkerMsg>(output, 64 << 20);
+        output.get_mut().deadline = None;
         match loaded {
             Ok((WorkerMsg::Loaded { protocol, .. }, _)) if protocol != PROTOCOL_VERSION => {
                 Err(format!("the worker speaks protocol {protocol}, the host {PROTOCOL_VERSION}"))
@@ -851,47 +1078,185 @@ impl Worker {
         }
     }
 
-    /// Sends one call and reads frames (forwarding log lines) until its reply.
-    fn call(
-        &mut self,
-        mut head: CallHead<'_>,
-        body: &[u8],
-        limit: u64,
-        deadline: Instant,
-        pool: &Pool,
-    ) -> Result<(Outcome, Vec<u8>), Failure> {
+    /// Sends one call and reads frames (forwarding log lines) until its reply or `deadline`.
+    async fn call(&mut self, mut head: CallHead<'_>, body: &[u8], limit: u64, deadline: Instant, pool: &Pool) -> Answered {
         self.calls += 1;
-        let id = self.calls;
+        let id = pool.sandbox.sequence.fetch_add(1, Ordering::Relaxed);
         head.id = id;
-        let call = HostMsg::Call(head);
-        if let Err(err) = write_frame(&mut self.input, &call, body) {
-            return Err(self.crashed(format!("the request could not be sent ({err})")));
+        let frame =
+            encode_frame(&HostMsg::Call(head), body).map_err(|err| Failure::Broken(format!("the request could not be encoded: {err}")))?;
+        if let Err(err) = self.make_async() {
+            return Err(self.crashed(format!("its channel could not be handed to the async runtime ({err})")));
         }
-        self.output.get_mut().deadline = Some(deadline);
-        let result = loop {
-            match read_frame::<WorkerMsg>(&mut self.output, limit) {
-                Ok((
-                    WorkerMsg::Log {
-                        level,
-                        message,
-                        request_id,
-                    },
-                    _,
-                )) => log_line(level, &message, &request_id, pool),
-                Ok((WorkerMsg::Reply { id: answered, outcome }, raw)) if answered == id => break Ok((outcome, raw)),
-                Ok((other, _)) => break Err(Failure::Broken(format!("the worker broke the protocol: {other:?}"))),
-                Err(FrameError::Closed) => break Err(self.crashed(String::new())),
-                Err(FrameError::Io(err)) if err.kind() == std::io::ErrorKind::TimedOut => break Err(Failure::TimedOut),
-                Err(FrameError::TooLarge(size, _)) => break Err(Failure::TooLarge(size.saturating_sub(FRAME_OVERHEAD))),
-                Err(err) => break Err(Failure::Broken(format!("the worker broke the protocol: {err}"))),
+        let Channel::Async { input, output, buffer } = &mut self.channel else {
+            return Err(self.crashed("its channel was lost".to_owned()));
+        };
+        let exchange = async {
+            tokio::io::AsyncWriteExt::write_all(input, &frame)
+                .await
+                .map_err(CallEnd::SendFailed)?;
+            loop {
+                match read_frame_async::<WorkerMsg, _>(output, buffer, limit).await {
+                    Ok((
+                        WorkerMsg::Log {
+                            level,
+                            message,
+                            request_id,
+                        },
+                        _,
+                    )) => log_line(level, &message, &request_id, pool),
+                    Ok((
+                        WorkerMsg::Reply {
+                            id: answered,
+                            outcome,
+                            micros,
+                        },
+                        raw,
+                    )) if answered == id => return Ok((outcome, raw, micros)),
+                    Ok((other, _)) => {
+                        return Err(CallEnd::Failed(Failure::Broken(format!(
+                            "the worker broke the protocol: {other:?}"
+                        ))))
+                    }
+                    Err(FrameError::Closed) => return Err(CallEnd::Closed),
+                    Err(FrameError::TooLarge(size, _)) => {
+                        return Err(CallEnd::Failed(Failure::TooLarge(size.saturating_sub(FRAME_OVERHEAD))))
+                    }
+                    Err(err) => return Err(CallEnd::Failed(Failure::Broken(format!("the worker broke the protocol: {err}")))),
+                }
             }
         };
-        self.output.get_mut().deadline = None;
-        result
+        let ended = tokio::time::timeout_at(deadline.into(), exchange).await;
+        match ended {
+            Err(_) => Err(Failure::TimedOut),
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(CallEnd::Closed)) => Err(self.crashed(String::new())),
+            Ok(Err(CallEnd::SendFailed(err))) => Err(self.crashed(format!("the request could not be sent ({err})"))),
+            Ok(Err(CallEnd::Failed(failure))) => Err(failure),
+        }
+    }
+
+    /// Sends `batch` in one write and answers its calls as their replies come, in order. On a
+    /// failure, returns the call it struck; the calls after it stay in `batch`.
+    ///
+    /// A call's deadline counts from when the worker could start it (the reply before it), not
+    /// from when it was queued: a call queued behind one that turned slow is delayed, not failed.
+    async fn run_batch(&mut self, batch: &mut VecDeque<Job>, limit: u64, timeout: Duration, pool: &Pool) -> Result<(), (Job, Failure)> {
+        let Some(first_deadline) = batch.front().map(|job| job.deadline) else {
+            return Ok(());
+        };
+        let fail = |batch: &mut VecDeque<Job>, failure: Failure| match batch.pop_front() {
+            Some(job) => Err((job, failure)),
+            None => Ok(()),
+        };
+        if let Err(err) = self.make_async() {
+            let failure = self.crashed(format!("its channel could not be handed to the async runtime ({err})"));
+            return fail(batch, failure);
+        }
+        let Channel::Async { input, output, buffer } = &mut self.channel else {
+            let failure = self.crashed("its channel was lost".to_owned());
+            return fail(batch, failure);
+        };
+        self.calls += batch.len() as u64;
+        let mut frames = Vec::with_capacity(batch.iter().map(|job| job.frame.len()).sum());
+        for job in batch.iter() {
+            frames.extend_from_slice(&job.frame);
+        }
+        let sent = tokio::time::timeout_at(first_deadline.into(), tokio::io::AsyncWriteExt::write_all(input, &frames)).await;
+        let mut startable = Instant::now();
+        let end = match sent {
+            Err(_) => Some(CallEnd::Failed(Failure::TimedOut)),
+            Ok(Err(err)) => Some(CallEnd::SendFailed(err)),
+            Ok(Ok(())) => loop {
+                let Some(job) = batch.front() else { break None };
+                let deadline = job.deadline.max(startable + timeout);
+                let read = tokio::time::timeout_at(deadline.into(), read_frame_async::<WorkerMsg, _>(output, buffer, limit)).await;
+                match read {
+                    Err(_) => break Some(CallEnd::Failed(Failure::TimedOut)),
+                    Ok(Ok((
+                        WorkerMsg::Log {
+                            level,
+                            message,
+                            request_id,
+                        },
+                        _,
+                    ))) => log_line(level, &message, &request_id, pool),
+                    Ok(Ok((
+                        WorkerMsg::Reply {
+                            id: answered,
+                            outcome,
+                            micros,
+                        },
+                        raw,
+                    ))) if answered == job.id => {
+                        startable = Instant::now();
+                        if let Some(job) = batch.pop_front() {
+                            let _ = job.answer.send(Ok((outcome, raw, micros)));
+                        }
+                    }
+                    Ok(Ok((other, _))) => {
+                        break Some(CallEnd::Failed(Failure::Broken(format!(
+                            "the worker broke the protocol: {other:?}"
+                        ))))
+                    }
+                    Ok(Err(FrameError::Closed)) => break Some(CallEnd::Closed),
+                    Ok(Err(FrameError::TooLarge(size, _))) => {
+                        break Some(CallEnd::Failed(Failure::TooLarge(size.saturating_sub(FRAME_OVERHEAD))))
+                    }
+                    Ok(Err(err)) => break Some(CallEnd::Failed(Failure::Broken(format!("the worker broke the protocol: {err}")))),
+                }
+            },
+        };
+        match end {
+            None => Ok(()),
+            Some(CallEnd::Closed) => {
+                let failure = self.crashed(String::new());
+                fail(batch, failure)
+            }
+            Some(CallEnd::SendFailed(err)) => {
+                let failure = self.crashed(format!("the request could not be sent ({err})"));
+                fail(batch, failure)
+            }
+            Some(CallEnd::Failed(failure)) => fail(batch, failure),
+        }
+    }
+
+    /// Hands the pipes to tokio (once, at the first call), keeping what was read ahead.
+    fn make_async(&mut self) -> std::io::Result<()> {
+        if !matches!(self.channel, Channel::Blocking { .. }) {
+            return Ok(());
+        }
+        let Channel::Blocking { input, output } = std::mem::replace(&mut self.channel, Channel::Gone) else {
+            return Ok(());
+        };
+        let buffer = output.buffer().to_vec();
+        let output = output.into_inner().pipe;
+        let input = tokio::net::unix::pipe::Sender::from_owned_fd(std::os::fd::OwnedFd::from(input))?;
+        let output = tokio::net::unix::pipe::Receiver::from_owned_fd(std::os::fd::OwnedFd::from(output))?;
+        self.channel = Channel::Async { input, output, buffer };
+        Ok(())
+    }
+
+    /// Tells the worker to exit (it is idle: the pipe has room for this small frame).
+    fn goodbye(&mut self) {
+        match &mut self.channel {
+            Channel::Blocking { input, .. } => {
+                let _ = write_frame(input, &HostMsg::Goodbye, &[]);
+            }
+            Channel::Async { input, .. } => {
+                if let Ok(frame) = encode_frame(&HostMsg::Goodbye, &[]) {
+                    let _ = input.try_write(&frame);
+                }
+            }
+            Channel::Gone => {}
+        }
     }
 
     /// The worker died: how, and whether it ran out of memory.
     fn crashed(&mut self, context: String) -> Failure {
+        // A worker that closed its channel but runs on is ended here, so that waiting for its
+        // status cannot hang; one that died already keeps the status it died with.
+        let _ = self.child.kill();
         let status = self.exit_status();
         let reported = self.output_log.take().and_then(|h| h.join().ok()).unwrap_or(false);
         let out_of_memory = reported || self.cgroup.as_ref().is_some_and(cgroup::WorkerCgroup::oom_killed);

@@ -67,8 +67,14 @@ pub enum WorkerMsg {
     },
     /// A log line from the plugin.
     Log { level: u8, message: String, request_id: String },
-    /// The answer to call `id`; on success the response body follows the header.
-    Reply { id: u64, outcome: Outcome },
+    /// The answer to call `id`; on success the response body follows the header. `micros` is
+    /// how long the plugin took, as the worker measured it.
+    Reply {
+        id: u64,
+        outcome: Outcome,
+        #[serde(default)]
+        micros: u64,
+    },
 }
 
 /// How a call ended inside the worker.
@@ -98,16 +104,22 @@ pub struct Layer {
 
 /// Writes one frame with a single `write_all`.
 pub fn write_frame<T: Serialize>(out: &mut impl Write, header: &T, raw: &[u8]) -> io::Result<()> {
-    let head = serde_json::to_vec(header).map_err(io::Error::other)?;
-    let rest = 4 + head.len() + raw.len();
-    let rest = u32::try_from(rest).map_err(|_| io::Error::other(format!("a frame of {rest} bytes is too large")))?;
-    let mut frame = Vec::with_capacity(8 + head.len() + raw.len());
-    frame.extend_from_slice(&rest.to_le_bytes());
-    frame.extend_from_slice(&(head.len() as u32).to_le_bytes());
-    frame.extend_from_slice(&head);
-    frame.extend_from_slice(raw);
-    out.write_all(&frame)?;
+    out.write_all(&encode_frame(header, raw)?)?;
     out.flush()
+}
+
+/// One frame, ready to write.
+pub fn encode_frame<T: Serialize>(header: &T, raw: &[u8]) -> io::Result<Vec<u8>> {
+    let mut frame = Vec::with_capacity(512 + raw.len());
+    frame.extend_from_slice(&[0; 8]);
+    serde_json::to_writer(&mut frame, header).map_err(io::Error::other)?;
+    let head = frame.len() - 8;
+    frame.extend_from_slice(raw);
+    let rest = frame.len() - 4;
+    let rest = u32::try_from(rest).map_err(|_| io::Error::other(format!("a frame of {rest} bytes is too large")))?;
+    frame[..4].copy_from_slice(&rest.to_le_bytes());
+    frame[4..8].copy_from_slice(&(head as u32).to_le_bytes());
+    Ok(frame)
 }
 
 /// Why a frame could not be read.
@@ -131,6 +143,17 @@ pub fn read_frame<T: for<'de> Deserialize<'de>>(input: &mut impl Read, limit: u6
         Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
         Err(err) => return Err(err.into()),
     }
+    let rest = frame_length(len, limit)?;
+    let mut frame = vec![0u8; rest as usize];
+    input.read_exact(&mut frame).map_err(|err| match err.kind() {
+        io::ErrorKind::UnexpectedEof => FrameError::Closed,
+        _ => FrameError::Io(err),
+    })?;
+    split_frame(frame)
+}
+
+/// The length a frame announces in its first four bytes, checked against `limit`.
+fn frame_length(len: [u8; 4], limit: u64) -> Result<u64, FrameError> {
     let rest = u64::from(u32::from_le_bytes(len));
     if rest > limit {
         return Err(FrameError::TooLarge(rest, limit));
@@ -138,18 +161,57 @@ pub fn read_frame<T: for<'de> Deserialize<'de>>(input: &mut impl Read, limit: u6
     if rest < 4 {
         return Err(FrameError::Malformed(format!("a frame of {rest} bytes has no header length")));
     }
-    let mut frame = vec![0u8; rest as usize];
-    input.read_exact(&mut frame).map_err(|err| match err.kind() {
-        io::ErrorKind::UnexpectedEof => FrameError::Closed,
-        _ => FrameError::Io(err),
-    })?;
+    Ok(rest)
+}
+
+/// A frame's rest (after its length) into its header and raw bytes.
+fn split_frame<T: for<'de> Deserialize<'de>>(mut frame: Vec<u8>) -> Result<(T, Vec<u8>), FrameError> {
     let head_len = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
     if head_len > frame.len() - 4 {
-        return Err(FrameError::Malformed(format!("a header of {head_len} bytes in a frame of {rest}")));
+        return Err(FrameError::Malformed(format!(
+            "a header of {head_len} bytes in a frame of {}",
+            frame.len()
+        )));
     }
     let header = serde_json::from_slice(&frame[4..4 + head_len]).map_err(|err| FrameError::Malformed(err.to_string()))?;
     frame.drain(..4 + head_len);
     Ok((header, frame))
+}
+
+/// Reads one frame of at most `limit` bytes from a non-blocking channel. `buffer` keeps what
+/// was read past the frame for the next one; reads ask for at least 16 KiB, so a small frame
+/// usually takes one read.
+pub async fn read_frame_async<T, R>(input: &mut R, buffer: &mut Vec<u8>, limit: u64) -> Result<(T, Vec<u8>), FrameError>
+where
+    T: for<'de> Deserialize<'de>,
+    R: tokio::io::AsyncRead + Unpin,
+{
+    fill(input, buffer, 4).await?;
+    let rest = frame_length([buffer[0], buffer[1], buffer[2], buffer[3]], limit)? as usize;
+    fill(input, buffer, 4 + rest).await?;
+    let frame = if buffer.len() == 4 + rest {
+        // The usual case: the buffer holds this frame alone; hand it over instead of copying.
+        let mut frame = std::mem::take(buffer);
+        frame.drain(..4);
+        frame
+    } else {
+        let frame = buffer[4..4 + rest].to_vec();
+        buffer.drain(..4 + rest);
+        frame
+    };
+    split_frame(frame)
+}
+
+/// Reads until `buffer` holds at least `wanted` bytes.
+async fn fill<R: tokio::io::AsyncRead + Unpin>(input: &mut R, buffer: &mut Vec<u8>, wanted: usize) -> Result<(), FrameError> {
+    use tokio::io::AsyncReadExt;
+    while buffer.len() < wanted {
+        buffer.reserve((wanted - buffer.len()).max(16 * 1024));
+        if input.read_buf(buffer).await? == 0 {
+            return Err(FrameError::Closed);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -161,6 +223,7 @@ mod tests {
         let mut wire = Vec::new();
         let msg = WorkerMsg::Reply {
             id: 7,
+            micros: 12,
             outcome: Outcome::Ok {
                 status: 201,
                 content_type: "text/plain".into(),
@@ -175,6 +238,7 @@ mod tests {
             back,
             WorkerMsg::Reply {
                 id: 7,
+                micros: 12,
                 outcome: Outcome::Ok { status: 201, .. }
             }
         ));
@@ -182,6 +246,39 @@ mod tests {
         let (back, raw): (HostMsg, _) = read_frame(&mut input, 1 << 20).unwrap();
         assert!(matches!(back, HostMsg::Goodbye) && raw.is_empty());
         assert!(matches!(read_frame::<HostMsg>(&mut input, 1 << 20), Err(FrameError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn frames_read_asynchronously_as_they_were_written() {
+        let mut wire = Vec::new();
+        write_frame(&mut wire, &HostMsg::Goodbye, b"first").unwrap();
+        let big = vec![7u8; 100_000];
+        write_frame(&mut wire, &HostMsg::Goodbye, &big).unwrap();
+        write_frame(&mut wire, &HostMsg::Goodbye, b"").unwrap();
+        // In pieces of 3 bytes, as a slow channel would deliver them.
+        let (mut tx, mut rx) = tokio::io::duplex(3);
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            tx.write_all(&wire).await.unwrap();
+        });
+        let mut buffer = Vec::new();
+        let (_, raw): (HostMsg, _) = read_frame_async(&mut rx, &mut buffer, 1 << 20).await.unwrap();
+        assert_eq!(raw, b"first");
+        let (_, raw): (HostMsg, _) = read_frame_async(&mut rx, &mut buffer, 1 << 20).await.unwrap();
+        assert_eq!(raw, big);
+        let (_, raw): (HostMsg, _) = read_frame_async(&mut rx, &mut buffer, 1 << 20).await.unwrap();
+        assert!(raw.is_empty());
+        writer.await.unwrap();
+        assert!(matches!(
+            read_frame_async::<HostMsg, _>(&mut rx, &mut buffer, 1 << 20).await,
+            Err(FrameError::Closed)
+        ));
+        let mut oversized = Vec::new();
+        write_frame(&mut oversized, &HostMsg::Goodbye, &big).unwrap();
+        assert!(matches!(
+            read_frame_async::<HostMsg, _>(&mut oversized.as_slice(), &mut Vec::new(), 1000).await,
+            Err(FrameError::TooLarge(_, 1000))
+        ));
     }
 
     #[test]

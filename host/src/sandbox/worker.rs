@@ -16,7 +16,7 @@ use plugin_api::abi::{HostServices, HostServicesRef, LogLevel};
 
 use super::{
     confine,
-    protocol::{read_frame, write_frame, CallHead, FrameError, HostMsg, Outcome, WorkerMsg, PROTOCOL_VERSION},
+    protocol::{encode_frame, read_frame, CallHead, FrameError, HostMsg, Outcome, WorkerMsg, PROTOCOL_VERSION},
 };
 
 /// Largest frame the worker accepts from the host (a request body is capped by MAX_BODY_BYTES).
@@ -48,8 +48,9 @@ fn run() -> Result<(), String> {
     let null = File::open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?;
     rustix::stdio::dup2_stdin(&null).map_err(|e| format!("cannot redirect stdin: {e}"))?;
     rustix::stdio::dup2_stdout(std::io::stderr()).map_err(|e| format!("cannot redirect stdout: {e}"))?;
-    let mut requests = BufReader::new(File::from(requests));
-    let _ = REPLIES.set(Mutex::new(BufWriter::new(File::from(replies))));
+    // Room for a whole batch of calls (the host sends up to 64 at once) in one read.
+    let mut requests = BufReader::with_capacity(64 * 1024, File::from(requests));
+    let _ = REPLIES.set(Mutex::new(BufWriter::with_capacity(64 * 1024, File::from(replies))));
 
     let (library, rlimits) = match read_frame::<HostMsg>(&mut requests, 1 << 20) {
         Ok((
@@ -120,8 +121,20 @@ fn run() -> Result<(), String> {
     loop {
         match read_frame::<HostMsg>(&mut requests, MAX_REQUEST_FRAME) {
             Ok((HostMsg::Call(head), body)) => {
+                let started = std::time::Instant::now();
                 let (outcome, body) = call(root, &head, &body);
-                send_with(&WorkerMsg::Reply { id: head.id, outcome }, &body)?;
+                let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                // Each reply goes out before the next call starts, even when the host sent
+                // several at once: were that call to crash or hang, the host still has the
+                // answers to those before it, and never runs a call twice.
+                send_with(
+                    &WorkerMsg::Reply {
+                        id: head.id,
+                        outcome,
+                        micros,
+                    },
+                    &body,
+                )?;
             }
             Ok((HostMsg::Goodbye, _)) | Err(FrameError::Closed) => return Ok(()),
             Ok((HostMsg::Load { .. }, _)) => return Err("a second load message: one worker loads one library".to_owned()),
@@ -186,12 +199,14 @@ fn send(msg: &WorkerMsg) -> Result<(), String> {
     send_with(msg, &[])
 }
 
+/// Writes one frame to the host, at once.
 fn send_with(msg: &WorkerMsg, raw: &[u8]) -> Result<(), String> {
     let Some(replies) = REPLIES.get() else {
         return Err("the reply channel is not set up".to_owned());
     };
     let mut out = replies.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    write_frame(&mut *out, msg, raw)
+    let frame = encode_frame(msg, raw).map_err(|err| format!("a reply could not be encoded: {err}"))?;
+    out.write_all(&frame)
         .and_then(|()| out.flush())
         .map_err(|err| format!("the reply channel broke: {err}"))
 }

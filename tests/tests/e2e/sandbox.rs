@@ -18,7 +18,7 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
-use crate::support::{code_at, now, plugin_file, wait_for, write_by_rename, App, Reply, Setup};
+use crate::support::{code_at, now, plugin_file, status_where, wait_for, write_by_rename, App, Reply, Setup};
 
 /// A tenant of a test server, with a bearer token.
 pub struct Tenant {
@@ -112,6 +112,13 @@ fn with_bystander(app: &App, call: impl FnOnce() -> Reply) -> Reply {
     bystander.join().expect("the bystander saw a failure");
     assert!(served.load(Ordering::Relaxed) >= 1);
     reply
+}
+
+/// The entry of `module` in the admin's status list of plugins.
+fn listed(app: &App, module: &str) -> Value {
+    let status = status_where(app, "module", module);
+    assert!(!status.is_null(), "{module} is not listed:\n{}", app.logs());
+    status
 }
 
 fn denied(reply: &Reply, what: &str) -> String {
@@ -247,14 +254,7 @@ fn misbehaving_tenant_plugins_are_contained_and_the_worker_comes_back() {
     assert!(!logs.contains("do-not-leak"));
 
     // The whole story is in the status list.
-    let plugins = app.admin("GET", "/rest/admin/plugins", None).json();
-    let rogue = plugins["plugins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["module"] == "rogue")
-        .unwrap_or_else(|| panic!("rogue not listed: {plugins}"))
-        .clone();
+    let rogue = listed(&app, "rogue");
     assert_eq!(rogue["tenant"], tenant.uuid.as_str());
     let sandbox = &rogue["sandbox"];
     assert!(sandbox["crashes"].as_u64().unwrap() >= 4, "{sandbox}");
@@ -608,4 +608,59 @@ fn a_host_that_is_not_root_still_sandboxes() {
     let crashed = call("segfault");
     assert_eq!(crashed.status, 502, "{}", crashed.text());
     assert_eq!(app.get("/rest/services/hello/greet/").status, 200);
+}
+
+#[test]
+fn quick_calls_share_workers_and_a_bad_call_costs_only_itself() {
+    let app = server(&[
+        ("CALL_TIMEOUT_MS", "1500"),
+        ("SANDBOX_MAX_CONCURRENCY", "64"),
+        ("SANDBOX_QUARANTINE_CRASHES", "1000"),
+    ]);
+    let tenant = Arc::new(Tenant::add(&app, "batch-owner"));
+    tenant.install(
+        &app,
+        "librogue.so",
+        &std::fs::read(plugin_file("rogue")).unwrap(),
+        "/rest/services/rogue/hello/",
+    );
+    let app = Arc::new(app);
+    let warm = || {
+        // Quick calls in a row make the function's calls go through the pool's queue.
+        for n in 0..40 {
+            let reply = tenant.get(&app, &format!("/rest/services/rogue/echo/?n={n}"));
+            assert_eq!(reply.status, 200, "{}", reply.text());
+        }
+    };
+    // Many calls at once, each with its own kwargs, and maybe one bad call among them; every
+    // good call must get its own answer.
+    let burst = |bad: Option<&'static str>| -> Option<Reply> {
+        let mut threads = Vec::new();
+        for n in 0..30 {
+            let (a, t) = (app.clone(), tenant.clone());
+            threads.push(thread::spawn(move || {
+                let reply = t.get(&a, &format!("/rest/services/rogue/echo/?n={n}"));
+                assert_eq!(reply.status, 200, "call {n}: {}", reply.text());
+                assert_eq!(reply.json()["kwargs"]["n"], n.to_string(), "call {n} got another call's answer");
+                None
+            }));
+            if let (10, Some(bad)) = (n, bad) {
+                let (a, t) = (app.clone(), tenant.clone());
+                threads.push(thread::spawn(move || Some(t.get(&a, &format!("/rest/services/rogue/echo/?{bad}")))));
+            }
+        }
+        threads.into_iter().filter_map(|t| t.join().expect("a good call failed")).next()
+    };
+    warm();
+    assert!(burst(None).is_none());
+    let slow = burst(Some("sleep_ms=5000")).unwrap();
+    slow.error(504, "CALL_TIMEOUT");
+    warm();
+    let fatal = burst(Some("abort=true")).unwrap();
+    fatal.error(502, "WORKER_CRASHED");
+    warm();
+    let sandbox = listed(&app, "rogue")["sandbox"].clone();
+    eprintln!("pool after the bursts: {sandbox}");
+    assert!(sandbox["calls_batched"].as_u64().unwrap() >= 60, "{sandbox}");
+    assert_eq!(sandbox["timeouts"], 1, "{sandbox}");
 }

@@ -530,19 +530,24 @@ pub fn write_by_rename(dir: &Path, name: &str, bytes: &[u8]) {
     std::fs::rename(&temp, dir.join(name)).expect("rename into place");
 }
 
-/// Polls `check` until it holds or `timeout` passes; returns how long it took.
 /// The status record of one file in the plugins folder (`GET /rest/admin/plugins`); null if none.
 pub fn status_of(app: &App, file: &str) -> Value {
+    status_where(app, "file", file)
+}
+
+/// The first status record (`GET /rest/admin/plugins`) whose `key` is `value`; null if none.
+pub fn status_where(app: &App, key: &str, value: &str) -> Value {
     let all = app.admin("GET", "/rest/admin/plugins", None).json();
     all["plugins"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|p| p["file"] == file)
+        .find(|p| p[key] == value)
         .cloned()
         .unwrap_or(Value::Null)
 }
 
+/// Polls `check` until it holds or `timeout` passes; returns how long it took.
 pub fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
     let started = Instant::now();
     while started.elapsed() < timeout {
