@@ -8,6 +8,8 @@ CPUs) are alternated over the rounds, and each figure is the median over rounds:
   baseline        bench/baseline: a bare warp 0.4 handler doing the echo's work, nothing else
   echo            plughost, module1 only: GET /rest/services/v1/hello-world/a/b/?x=1
   token           the same echo (secure/echo, for authenticated callers) with a bearer token
+  decoded         module2's echo, which decodes its kwargs and encodes them again (req.kwargs()),
+                  where module1's passes them through (req.kwargs_raw())
   modules-1000    the echo with 999 more modules loaded (byte-patched copies of plugins/fixtures/many)
   baseline-64k    POST of a 64 KiB JSON object to the baseline
   body-64k        the same POST to plughost's echo
@@ -28,6 +30,7 @@ RELEASE = os.path.join(ROOT, "target", "release")
 RESULTS = os.path.join(ROOT, "bench", "results")
 ECHO_PATH = "/rest/services/v1/hello-world/a/b/?x=1"
 TOKEN_PATH = "/rest/services/secure/echo/a/b/?x=1"
+DECODED_PATH = "/rest/services/module2/hello-world2/a/b/?x=1"
 TWO_CPUS = os.cpu_count() and os.cpu_count() >= 2
 SERVER_CPU = ["taskset", "-c", "0"] if TWO_CPUS else []
 LOAD_CPU = ["taskset", "-c", "1"] if TWO_CPUS else []
@@ -38,7 +41,7 @@ def sh(*args, **kw):
 
 
 def build():
-    packages = ["plughost", "bench-baseline", "module1", "secure", "many", "rogue"]
+    packages = ["plughost", "bench-baseline", "module1", "module2", "secure", "many", "rogue"]
     sh("cargo", "build", "--release", "-q", *[a for p in packages for a in ("-p", p)], cwd=ROOT)
 
 
@@ -186,6 +189,7 @@ def throughput(args):
                 f"wrk.body = {json.dumps(body)}\n")
     works = {
         "echo": plughost_work(["module1"]),
+        "decoded": plughost_work(["module2"]),
         "token": plughost_work(["module1", "secure"]),
         "modules-1000": plughost_work(["module1"], extra_many=999),
         "sandbox": plughost_work(["module1"]),
@@ -195,6 +199,8 @@ def throughput(args):
         ("baseline", "baseline", None, ECHO_PATH, None),
         ("echo", "plughost", "echo", ECHO_PATH, None),
         ("token", "plughost", "token", TOKEN_PATH, "token"),
+        # The same echo written the obvious way: kwargs decoded into a map and encoded again.
+        ("decoded", "plughost", "decoded", DECODED_PATH, None),
         ("modules-1000", "plughost", "modules-1000", ECHO_PATH, None),
         ("baseline-64k", "baseline", None, "/rest/services/v1/hello-world/", script),
         ("body-64k", "plughost", "echo", "/rest/services/v1/hello-world/", script),
@@ -382,6 +388,7 @@ TARGET_LABELS = {
     "baseline": "bare warp handler (baseline)",
     "echo": "plughost, public echo",
     "token": "plughost, echo with a bearer token",
+    "decoded": "plughost, echo that decodes its kwargs (module2)",
     "modules-1000": "plughost, echo, 1,000 modules loaded",
     "baseline-64k": "bare warp, 64 KiB JSON POST",
     "body-64k": "plughost, 64 KiB JSON POST",
@@ -393,9 +400,9 @@ TARGET_LABELS = {
 
 def report(meta, medians, reload, start, cold):
     base, base64k, echo = medians["baseline"]["cpu_us"], medians["baseline-64k"]["cpu_us"], medians["echo"]["cpu_us"]
-    ratio_to = {"baseline": base, "echo": base, "token": base, "modules-1000": echo, "baseline-64k": base64k, "body-64k": base64k,
+    ratio_to = {"baseline": base, "echo": base, "token": base, "decoded": base, "modules-1000": echo, "baseline-64k": base64k, "body-64k": base64k,
                 "sandbox": echo, "echo-c1": base, "sandbox-c1": medians.get("echo-c1", {}).get("cpu_us", echo)}
-    ratio_name = {"baseline": "baseline", "echo": "baseline", "token": "baseline", "modules-1000": "echo (1 module)",
+    ratio_name = {"baseline": "baseline", "echo": "baseline", "token": "baseline", "decoded": "baseline", "modules-1000": "echo (1 module)",
                   "baseline-64k": "baseline 64k", "body-64k": "baseline 64k", "sandbox": "echo in-process",
                   "echo-c1": "baseline (32 connections)", "sandbox-c1": "echo in-process, 1 connection"}
     lines = [

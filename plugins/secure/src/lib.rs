@@ -21,8 +21,16 @@ fn admin_stats(req: &Request) -> Result<Value> {
     Ok(json!({ "caller": req.caller().map(|c| c.uuid), "module": req.module(), "pid": std::process::id() }))
 }
 
-fn echo(req: &Request) -> Result<Value> {
-    Ok(json!({ "response": "echo", "kwargs": req.kwargs() }))
+/// The kwargs pass through undecoded, as in module1's echo.
+#[derive(serde::Serialize)]
+struct Echo<'a> {
+    response: &'static str,
+    kwargs: &'a serde_json::value::RawValue,
+}
+
+fn echo(req: &Request) -> Result<Response> {
+    let kwargs = req.kwargs_raw();
+    Ok(Response::json(Echo { response: "echo", kwargs }))
 }
 
 fn plugin() -> Plugin {
