@@ -398,10 +398,10 @@ TARGET_LABELS = {
 }
 
 
-def report(meta, medians, reload, start, cold):
-    base, base64k, echo = medians["baseline"]["cpu_us"], medians["baseline-64k"]["cpu_us"], medians["echo"]["cpu_us"]
-    ratio_to = {"baseline": base, "echo": base, "token": base, "decoded": base, "modules-1000": echo, "baseline-64k": base64k, "body-64k": base64k,
-                "sandbox": echo, "echo-c1": base, "sandbox-c1": medians.get("echo-c1", {}).get("cpu_us", echo)}
+def report(meta, medians, samples, reload, start, cold):
+    reference = {"baseline": "baseline", "echo": "baseline", "token": "baseline", "decoded": "baseline",
+                 "modules-1000": "echo", "baseline-64k": "baseline-64k", "body-64k": "baseline-64k",
+                 "sandbox": "echo", "echo-c1": "baseline", "sandbox-c1": "echo-c1"}
     ratio_name = {"baseline": "baseline", "echo": "baseline", "token": "baseline", "decoded": "baseline", "modules-1000": "echo (1 module)",
                   "baseline-64k": "baseline 64k", "body-64k": "baseline 64k", "sandbox": "echo in-process",
                   "echo-c1": "baseline (32 connections)", "sandbox-c1": "echo in-process, 1 connection"}
@@ -409,11 +409,14 @@ def report(meta, medians, reload, start, cold):
         f"Measured {meta['date']} on {meta['cpus']} CPUs ({meta['model']}, Linux {meta['kernel']}), commit {meta['commit']}; "
         f"median of {meta['rounds']} rounds of {meta['seconds']} s, server on CPU 0, wrk -t1 -c32 (-c1 where said) on CPU 1, 127.0.0.1.",
         "",
+        "The ratio is the median over rounds of this target's CPU per request divided by its reference's in the same "
+        "round (the two ran seconds apart), which is steadier than a ratio of medians on a shared machine.",
+        "",
         "| target | req/s | p50 | p99 | server CPU per request | ratio | peak RSS |",
         "|---|---:|---:|---:|---:|---|---:|",
     ]
     for name, m in medians.items():
-        ratio = f"{m['cpu_us'] / ratio_to[name]:.2f}× {ratio_name[name]}"
+        ratio = f"{paired_ratio(samples, name, reference[name]):.2f}× {ratio_name[name]}"
         if name == "echo-c1":
             ratio = "(reference for the line below)"
         lines.append(f"| {TARGET_LABELS[name]} | {m['rps']:,.0f} | {m['p50_ms']:.2f} ms | {m['p99_ms']:.2f} ms | "
@@ -433,6 +436,12 @@ def report(meta, medians, reload, start, cold):
         f"p95 {cold['first_call_p95_ms']:.1f} ms |",
     ]
     return "\n".join(lines) + "\n"
+
+
+def paired_ratio(samples, name, reference):
+    """The median over rounds of target / reference CPU per request, each pair from one round."""
+    pairs = [t["cpu_us"] / r["cpu_us"] for t, r in zip(samples.get(name, []), samples.get(reference, []))]
+    return statistics.median(pairs) if pairs else float("nan")
 
 
 def chart(medians):
@@ -500,7 +509,7 @@ def main():
 
 
 def write_results(meta, medians, samples, reload, start, cold):
-    table = report(meta, medians, reload, start, cold)
+    table = report(meta, medians, samples, reload, start, cold)
     os.makedirs(RESULTS, exist_ok=True)
     with open(f"{RESULTS}/latest.json", "w") as f:
         json.dump({"meta": meta, "throughput": medians, "samples": samples, "reloads": reload, "startup": start,

@@ -170,7 +170,8 @@ pub struct Config {
     pub max_response_bytes: usize,
     pub max_header_bytes: usize,
     pub call_timeout: Duration,
-    /// Quick functions are called on the async thread (`INLINE_CALL_MAX_US`; `None`: never).
+    /// Quick functions are called on the async thread, or batched when sandboxed
+    /// (`INLINE_CALL_MAX_US`; `None`: never).
     pub inline_call_max: Option<Duration>,
     pub shutdown_grace: Duration,
     pub reload_debounce: Duration,

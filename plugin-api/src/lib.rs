@@ -50,7 +50,8 @@
 //!
 //! # What crosses the boundary
 //! The host and each plugin link their own copies of Rust's standard library, so nothing but the
-//! FFI-safe types of [`abi`] crosses between them. A panic inside a function is caught and becomes
+//! FFI-safe types of [`abi`] crosses between them. A plugin allocates through the host's
+//! allocator all the same ([`alloc`]), so its allocations are as cheap as the host's. A panic inside a function is caught and becomes
 //! a 500 for that call; the plugin's log lines go through the host's logger ([`log`]).
 
 pub mod alloc;

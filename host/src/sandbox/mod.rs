@@ -2,7 +2,8 @@
 //! confined worker processes, `plughost worker`, never in this process.
 //!
 //! Each module version has a [`Pool`] of workers, each answering one call at a time over pipes
-//! ([`protocol`]). A call past its deadline kills its worker; a worker that dies is replaced, with
+//! ([`protocol`]), awaited asynchronously. Quick functions' calls are batched: several are sent to
+//! one worker in one write (see [`Pool::call`]). A call past its deadline kills its worker; a worker that dies is replaced, with
 //! a growing delay when it keeps dying; a module whose workers crash too often is quarantined
 //! until its file changes or the admin releases it. Workers are retired after many calls or when
 //! they have grown, and idle ones beyond the warm count are stopped.
