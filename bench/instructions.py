@@ -6,7 +6,7 @@ divides the instructions executed by N. System-call time in the kernel is not co
 
     bench/instructions.py [N] [PATH]     (defaults: 2000, /rest/services/hello-world/a/b/?x=1)
     CONFIGS="baseline RUST_LOG=warn,METRICS=off RUST_LOG=info" bench/instructions.py
-    CONFIGS="RUST_LOG=warn,METRICS=off RUST_LOG=warn,METRICS=off,TOKEN=1" ...   (TOKEN=1: with a bearer token)
+    CONFIGS="RUST_LOG=warn,METRICS=off RUST_LOG=warn,METRICS=off,TOKEN=1" ...   (TOKEN=1: secure/echo, with a bearer token)
     CONFIGS="... RUST_LOG=warn,PATH=/rest/services/hello-world2/a/b/?x=1"   (PATH=: call another path)
     KEEP_DUMPS=/tmp/profiles bench/instructions.py   (keeps each dump, for callgrind_annotate)
     VALGRIND_ARGS="--cache-sim=yes --branch-sim=yes" bench/instructions.py   (simulated cache and branch misses)
@@ -24,7 +24,10 @@ CONFIGS = os.environ.get(
     "CONFIGS",
     "RUST_LOG=warn,METRICS=off RUST_LOG=warn,METRICS=admin RUST_LOG=info,METRICS=off RUST_LOG=info,METRICS=admin",
 ).split()
-EXAMPLES = ["module1", "module2", "product_v1", "product_v2", "hello"]
+EXAMPLES = ["module1", "module2", "product_v1", "product_v2", "hello", "secure"]
+# A public function never looks at credentials: TOKEN=1 calls module1's echo for authenticated
+# callers instead (secure/echo, the same work).
+TOKEN_PATH = "/rest/services/secure/echo/a/b/?x=1"
 
 
 def requests(port, count, headers=None, path=PATH):
@@ -75,8 +78,10 @@ def measure(work, config):
     path = PATH
     for pair in config.split(",") if config != "baseline" else []:
         key, value = pair.split("=", 1)
-        if key == "TOKEN":  # not a setting: call with the admin's bearer token
+        if key == "TOKEN":  # not a setting: call secure/echo with the admin's bearer token
             with_token = value == "1"
+            if with_token and path == PATH:
+                path = TOKEN_PATH
             continue
         if key == "PATH":  # not a setting: the path to call instead of the default
             path = value
