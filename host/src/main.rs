@@ -207,6 +207,12 @@ fn main() -> ExitCode {
         return plughost::sandbox::worker::main();
     }
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Some(Command::Check { .. } | Command::Keygen { .. } | Command::Sign { .. } | Command::New { .. })
+    ) {
+        end_quietly_on_closed_output();
+    }
     let result = match cli.command {
         Some(Command::Check { file, pubkeys }) => check(&file, pubkeys.as_deref()),
         Some(Command::Recycle { env_file }) => recycle(env_file),
@@ -249,6 +255,17 @@ fn main() -> ExitCode {
             eprintln!("plughost: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A local one-shot command whose output is cut short (`plughost check … | head -1`) ends
+/// quietly, as other command-line tools do, instead of panicking on the broken pipe. Only there:
+/// the server, and commands that talk to a server or a store, must outlive a closed socket.
+fn end_quietly_on_closed_output() {
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread is started.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -296,6 +296,12 @@ fn tokens_expire() {
         .as_str()
         .unwrap()
         .to_owned();
+    // Used once, so that the server remembers it as verified: expiry still applies.
+    assert_eq!(bearer(&app, "/rest/services/whoami/", &tok).status, 200);
+    // A token that differs from a remembered one by one character is checked afresh.
+    let last = if tok.ends_with('A') { "B" } else { "A" };
+    let tampered = format!("{}{last}", &tok[..tok.len() - 1]);
+    bearer(&app, "/rest/services/whoami/", &tampered).error(401, "TOKEN_INVALID");
     std::thread::sleep(Duration::from_millis(2100));
     bearer(&app, "/rest/services/whoami/", &tok).error(401, "TOKEN_EXPIRED");
 }

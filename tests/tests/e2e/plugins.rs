@@ -80,6 +80,17 @@ fn check_validates_a_plugin_offline() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stdout).contains("incompatible plugin-api"));
+    // Output cut short, as `| head -1` does (`:` reads nothing and exits at once): a quiet end,
+    // not a panic about a broken pipe.
+    let cut = Command::new("sh")
+        .arg("-c")
+        .arg("\"$0\" check \"$1\" | :")
+        .arg(plughost_bin())
+        .arg(plugin_file("module1"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&cut.stderr);
+    assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{stderr}");
 }
 
 #[test]
