@@ -29,6 +29,7 @@ use std::{
 
 use plugin_api::ErrorKind;
 use serde::Serialize;
+use tokio::sync::oneshot;
 
 use self::protocol::{
     encode_frame, read_frame, read_frame_async, write_frame, CallHead, FrameError, HostMsg, Layer, Outcome, Rlimits, WorkerMsg,
@@ -506,7 +507,14 @@ struct Job {
     id: u64,
     frame: Vec<u8>,
     deadline: Instant,
-    answer: tokio::sync::oneshot::Sender<Answered>,
+    answer: oneshot::Sender<Answered>,
+}
+
+/// The answer a runner sends back for a job.
+async fn answer_of(answered: oneshot::Receiver<Answered>) -> Answered {
+    answered
+        .await
+        .unwrap_or_else(|_| Err(Failure::Broken("the worker's runner ended without an answer".to_owned())))
 }
 
 impl Pool {
@@ -517,7 +525,9 @@ impl Pool {
     /// a runner task (one per CPU) sends everything queued to one worker in one write and reads
     /// the replies together. Under load a worker then answers many calls per pair of context
     /// switches instead of one. A worker answers in order, so when one call of a batch fails
-    /// (deadline, crash), the calls after it have not started: they go back to the queue.
+    /// (deadline, crash), the calls after it have not started: they go back to the queue. Any
+    /// other call takes a worker of its own and is sent as a batch of one, the same way; its
+    /// deadline counts from when it is sent.
     pub async fn call(self: &Arc<Self>, head: CallHead<'_>, body: &[u8], pace: Pace<'_>) -> Result<PluginReply, CallError> {
         let started = Instant::now();
         if self.troubled.load(Ordering::Acquire) {
@@ -533,17 +543,21 @@ impl Pool {
         let _in_flight = InFlight(&self.in_flight);
         let deadline = started + limits.call_timeout;
         let quick = pace.quick_max.is_some() && pace.streak.load(Ordering::Relaxed) >= QUICK_STREAK;
-        let result = if quick {
-            self.queued(head, body, deadline).await
-        } else {
-            let mut worker = self.checkout(deadline).await.map_err(CallError::WorkerFailed)?;
-            let result = worker
-                .call(head, body, limits.max_response_bytes as u64 + FRAME_OVERHEAD, deadline, self)
-                .await;
-            if result.is_ok() {
-                self.checkin(worker);
+        let result = match self.job(head, body, deadline) {
+            Err(failure) => Err(failure),
+            Ok((job, answered)) if quick => self.queued(job, answered, &limits).await,
+            Ok((job, answered)) => {
+                // A worker of its own: a batch of one.
+                let mut worker = self.checkout(deadline).await.map_err(CallError::WorkerFailed)?;
+                let mut batch = VecDeque::from([job]);
+                match worker.run_batch(&mut batch, &limits, self).await {
+                    Ok(()) => {
+                        self.checkin(worker);
+                        answer_of(answered).await
+                    }
+                    Err((_, failure)) => Err(failure),
+                }
             }
-            result
         };
         if let (Ok((_, _, micros)), Some(max)) = (&result, pace.quick_max) {
             if Duration::from_micros(*micros) <= max {
@@ -559,32 +573,37 @@ impl Pool {
         self.settle(result, &limits)
     }
 
-    /// Queues a quick call and waits for a runner to answer it.
-    async fn queued(self: &Arc<Self>, head: CallHead<'_>, body: &[u8], deadline: Instant) -> Answered {
+    /// A call as a job: its frame, under an id unique in this host, and where its answer goes.
+    fn job(&self, mut head: CallHead<'_>, body: &[u8], deadline: Instant) -> Result<(Job, oneshot::Receiver<Answered>), Failure> {
         let id = self.sandbox.sequence.fetch_add(1, Ordering::Relaxed);
-        let mut head = head;
         head.id = id;
         let frame =
             encode_frame(&HostMsg::Call(head), body).map_err(|err| Failure::Broken(format!("the request could not be encoded: {err}")))?;
-        let (answer, answered) = tokio::sync::oneshot::channel();
+        let (answer, answered) = oneshot::channel();
+        Ok((
+            Job {
+                id,
+                frame,
+                deadline,
+                answer,
+            },
+            answered,
+        ))
+    }
+
+    /// Queues a quick call and waits for a runner to answer it.
+    async fn queued(self: &Arc<Self>, job: Job, answered: oneshot::Receiver<Answered>, limits: &Limits) -> Answered {
         self.batched.fetch_add(1, Ordering::Relaxed);
-        lock(&self.queue).push_back(Job {
-            id,
-            frame,
-            deadline,
-            answer,
-        });
-        if self.claim_runner() {
+        lock(&self.queue).push_back(job);
+        if self.claim_runner(limits) {
             tokio::spawn(Arc::clone(self).run_queue());
         }
-        answered
-            .await
-            .unwrap_or_else(|_| Err(Failure::Broken("the runner of the queue ended without an answer".to_owned())))
+        answer_of(answered).await
     }
 
     /// Counts one more runner if there are fewer than the CPUs this process may use.
-    fn claim_runner(&self) -> bool {
-        let most = self.sandbox.cpus.min(self.limits().max_concurrency.max(1));
+    fn claim_runner(&self, limits: &Limits) -> bool {
+        let most = self.sandbox.cpus.min(limits.max_concurrency.max(1));
         self.runners
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < most).then_some(n + 1))
             .is_ok()
@@ -620,7 +639,7 @@ impl Pool {
                 self.runners.fetch_sub(1, Ordering::AcqRel);
                 // A call queued after the batch was taken but before the count dropped would
                 // otherwise wait for the next call to start a runner.
-                if lock(&self.queue).is_empty() || !self.claim_runner() {
+                if lock(&self.queue).is_empty() || !self.claim_runner(&self.limits()) {
                     return;
                 }
                 continue;
@@ -636,8 +655,7 @@ impl Pool {
                 }
             };
             let limits = self.limits();
-            let limit = limits.max_response_bytes as u64 + FRAME_OVERHEAD;
-            match worker.run_batch(&mut batch, limit, limits.call_timeout, &self).await {
+            match worker.run_batch(&mut batch, &limits, &self).await {
                 // Checked in after every batch, so that the call budget and the growth check
                 // apply; the next batch takes the same (last idle) worker back.
                 Ok(()) => self.checkin(worker),
@@ -1079,70 +1097,13 @@ impl Worker {
         }
     }
 
-    /// Sends one call and reads frames (forwarding log lines) until its reply or `deadline`.
-    async fn call(&mut self, mut head: CallHead<'_>, body: &[u8], limit: u64, deadline: Instant, pool: &Pool) -> Answered {
-        self.calls += 1;
-        let id = pool.sandbox.sequence.fetch_add(1, Ordering::Relaxed);
-        head.id = id;
-        let frame =
-            encode_frame(&HostMsg::Call(head), body).map_err(|err| Failure::Broken(format!("the request could not be encoded: {err}")))?;
-        if let Err(err) = self.make_async() {
-            return Err(self.crashed(format!("its channel could not be handed to the async runtime ({err})")));
-        }
-        let Channel::Async { input, output, buffer } = &mut self.channel else {
-            return Err(self.crashed("its channel was lost".to_owned()));
-        };
-        let exchange = async {
-            tokio::io::AsyncWriteExt::write_all(input, &frame)
-                .await
-                .map_err(CallEnd::SendFailed)?;
-            loop {
-                match read_frame_async::<WorkerMsg, _>(output, buffer, limit).await {
-                    Ok((
-                        WorkerMsg::Log {
-                            level,
-                            message,
-                            request_id,
-                        },
-                        _,
-                    )) => log_line(level, &message, &request_id, pool),
-                    Ok((
-                        WorkerMsg::Reply {
-                            id: answered,
-                            outcome,
-                            micros,
-                        },
-                        raw,
-                    )) if answered == id => return Ok((outcome, raw, micros)),
-                    Ok((other, _)) => {
-                        return Err(CallEnd::Failed(Failure::Broken(format!(
-                            "the worker broke the protocol: {other:?}"
-                        ))))
-                    }
-                    Err(FrameError::Closed) => return Err(CallEnd::Closed),
-                    Err(FrameError::TooLarge(size, _)) => {
-                        return Err(CallEnd::Failed(Failure::TooLarge(size.saturating_sub(FRAME_OVERHEAD))))
-                    }
-                    Err(err) => return Err(CallEnd::Failed(Failure::Broken(format!("the worker broke the protocol: {err}")))),
-                }
-            }
-        };
-        let ended = tokio::time::timeout_at(deadline.into(), exchange).await;
-        match ended {
-            Err(_) => Err(Failure::TimedOut),
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(CallEnd::Closed)) => Err(self.crashed(String::new())),
-            Ok(Err(CallEnd::SendFailed(err))) => Err(self.crashed(format!("the request could not be sent ({err})"))),
-            Ok(Err(CallEnd::Failed(failure))) => Err(failure),
-        }
-    }
-
     /// Sends `batch` in one write and answers its calls as their replies come, in order. On a
     /// failure, returns the call it struck; the calls after it stay in `batch`.
     ///
     /// A call's deadline counts from when the worker could start it (the reply before it), not
     /// from when it was queued: a call queued behind one that turned slow is delayed, not failed.
-    async fn run_batch(&mut self, batch: &mut VecDeque<Job>, limit: u64, timeout: Duration, pool: &Pool) -> Result<(), (Job, Failure)> {
+    async fn run_batch(&mut self, batch: &mut VecDeque<Job>, limits: &Limits, pool: &Pool) -> Result<(), (Job, Failure)> {
+        let (limit, timeout) = (limits.max_response_bytes as u64 + FRAME_OVERHEAD, limits.call_timeout);
         let Some(first_deadline) = batch.front().map(|job| job.deadline) else {
             return Ok(());
         };

@@ -16,7 +16,7 @@ use plugin_api::abi::{HostServices, HostServicesRef, LogLevel};
 
 use super::{
     confine,
-    protocol::{encode_frame, read_frame, CallHead, FrameError, HostMsg, Outcome, WorkerMsg, PROTOCOL_VERSION},
+    protocol::{read_frame, write_frame, CallHead, FrameError, HostMsg, Outcome, WorkerMsg, PROTOCOL_VERSION},
 };
 
 /// Largest frame the worker accepts from the host (a request body is capped by MAX_BODY_BYTES).
@@ -48,9 +48,9 @@ fn run() -> Result<(), String> {
     let null = File::open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?;
     rustix::stdio::dup2_stdin(&null).map_err(|e| format!("cannot redirect stdin: {e}"))?;
     rustix::stdio::dup2_stdout(std::io::stderr()).map_err(|e| format!("cannot redirect stdout: {e}"))?;
-    // Room for a whole batch of calls (the host sends up to 64 at once) in one read.
+    // Room for a whole batch of calls (the host sends up to 60 KiB at once) in one read.
     let mut requests = BufReader::with_capacity(64 * 1024, File::from(requests));
-    let _ = REPLIES.set(Mutex::new(BufWriter::with_capacity(64 * 1024, File::from(replies))));
+    let _ = REPLIES.set(Mutex::new(BufWriter::new(File::from(replies))));
 
     let (library, rlimits) = match read_frame::<HostMsg>(&mut requests, 1 << 20) {
         Ok((
@@ -205,8 +205,7 @@ fn send_with(msg: &WorkerMsg, raw: &[u8]) -> Result<(), String> {
         return Err("the reply channel is not set up".to_owned());
     };
     let mut out = replies.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let frame = encode_frame(msg, raw).map_err(|err| format!("a reply could not be encoded: {err}"))?;
-    out.write_all(&frame)
+    write_frame(&mut *out, msg, raw)
         .and_then(|()| out.flush())
         .map_err(|err| format!("the reply channel broke: {err}"))
 }
