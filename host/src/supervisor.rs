@@ -138,20 +138,40 @@ pub async fn run(bind: SocketAddr, data_dir: &Path, grace: Duration, command: Wo
             _ = recycle.recv() => current = replace(current, &command, &listener, &mut ready, &mut retiring, "leak budget").await,
             status = current.child.wait() => {
                 let status = describe(status);
+                end_group(current.pid);
                 tracing::error!(worker = current.pid, "worker exited unexpectedly ({status}); starting another");
                 if current.started.elapsed() > Duration::from_secs(10) {
                     backoff = Duration::from_millis(100);
                 }
-                loop {
-                    tokio::time::sleep(backoff).await;
+                // Until a replacement serves, keep trying, and keep answering SIGTERM and SIGINT.
+                let replacement = loop {
+                    tokio::select! {
+                        _ = term.recv() => break None,
+                        _ = int.recv() => break None,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
-                    match start(&command, &listener, &mut ready).await {
-                        Ok(worker) => {
-                            tracing::info!(worker = worker.pid, "worker serving");
-                            current = worker;
-                            break;
+                    tokio::select! {
+                        _ = term.recv() => break None,
+                        _ = int.recv() => break None,
+                        started = start(&command, &listener, &mut ready) => match started {
+                            Ok(worker) => break Some(worker),
+                            Err(err) => tracing::error!("a replacement worker did not start: {err:#}; retrying in {backoff:?}"),
+                        },
+                    }
+                };
+                match replacement {
+                    Some(worker) => {
+                        tracing::info!(worker = worker.pid, "worker serving");
+                        current = worker;
+                    }
+                    None => {
+                        tracing::info!("stopping while no worker serves");
+                        for handle in retiring {
+                            let _ = handle.await;
                         }
-                        Err(err) => tracing::error!("a replacement worker did not start: {err:#}; retrying in {backoff:?}"),
+                        let _ = std::fs::remove_file(&pid_path);
+                        return Ok(());
                     }
                 }
             }
@@ -209,6 +229,9 @@ async fn start(command: &WorkerCommand, listener: &TcpListener, ready: &mut toki
             child_fd: LISTEN_FD,
         }])
         .context("cannot map the listening socket")?;
+    // A process group of its own, which its sandbox workers join and may not leave (seccomp): when
+    // the worker ends, whatever it started ends with it (see `end_group`).
+    cmd.process_group(0);
     let mut child = cmd.spawn().with_context(|| format!("cannot start {}", command.program.display()))?;
     let pid = child.id().unwrap_or(0);
     tokio::select! {
@@ -234,7 +257,18 @@ fn retire(mut worker: Worker, grace: Duration) -> JoinHandle<()> {
                 let _ = worker.child.kill().await;
             }
         }
+        end_group(worker.pid);
     })
+}
+
+/// Kills what is left of an ended worker's process group: sandbox workers whose server died
+/// before it could stop them (they also die with their parent, but a mechanism in the
+/// supervisor's hands does not depend on what runs inside them).
+fn end_group(pid: u32) {
+    if let Some(group) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+        // ESRCH (nothing left) is the usual answer.
+        let _ = rustix::process::kill_process_group(group, Signal::KILL);
+    }
 }
 
 fn describe(status: std::io::Result<ExitStatus>) -> String {

@@ -6,8 +6,8 @@ use rustix::process::{Resource, Rlimit};
 
 use super::protocol::{Layer, Rlimits};
 
-/// The uid and gid a worker drops to when the host runs as root (`nobody` on Debian and most
-/// distributions).
+/// The uid and gid a worker drops to when the host runs as root and did not choose one
+/// (`nobody` on Debian and most distributions).
 const NOBODY: u32 = 65534;
 
 /// Applies every layer; a layer that cannot be applied is reported, never fatal (the host decides
@@ -16,8 +16,9 @@ pub fn apply(rlimits: &Rlimits) -> Vec<Layer> {
     let root = rustix::process::geteuid().is_root();
     let mut layers = vec![environment(), working_dir()];
     layers.push(network_namespace(root));
+    layers.push(ipc_namespace());
     layers.push(limits(rlimits));
-    layers.push(unprivileged(root));
+    layers.push(unprivileged(root, rlimits.uid.unwrap_or(NOBODY)));
     layers.push(no_new_privs());
     layers.push(landlock());
     layers.push(seccomp());
@@ -77,6 +78,22 @@ fn network_namespace(root: bool) -> Layer {
     )
 }
 
+/// A private SysV IPC namespace: no shared memory, semaphores or queues of anyone else (seccomp
+/// also denies those calls). Root may unshare it; an unprivileged host's worker may, within the
+/// user namespace it made for its network namespace.
+fn ipc_namespace() -> Layer {
+    use rustix::thread::UnshareFlags;
+    // SAFETY: the worker is single-threaded here, and this flag unshares no file descriptor table.
+    #[allow(unsafe_code)]
+    let result = unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWIPC) };
+    layer(
+        "ipc_namespace",
+        result
+            .map(|()| "a private IPC namespace: no other process's shared memory, semaphores or message queues".to_owned())
+            .map_err(|e| format!("the kernel refused a private IPC namespace ({e}); seccomp still denies SysV and POSIX IPC")),
+    )
+}
+
 /// The bytes of address space this process has mapped (`VmSize`).
 fn own_address_space() -> std::io::Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status")?;
@@ -121,7 +138,7 @@ fn limits(rlimits: &Rlimits) -> Layer {
     layer("rlimits", result)
 }
 
-fn unprivileged(root: bool) -> Layer {
+fn unprivileged(root: bool, uid: u32) -> Layer {
     if !root {
         return layer(
             "unprivileged_uid",
@@ -134,14 +151,16 @@ fn unprivileged(root: bool) -> Layer {
     // Per thread, as the raw system calls are: this worker has one thread.
     let result = (|| {
         rustix::thread::set_thread_groups(&[]).map_err(|e| format!("setgroups: {e}"))?;
-        rustix::thread::set_thread_gid(rustix::process::Gid::from_raw(NOBODY)).map_err(|e| format!("setgid: {e}"))?;
-        rustix::thread::set_thread_uid(rustix::process::Uid::from_raw(NOBODY)).map_err(|e| format!("setuid: {e}"))?;
+        rustix::thread::set_thread_gid(rustix::process::Gid::from_raw(uid)).map_err(|e| format!("setgid: {e}"))?;
+        rustix::thread::set_thread_uid(rustix::process::Uid::from_raw(uid)).map_err(|e| format!("setuid: {e}"))?;
         // Changing uid makes /proc/self root-owned; the library is opened through /proc/self/fd.
         rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::Dumpable).map_err(|e| format!("PR_SET_DUMPABLE: {e}"))?;
         // Changing uid also clears the death signal: ask again to die with the host.
         rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
             .map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
-        Ok(format!("runs as uid and gid {NOBODY} (nobody), with no supplementary groups"))
+        Ok(format!(
+            "runs as uid and gid {uid}, a uid of its own that no other worker or tenant shares, with no supplementary groups"
+        ))
     })();
     layer("unprivileged_uid", result)
 }
@@ -185,26 +204,23 @@ fn landlock() -> Layer {
 }
 
 /// Denies (EPERM) the system calls a plugin has no business making: networking, running programs,
-/// new processes, tracing, mounts, namespaces, kernel modules and the like. `clone3` answers
-/// ENOSYS so that the C library falls back to `clone`, whose flags the filter can inspect.
+/// new processes, tracing, mounts, namespaces, kernel modules, SysV and POSIX IPC, file watches and
+/// the like; and the calls that act on another process (limits, priorities, scheduling, signals,
+/// memory policy) unless they name this one. `clone3` answers ENOSYS so that the C library falls
+/// back to `clone`, whose flags the filter can inspect.
 fn seccomp() -> Layer {
-    let result = seccomp_filters().and_then(|(deny, nosys)| {
+    let result = seccomp_filters(std::process::id()).and_then(|(deny, nosys)| {
         seccompiler::apply_filter_all_threads(&nosys).map_err(|e| format!("installing the filter: {e}"))?;
         seccompiler::apply_filter_all_threads(&deny).map_err(|e| format!("installing the filter: {e}"))?;
-        Ok("denies sockets, exec, fork and new processes, ptrace, mount, namespaces, kernel modules, bpf, keyrings".to_owned())
+        Ok("denies sockets, exec, fork and new processes, ptrace, mount, namespaces, kernel modules, bpf, keyrings, SysV and POSIX IPC, inotify and fanotify, clearing the parent-death signal, leaving the process group; limits, priorities, scheduling and signals only on the worker itself".to_owned())
     });
     layer("seccomp", result)
 }
 
 type Filters = (seccompiler::BpfProgram, seccompiler::BpfProgram);
 
-fn seccomp_filters() -> Result<Filters, String> {
-    use std::collections::BTreeMap;
-
-    use seccompiler::{SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule};
-    let arch = std::env::consts::ARCH
-        .try_into()
-        .map_err(|e| format!("seccomp is not supported on {}: {e:?}", std::env::consts::ARCH))?;
+/// System calls no plugin needs, denied whatever their arguments.
+fn always_denied() -> Vec<i64> {
     let mut denied: Vec<i64> = vec![
         libc::SYS_socket,
         libc::SYS_socketpair,
@@ -218,6 +234,12 @@ fn seccomp_filters() -> Result<Filters, String> {
         libc::SYS_ptrace,
         libc::SYS_process_vm_readv,
         libc::SYS_process_vm_writev,
+        libc::SYS_process_madvise,
+        libc::SYS_process_mrelease,
+        libc::SYS_pidfd_open,
+        libc::SYS_pidfd_getfd,
+        libc::SYS_pidfd_send_signal,
+        libc::SYS_kcmp,
         libc::SYS_mount,
         libc::SYS_umount2,
         libc::SYS_pivot_root,
@@ -240,6 +262,7 @@ fn seccomp_filters() -> Result<Filters, String> {
         libc::SYS_userfaultfd,
         libc::SYS_io_uring_setup,
         libc::SYS_open_by_handle_at,
+        libc::SYS_name_to_handle_at,
         libc::SYS_setuid,
         libc::SYS_setgid,
         libc::SYS_setreuid,
@@ -247,31 +270,147 @@ fn seccomp_filters() -> Result<Filters, String> {
         libc::SYS_setresuid,
         libc::SYS_setresgid,
         libc::SYS_setgroups,
+        libc::SYS_setfsuid,
+        libc::SYS_setfsgid,
         libc::SYS_settimeofday,
         libc::SYS_clock_settime,
+        libc::SYS_clock_adjtime,
         libc::SYS_acct,
         libc::SYS_quotactl,
         libc::SYS_syslog,
+        libc::SYS_vhangup,
+        // Leaving the process group would escape the kill that ends a dead server's workers.
+        libc::SYS_setsid,
+        libc::SYS_setpgid,
+        // SysV IPC outlives its processes and is shared by every process of a uid.
+        libc::SYS_shmget,
+        libc::SYS_shmat,
+        libc::SYS_shmdt,
+        libc::SYS_shmctl,
+        libc::SYS_semget,
+        libc::SYS_semop,
+        libc::SYS_semtimedop,
+        libc::SYS_semctl,
+        libc::SYS_msgget,
+        libc::SYS_msgsnd,
+        libc::SYS_msgrcv,
+        libc::SYS_msgctl,
+        libc::SYS_mq_open,
+        libc::SYS_mq_unlink,
+        libc::SYS_mq_timedsend,
+        libc::SYS_mq_timedreceive,
+        libc::SYS_mq_notify,
+        libc::SYS_mq_getsetattr,
+        // Landlock governs opens, not watches: a watch would tell which files come and go.
+        libc::SYS_inotify_init1,
+        libc::SYS_inotify_add_watch,
+        libc::SYS_fanotify_init,
+        libc::SYS_fanotify_mark,
     ];
     #[cfg(target_arch = "x86_64")]
-    denied.extend([libc::SYS_fork, libc::SYS_vfork, libc::SYS_iopl, libc::SYS_ioperm]);
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = denied.into_iter().map(|nr| (nr, Vec::new())).collect();
+    denied.extend([
+        libc::SYS_fork,
+        libc::SYS_vfork,
+        libc::SYS_iopl,
+        libc::SYS_ioperm,
+        libc::SYS_inotify_init,
+        libc::SYS_uselib,
+    ]);
+    denied
+}
+
+/// `prctl` options a plugin may not use: clearing or changing its parent-death signal (it would
+/// outlive its server), letting another process trace it, rewriting its memory map's bounds.
+const DENIED_PRCTL: [u64; 3] = [libc::PR_SET_PDEATHSIG as u64, libc::PR_SET_PTRACER as u64, libc::PR_SET_MM as u64];
+
+/// The filters for worker `pid`: calls that name a process are allowed only when they name this
+/// one (as 0, or as its own pid).
+fn seccomp_filters(pid: u32) -> Result<Filters, String> {
+    use std::collections::BTreeMap;
+
+    use seccompiler::{SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule};
+    let arch = std::env::consts::ARCH
+        .try_into()
+        .map_err(|e| format!("seccomp is not supported on {}: {e:?}", std::env::consts::ARCH))?;
+    fn err(e: impl std::fmt::Display) -> String {
+        e.to_string()
+    }
+    let condition = |arg: u8, len: SeccompCmpArgLen, op: SeccompCmpOp, value: u64| SeccompCondition::new(arg, len, op, value).map_err(err);
+    let rule = |conditions: Vec<SeccompCondition>| SeccompRule::new(conditions).map_err(err);
+    // A pid argument that is neither 0 (this process) nor this process's own pid.
+    let another = |arg: u8| -> Result<SeccompRule, String> {
+        rule(vec![
+            condition(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, 0)?,
+            condition(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, u64::from(pid))?,
+        ])
+    };
+    // A pid argument other than this process's own pid (0 means the process group for kill).
+    let not_self =
+        |arg: u8| -> Result<SeccompRule, String> { rule(vec![condition(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, u64::from(pid))?]) };
+
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = always_denied().into_iter().map(|nr| (nr, Vec::new())).collect();
     // clone without CLONE_THREAD makes a process.
-    let not_a_thread = SeccompCondition::new(0, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(libc::CLONE_THREAD as u64), 0)
-        .map_err(|e| e.to_string())?;
     rules.insert(
         libc::SYS_clone,
-        vec![SeccompRule::new(vec![not_a_thread]).map_err(|e| e.to_string())?],
+        vec![rule(vec![condition(
+            0,
+            SeccompCmpArgLen::Qword,
+            SeccompCmpOp::MaskedEq(libc::CLONE_THREAD as u64),
+            0,
+        )?])?],
     );
-    let deny =
-        SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch).map_err(|e| e.to_string())?;
+    // Calls whose first argument is a pid: only this process.
+    for nr in [
+        libc::SYS_prlimit64,
+        libc::SYS_sched_setscheduler,
+        libc::SYS_sched_setparam,
+        libc::SYS_sched_setaffinity,
+        libc::SYS_sched_setattr,
+        libc::SYS_sched_getscheduler,
+        libc::SYS_sched_getparam,
+        libc::SYS_sched_getaffinity,
+        libc::SYS_sched_getattr,
+        libc::SYS_sched_rr_get_interval,
+        libc::SYS_migrate_pages,
+        libc::SYS_move_pages,
+        libc::SYS_get_robust_list,
+        libc::SYS_getpgid,
+        libc::SYS_getsid,
+    ] {
+        rules.insert(nr, vec![another(0)?]);
+    }
+    // (which, who, …): only PRIO_PROCESS / IOPRIO_WHO_PROCESS of this process.
+    let process_self = |which: u64| -> Result<Vec<SeccompRule>, String> {
+        Ok(vec![
+            rule(vec![condition(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, which)?])?,
+            another(1)?,
+        ])
+    };
+    rules.insert(libc::SYS_setpriority, process_self(libc::PRIO_PROCESS as u64)?);
+    rules.insert(libc::SYS_getpriority, process_self(libc::PRIO_PROCESS as u64)?);
+    rules.insert(libc::SYS_ioprio_set, process_self(1)?);
+    rules.insert(libc::SYS_ioprio_get, process_self(1)?);
+    // Signals: to this process only (not to its process group, which is the server's).
+    rules.insert(libc::SYS_kill, vec![not_self(0)?]);
+    rules.insert(libc::SYS_tgkill, vec![not_self(0)?]);
+    rules.insert(libc::SYS_tkill, vec![not_self(0)?]);
+    rules.insert(libc::SYS_rt_sigqueueinfo, vec![not_self(0)?]);
+    rules.insert(libc::SYS_rt_tgsigqueueinfo, vec![not_self(0)?]);
+    rules.insert(
+        libc::SYS_prctl,
+        DENIED_PRCTL
+            .iter()
+            .map(|&option| rule(vec![condition(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, option)?]))
+            .collect::<Result<_, _>>()?,
+    );
+    let deny = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch).map_err(err)?;
     let nosys = SeccompFilter::new(
         [(libc::SYS_clone3, Vec::new())].into_iter().collect(),
         SeccompAction::Allow,
         SeccompAction::Errno(libc::ENOSYS as u32),
         arch,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(err)?;
     Ok((
         deny.try_into().map_err(|e: seccompiler::BackendError| e.to_string())?,
         nosys.try_into().map_err(|e: seccompiler::BackendError| e.to_string())?,
@@ -282,7 +421,7 @@ fn seccomp_filters() -> Result<Filters, String> {
 mod tests {
     #[test]
     fn the_seccomp_filters_compile_for_this_machine() {
-        let (deny, nosys) = super::seccomp_filters().unwrap();
+        let (deny, nosys) = super::seccomp_filters(std::process::id()).unwrap();
         assert!(deny.len() > 50 && !nosys.is_empty());
     }
 }

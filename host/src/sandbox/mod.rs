@@ -158,7 +158,13 @@ pub struct Sandbox {
     /// Workers told goodbye, and when: reaped once they exit, killed after [`GOODBYE_GRACE`].
     retiring: Mutex<Vec<(Worker, Instant)>>,
     spawner: Spawner,
+    /// The uids of this process's live workers, when the host is root and gives each its own.
+    uids: Arc<Mutex<std::collections::HashSet<u32>>>,
 }
+
+/// The range of uids workers get when the host runs as root: above every ordinary and system
+/// account, below the 32-bit values that mean "no uid".
+const WORKER_UIDS: std::ops::Range<u32> = 0x4000_0000..0x7fff_0000;
 
 /// Starts worker processes from one long-lived thread. A worker asks to die with its parent, and
 /// Linux sends that signal when the *thread* that forked it ends: a blocking-pool thread retired
@@ -224,6 +230,7 @@ impl Sandbox {
             cgroups: cgroup::MemoryCgroups::detect(),
             retiring: Mutex::new(Vec::new()),
             spawner: Spawner::start()?,
+            uids: Arc::default(),
         });
         let weak = Arc::downgrade(&sandbox);
         thread::Builder::new().name("sandbox-pools".into()).spawn(move || maintain(weak))?;
@@ -262,6 +269,26 @@ impl Sandbox {
     /// A tenant by UUID, if known.
     pub fn tenant(&self, uuid: &str) -> Option<TenantInfo> {
         self.tenants.read().unwrap_or_else(|p| p.into_inner()).get(uuid).cloned()
+    }
+
+    /// A uid no live worker of this process has, when the host is root (`None` otherwise). Drawn
+    /// at random from [`WORKER_UIDS`], so that another server process on this machine (a
+    /// recycled one draining) is as unlikely to hold it: about one in a billion per pair.
+    fn allocate_uid(&self) -> Option<UidLease> {
+        if !rustix::process::geteuid().is_root() {
+            return None;
+        }
+        let mut uids = lock(&self.uids);
+        let span = WORKER_UIDS.end - WORKER_UIDS.start;
+        loop {
+            let uid = WORKER_UIDS.start + u32::from_le_bytes(crate::tenancy::secrets::random_bytes::<4>()) % span;
+            if uids.insert(uid) {
+                return Some(UidLease {
+                    uid,
+                    taken: Arc::clone(&self.uids),
+                });
+            }
+        }
     }
 
     /// Says goodbye to a healthy worker; the maintenance thread reaps it.
@@ -403,6 +430,19 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     fs::rename(&temp, path)
 }
 
+/// A worker's own uid, given back when the worker is dropped (after it was reaped).
+#[derive(Debug)]
+struct UidLease {
+    uid: u32,
+    taken: Arc<Mutex<std::collections::HashSet<u32>>>,
+}
+
+impl Drop for UidLease {
+    fn drop(&mut self) {
+        lock(&self.taken).remove(&self.uid);
+    }
+}
+
 /// Crashes and the state they led to.
 #[derive(Debug, Default)]
 struct Health {
@@ -505,6 +545,8 @@ type Answered = Result<(Outcome, Vec<u8>, u64), Failure>;
 /// A quick call waiting in its pool's queue for a worker.
 struct Job {
     id: u64,
+    /// The host's request id, which the plugin's log lines for this call carry.
+    request_id: String,
     frame: Vec<u8>,
     deadline: Instant,
     answer: oneshot::Sender<Answered>,
@@ -577,12 +619,14 @@ impl Pool {
     fn job(&self, mut head: CallHead<'_>, body: &[u8], deadline: Instant) -> Result<(Job, oneshot::Receiver<Answered>), Failure> {
         let id = self.sandbox.sequence.fetch_add(1, Ordering::Relaxed);
         head.id = id;
+        let request_id = head.request_id.clone().into_owned();
         let frame =
             encode_frame(&HostMsg::Call(head), body).map_err(|err| Failure::Broken(format!("the request could not be encoded: {err}")))?;
         let (answer, answered) = oneshot::channel();
         Ok((
             Job {
                 id,
+                request_id,
                 frame,
                 deadline,
                 answer,
@@ -973,6 +1017,8 @@ struct Worker {
     dir: PathBuf,
     /// Dropped after the process has been reaped (fields drop after `Drop::drop`).
     cgroup: Option<cgroup::WorkerCgroup>,
+    uid: Option<UidLease>,
+    log_budget: LogBudget,
 }
 
 impl Worker {
@@ -1049,6 +1095,8 @@ impl Worker {
             output_log,
             dir,
             cgroup,
+            uid: sandbox.allocate_uid(),
+            log_budget: LogBudget::default(),
         };
         let load = HostMsg::Load {
             protocol: PROTOCOL_VERSION,
@@ -1057,6 +1105,7 @@ impl Worker {
                 address_space_bytes: limits.memory_bytes,
                 cpu_seconds: sandbox.settings.cpu_seconds,
                 open_files: sandbox.settings.open_files,
+                uid: worker.uid.as_ref().map(|lease| lease.uid),
             },
         };
         let Channel::Blocking { input, output } = &mut worker.channel else {
@@ -1135,14 +1184,11 @@ impl Worker {
                 let read = tokio::time::timeout_at(deadline.into(), read_frame_async::<WorkerMsg, _>(output, buffer, limit)).await;
                 match read {
                     Err(_) => break Some(CallEnd::Failed(Failure::TimedOut)),
-                    Ok(Ok((
-                        WorkerMsg::Log {
-                            level,
-                            message,
-                            request_id,
-                        },
-                        _,
-                    ))) => log_line(level, &message, &request_id, pool),
+                    // The worker's word on which call a line belongs to is not taken: the line is
+                    // the call's in progress, the first unanswered one.
+                    Ok(Ok((WorkerMsg::Log { level, message, .. }, _))) => self
+                        .log_budget
+                        .spend(message.len(), || log_line(level, &message, &job.request_id, pool)),
                     Ok(Ok((
                         WorkerMsg::Reply {
                             id: answered,
@@ -1152,6 +1198,7 @@ impl Worker {
                         raw,
                     ))) if answered == job.id => {
                         startable = Instant::now();
+                        self.log_budget.end_call(pool, &job.request_id);
                         if let Some(job) = batch.pop_front() {
                             let _ = job.answer.send(Ok((outcome, raw, micros)));
                         }
@@ -1318,12 +1365,72 @@ impl Read for DeadlineReader {
     }
 }
 
+/// Log bytes a plugin may send through the protocol in one call, and in one worker's life.
+const LOG_BUDGET_PER_CALL: usize = 16 * 1024;
+const LOG_BUDGET_PER_WORKER: usize = 1 << 20;
+
+/// What a worker's plugin has logged: lines past either budget are dropped and counted.
+#[derive(Debug, Default)]
+struct LogBudget {
+    worker: usize,
+    call: usize,
+    dropped: u64,
+}
+
+impl LogBudget {
+    /// Logs with `write` if the line fits in both budgets.
+    fn spend(&mut self, len: usize, write: impl FnOnce()) {
+        if self.call + len <= LOG_BUDGET_PER_CALL && self.worker + len <= LOG_BUDGET_PER_WORKER {
+            self.call += len;
+            self.worker += len;
+            write();
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    /// A call was answered: says how many of its lines were dropped, and starts the next call's budget.
+    fn end_call(&mut self, pool: &Pool, request_id: &str) {
+        if self.dropped > 0 {
+            let tenant = pool.owner.as_deref().unwrap_or("admin");
+            tracing::warn!(
+                target: "plugin",
+                tenant,
+                module = pool.module.as_str(),
+                request_id,
+                dropped_lines = self.dropped,
+                "the plugin logged more than {LOG_BUDGET_PER_CALL} bytes in one call or {LOG_BUDGET_PER_WORKER} bytes in its worker's life; the rest was dropped"
+            );
+        }
+        self.call = 0;
+        self.dropped = 0;
+    }
+}
+
+/// A plugin's text with control characters escaped (`\n`, `\u{1b}`…), so that it cannot end a
+/// log line and forge one that looks like the host's, nor drive a terminal.
+pub fn escape_control(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if c.is_control() {
+            escaped.extend(c.escape_default());
+        } else {
+            escaped.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(escaped)
+}
+
 /// Writes a plugin's log line, tagged with its tenant and module.
 fn log_line(level: u8, message: &str, request_id: &str, pool: &Pool) {
     use plugin_api::abi::LogLevel;
     let tenant = pool.owner.as_deref().unwrap_or("admin");
     let module = pool.module.as_str();
     let request_id = if request_id.is_empty() { "-" } else { request_id };
+    let message = escape_control(message);
     match worker::level_from_wire(level) {
         LogLevel::Error => tracing::error!(target: "plugin", tenant, module, request_id, "{message}"),
         LogLevel::Warn => tracing::warn!(target: "plugin", tenant, module, request_id, "{message}"),
@@ -1349,7 +1456,8 @@ fn log_output(stderr: std::process::ChildStderr, tenant: &str, module: &str) -> 
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 let text = String::from_utf8_lossy(&line);
-                let text = text.trim_end();
+                let text = escape_control(text.trim_end());
+                let text = text.as_ref();
                 if text.starts_with("memory allocation of") && text.ends_with("failed") {
                     out_of_memory = true;
                 }

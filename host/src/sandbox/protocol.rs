@@ -37,6 +37,9 @@ pub struct Rlimits {
     pub address_space_bytes: u64,
     pub cpu_seconds: u64,
     pub open_files: u64,
+    /// The uid (and gid) the worker takes when the host is root: one of its own.
+    #[serde(default)]
+    pub uid: Option<u32>,
 }
 
 /// One call, without its body; borrowed from the request on the host's side.

@@ -39,8 +39,12 @@ pub fn main() -> ExitCode {
 }
 
 fn run() -> Result<(), String> {
-    // If the host dies, so does this worker.
+    // If the host dies, so does this worker (seccomp later denies undoing this).
     let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
+    // Descriptors the server inherited without close-on-exec reach this process too: an open
+    // `.env` would be readable whatever Landlock says, since Landlock governs opens. Keep only
+    // the channels (stdin, stdout) and stderr.
+    close_inherited_descriptors()?;
     // Take the channels, then point stdin at /dev/null and stdout at stderr, so that nothing the
     // plugin reads or prints touches them.
     let requests = rustix::io::dup(std::io::stdin()).map_err(|e| format!("cannot take stdin: {e}"))?;
@@ -143,6 +147,32 @@ fn run() -> Result<(), String> {
     }
 }
 
+/// Closes every descriptor above stderr.
+fn close_inherited_descriptors() -> Result<(), String> {
+    // SAFETY: no memory arguments; this process holds no descriptor above 2 it means to keep
+    // (the standard library opens none before `main`).
+    #[allow(unsafe_code)]
+    let closed = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if closed == 0 {
+        return Ok(());
+    }
+    // Kernels before 5.9: close what /proc lists.
+    let listed = std::fs::read_dir("/proc/self/fd").map_err(|e| format!("cannot list the inherited descriptors: {e}"))?;
+    let fds: Vec<i32> = listed
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str().and_then(|n| n.parse().ok()))
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: closing a descriptor number; one already closed (the listing's own) fails harmlessly.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::close(fd)
+        };
+    }
+    Ok(())
+}
+
 /// The library at `path`, copied into a memory file.
 fn in_memory(path: &str) -> std::io::Result<File> {
     let mut source = File::open(path)?;
@@ -190,6 +220,7 @@ fn call(root: plugin_api::abi::PluginModRef, head: &CallHead<'_>, body: &[u8]) -
 }
 
 fn set_request_id(id: &str) {
+    LOGGED.store(0, std::sync::atomic::Ordering::Relaxed);
     let mut current = REQUEST_ID.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     current.clear();
     current.push_str(id);
@@ -215,8 +246,17 @@ fn services() -> HostServicesRef {
     HostServices { log: worker_log }.leak_into_prefix()
 }
 
+/// Log bytes sent to the host in the current call; the host keeps its own budget (it cannot trust
+/// this process), this one only spares the pipe.
+static LOGGED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// A plugin's log line, sent to the host, which writes it tagged with tenant and module.
 extern "C" fn worker_log(level: LogLevel, _module: RStr<'_>, message: RStr<'_>) {
+    use std::sync::atomic::Ordering;
+    let len = message.len().min(8192);
+    if LOGGED.fetch_add(len, Ordering::Relaxed) > 64 * 1024 {
+        return;
+    }
     let request_id = REQUEST_ID.lock().map(|id| id.clone()).unwrap_or_default();
     let message: String = message.as_str().chars().take(8192).collect();
     let _ = send(&WorkerMsg::Log {

@@ -7,6 +7,7 @@
 mod auth;
 mod bad_input;
 mod errors;
+mod isolation;
 mod lifecycle;
 mod mongo_auth;
 mod mongo_server;

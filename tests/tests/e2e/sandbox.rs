@@ -47,20 +47,20 @@ impl Tenant {
         panic!("no token for tenant {name}:\n{}", app.logs());
     }
 
-    fn folder(&self, app: &App) -> PathBuf {
+    pub fn folder(&self, app: &App) -> PathBuf {
         let folder = app.plugins_dir().join("tenants").join(&self.uuid);
         std::fs::create_dir_all(&folder).unwrap();
         folder
     }
 
     /// Puts `bytes` into this tenant's folder as `name` and waits until `module` answers `probe`.
-    fn install(&self, app: &App, name: &str, bytes: &[u8], probe: &str) {
+    pub fn install(&self, app: &App, name: &str, bytes: &[u8], probe: &str) {
         write_by_rename(&self.folder(app), name, bytes);
         let served = wait_for(Duration::from_secs(20), || self.get(app, probe).status == 200);
         assert!(served.is_some(), "{probe} was not served:\n{}", app.logs());
     }
 
-    fn get(&self, app: &App, path: &str) -> Reply {
+    pub fn get(&self, app: &App, path: &str) -> Reply {
         app.with_headers("GET", path, &[("authorization", &format!("Bearer {}", self.token))], None)
     }
 }

@@ -75,6 +75,8 @@ pub struct Setup {
     root_files: Vec<(String, String)>,
     /// Run the server as this uid and gid instead of the test's own.
     user: Option<u32>,
+    /// Root files the server inherits an open descriptor on (fd 9 onwards), without close-on-exec.
+    inherited: Vec<String>,
 }
 
 impl Setup {
@@ -99,6 +101,13 @@ impl Setup {
     /// `setpriv`, as containers run it; its folder is handed to that user.
     pub fn run_as(mut self, uid: u32) -> Self {
         self.user = Some(uid);
+        self
+    }
+
+    /// Starts the server with a descriptor open on this root file, as a careless parent might
+    /// leave one: nothing the server starts must be able to read it.
+    pub fn inherit_root_file(mut self, name: &str) -> Self {
+        self.inherited.push(name.to_owned());
         self
     }
 
@@ -185,6 +194,16 @@ impl Setup {
         for (key, value) in &self.env {
             command.env(key, value);
         }
+        let mappings = self
+            .inherited
+            .iter()
+            .enumerate()
+            .map(|(i, name)| command_fds::FdMapping {
+                parent_fd: std::fs::File::open(dir.path().join(name)).expect("open inherited file").into(),
+                child_fd: 9 + i as i32,
+            })
+            .collect();
+        command_fds::CommandFdExt::fd_mappings(&mut command, mappings).expect("inherited descriptors");
         let mut env: Vec<(String, String)> = vec![
             ("PLUGINS_DIR".into(), plugins_dir.display().to_string()),
             ("DATA_DIR".into(), dir.path().join("data").display().to_string()),
