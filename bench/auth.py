@@ -115,7 +115,7 @@ def main():
             times, token = exchange_latency(addr, admin)
             results[store] = times
             if store == "sqlite":
-                worker = call(addr, "GET", "/health")[1]["process"]["pid"]
+                worker = call(addr, "GET", "/health", token=admin)[1]["process"]["pid"]
                 cpu_per_request(addr, worker, "/rest/services/secure/status/", None)  # warm-up
                 public, tenant = [], []
                 for _ in range(ROUNDS):

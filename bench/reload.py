@@ -21,12 +21,38 @@ def patched(base, name, mark):
     return base.replace(b"many_000", name.encode(), 1).replace(b"mark-A", mark.encode(), 1)
 
 
-def get(addr, path):
+def get(addr, path, token=None):
+    request = urllib.request.Request(f"http://{addr}{path}")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(f"http://{addr}{path}", timeout=5) as r:
+        with urllib.request.urlopen(request, timeout=5) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, None
+
+
+def admin_token(addr, env):
+    """A bearer token for the admin: the detail of /health (PIDs, images) is the admin's."""
+    for offset in (0, 30, 60):
+        code = totp(env["ADMIN_TOTP_SECRET"], time.time() + offset)
+        request = urllib.request.Request(f"http://{addr}/rest/auth/token", method="POST",
+                                         data=json.dumps({"uuid": env["ADMIN_UUID"], "totp": code}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as r:
+                return json.loads(r.read())["token"]
+        except urllib.error.HTTPError:
+            continue
+    raise RuntimeError("no admin token")
+
+
+def totp(secret, at):
+    import base64, hashlib, hmac, struct
+    key = base64.b32decode(secret + "=" * (-len(secret) % 8))
+    digest = hmac.new(key, struct.pack(">Q", int(at) // 30), hashlib.sha1).digest()
+    offset = digest[-1] & 15
+    return f"{(struct.unpack('>I', digest[offset:offset + 4])[0] & 0x7fffffff) % 1000000:06d}"
 
 
 def rss_kib(pid):
@@ -47,6 +73,7 @@ def main():
     server = subprocess.Popen([os.path.join(ROOT, "target/release/plughost")], env=env, stdout=subprocess.PIPE, stderr=log, text=True)
     try:
         addr = server.stdout.readline().strip().rsplit("http://", 1)[1]
+        token = admin_token(addr, env)
         target = os.path.join(plugins, "libswap.so")
 
         def swap(data):
@@ -58,7 +85,7 @@ def main():
         swap(patched(base, "swap_000", "mark-A"))
         while get(addr, "/rest/services/swap_000/which/")[0] != 200:
             time.sleep(0.01)
-        worker = get(addr, "/health")[1]["process"]["pid"]
+        worker = get(addr, "/health", token)[1]["process"]["pid"]
         rss_start = rss_kib(worker)
         latencies = []
         for i in range(SWAPS):
@@ -72,12 +99,12 @@ def main():
                 time.sleep(0.001)
             latencies.append((time.monotonic() - started) * 1000)
         rss_after = rss_kib(worker)
-        health = get(addr, "/health")[1]
+        health = get(addr, "/health", token)[1]
         subprocess.run([os.path.join(ROOT, "target/release/plughost"), "recycle"], env=env, check=True, capture_output=True)
         deadline = time.monotonic() + 30
-        while get(addr, "/health")[1]["process"]["pid"] == worker and time.monotonic() < deadline:
+        while get(addr, "/health", token)[1]["process"]["pid"] == worker and time.monotonic() < deadline:
             time.sleep(0.05)
-        fresh = get(addr, "/health")[1]["process"]["pid"]
+        fresh = get(addr, "/health", token)[1]["process"]["pid"]
         time.sleep(0.5)
         rss_fresh = rss_kib(fresh)
         log.seek(0)

@@ -332,7 +332,8 @@ def reloads(args):
                 if i <= args.swaps and not recycle:
                     latencies.append((time.monotonic() - started) * 1000)
             time.sleep(1.5)
-            health = json.loads(http(addr, "/health")[1])
+            # The detail of /health (PIDs, images) is the admin's.
+            health = json.loads(http(addr, "/health", headers={"Authorization": f"Bearer {admin_token(work, addr)}"})[1])
             worker = health["process"]["pid"]
             with open(f"/proc/{worker}/status") as f:
                 rss = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:")) / 1024

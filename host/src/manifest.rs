@@ -107,6 +107,9 @@ impl ModuleSpec {
 
     /// Validates what a plugin declared; every problem is listed in the error.
     pub fn from_abi(manifest: &abi::Manifest) -> Result<ModuleSpec, String> {
+        // Bounded before anything is copied: a manifest is served in every `__dir__` and OpenAPI
+        // document, so its size is everyone's memory and bandwidth.
+        check_size(manifest)?;
         let mut problems = Vec::new();
         let name = manifest.name.as_str().to_owned();
         if let Err(why) = check_name(&name) {
@@ -155,6 +158,62 @@ impl ModuleSpec {
             Err(problems.join("; "))
         }
     }
+}
+
+/// Most functions a module may declare.
+pub const MAX_FUNCTIONS: usize = 256;
+/// Most parameters a function may declare.
+pub const MAX_PARAMS: usize = 64;
+/// Most characters in one doc line, description or parameter default.
+pub const MAX_TEXT: usize = 4096;
+/// Most characters of text in a whole manifest.
+pub const MAX_MANIFEST_TEXT: usize = 256 * 1024;
+
+fn check_size(manifest: &abi::Manifest) -> Result<(), String> {
+    if manifest.functions.len() > MAX_FUNCTIONS {
+        return Err(format!(
+            "the manifest declares {} functions; a module may declare at most {MAX_FUNCTIONS}: split it into several modules",
+            manifest.functions.len()
+        ));
+    }
+    let mut total = manifest.name.len() + manifest.alias.len() + manifest.version.len();
+    let mut text = |what: &dyn Fn() -> String, len: usize| -> Result<(), String> {
+        if len > MAX_TEXT {
+            return Err(format!("{} is {len} characters long; at most {MAX_TEXT} are allowed", what()));
+        }
+        total += len;
+        Ok(())
+    };
+    text(&|| "the module description".to_owned(), manifest.description.len())?;
+    for decl in manifest.functions.iter() {
+        let fname = decl.name.as_str();
+        text(
+            &|| format!("the name of function '{}'", fname.chars().take(64).collect::<String>()),
+            decl.name.len(),
+        )?;
+        text(&|| format!("the doc of function '{fname}'"), decl.doc.len())?;
+        text(&|| format!("the API alias of function '{fname}'"), decl.api.len())?;
+        if decl.params.len() > MAX_PARAMS {
+            return Err(format!(
+                "function '{fname}' declares {} parameters; at most {MAX_PARAMS} are allowed",
+                decl.params.len()
+            ));
+        }
+        for p in decl.params.iter() {
+            text(&|| format!("a parameter name of function '{fname}'"), p.name.len())?;
+            text(&|| format!("the doc of parameter '{}' of function '{fname}'", p.name), p.doc.len())?;
+            text(
+                &|| format!("the default of parameter '{}' of function '{fname}'", p.name),
+                p.default_json.len(),
+            )?;
+        }
+    }
+    if total > MAX_MANIFEST_TEXT {
+        return Err(format!(
+            "the manifest holds {total} characters of names and docs; at most {MAX_MANIFEST_TEXT} are allowed"
+        ));
+    }
+    Ok(())
 }
 
 fn function_from_abi(index: usize, decl: &abi::FunctionDecl) -> Result<FunctionSpec, String> {

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::{
     loader::{self, LoadedModule},
-    registry::Registry,
+    registry::{conflict, Registry},
 };
 
 /// The state of one plugin file.
@@ -27,6 +27,9 @@ pub enum FileState {
     Loaded,
     Failed,
     Removed,
+    /// A tenant's module that loaded but lost its name to the admin's module: served again
+    /// once the name is free.
+    Unrouted,
 }
 
 /// What an operator needs to know about one file in the plugins folder.
@@ -275,7 +278,7 @@ impl Plugins {
             let retry: Vec<PathBuf> = inner
                 .status
                 .iter()
-                .filter(|(_, s)| s.collided && s.state == FileState::Failed)
+                .filter(|(_, s)| s.collided && matches!(s.state, FileState::Failed | FileState::Unrouted))
                 .map(|(p, _)| p.clone())
                 .collect();
             if !retry.is_empty() {
@@ -380,7 +383,19 @@ impl Plugins {
             if !isolate {
                 inner.images.insert(sha.clone(), size);
             }
-            if let Some(reason) = collision(modules, &module) {
+            // The naming rule (registry::conflict). The admin's files win: a tenant's module in
+            // the way of one is unrouted, and served again once the name is free.
+            let mut refusal = None;
+            while let Some((i, reason)) = conflict(modules, &module) {
+                if module.owner.is_none() && modules[i].owner.is_some() {
+                    let lost = modules.remove(i);
+                    unroute(inner, &lost, &module);
+                } else {
+                    refusal = Some(reason);
+                    break;
+                }
+            }
+            if let Some(reason) = refusal {
                 fail(inner, file, served.is_some(), Some(sha), reason, true);
                 applied.failed.push(file.clone());
                 continue;
@@ -475,21 +490,21 @@ pub fn is_plugin_path(path: &Path) -> bool {
 }
 
 /// A reason if `module`'s name or alias is taken by a module from another file.
-fn collision(modules: &[Arc<LoadedModule>], module: &LoadedModule) -> Option<String> {
-    let keys: Vec<&str> = std::iter::once(module.spec.name.as_str())
-        .chain(module.spec.alias.as_deref())
-        .collect();
-    modules.iter().filter(|other| other.file != module.file).find_map(|other| {
-        let taken = keys
-            .iter()
-            .find(|k| **k == other.spec.name || Some(**k) == other.spec.alias.as_deref())?;
-        Some(format!(
-            "module '{}' collides with '{}' already loaded from {}: the name or alias '{taken}' is taken",
-            module.spec.name,
-            other.spec.name,
-            file_name(&other.file)
-        ))
-    })
+/// A tenant's module loses its name to the admin's `winner`: it stops being routed, and says why.
+fn unroute(inner: &mut Inner, lost: &LoadedModule, winner: &LoadedModule) {
+    let reason = format!(
+        "unrouted: the admin's module '{}' ({}) takes the name; this module is served again once the name is free",
+        winner.spec.name,
+        file_name(&winner.file)
+    );
+    tracing::warn!(file = %lost.file.display(), module = %lost.spec.name, "{reason}");
+    crate::metrics::METRICS.plugin_unloads.inc();
+    let status = status_entry(inner, &lost.file);
+    status.state = FileState::Unrouted;
+    status.error = Some(reason);
+    status.failed_at = Some(timestamp(SystemTime::now()));
+    status.collided = true;
+    status.failed_sha256 = None;
 }
 
 fn status_entry<'a>(inner: &'a mut Inner, file: &Path) -> &'a mut PluginStatus {

@@ -46,7 +46,50 @@ pub enum Resolution<'a> {
     NotFound { name: String },
 }
 
+/// Which modules a caller may call: resolution only ever considers those, so that a module the
+/// caller may not call can neither capture its URL nor make its names ambiguous.
+pub trait Viewer {
+    fn sees(&self, module: &LoadedModule) -> bool;
+}
+
+/// Everything: the view of the admin, and of the checks that hold for every caller.
+pub struct Everything;
+
+impl Viewer for Everything {
+    fn sees(&self, _: &LoadedModule) -> bool {
+        true
+    }
+}
+
+impl<F: Fn(&LoadedModule) -> bool> Viewer for F {
+    fn sees(&self, module: &LoadedModule) -> bool {
+        self(module)
+    }
+}
+
+impl Resolution<'_> {
+    /// Whether this resolution, made over every module, is what every caller gets: it involves
+    /// only the admin's modules (which everyone sees) and no ambiguity (which depends on who
+    /// looks).
+    pub fn same_for_every_caller(&self) -> bool {
+        match self {
+            Resolution::Call { endpoint, .. } => endpoint.module.owner.is_none(),
+            Resolution::Dir(module) => module.as_ref().is_none_or(|m| m.owner.is_none()),
+            Resolution::NoSuchFunction { module, .. } => module.owner.is_none(),
+            Resolution::Ambiguous { .. } => false,
+            Resolution::NotFound { .. } => true,
+        }
+    }
+}
+
 /// Modules by name and alias, and functions by route name.
+///
+/// The naming rule, the one place it is written: a module's name or alias is unique among
+/// modules, and is never the route name of a function that is reachable without its module
+/// (`/rest/services/<function>/`), so that `/rest/services/<x>/<y>/` cannot mean both "function
+/// `y` of module `x`" and "function `x` with the positional segment `y`". The admin's modules are
+/// placed first, so their names always win over tenants'. A function whose route name is a
+/// module's name or alias is reachable only through its own module.
 #[derive(Debug, Default)]
 pub struct Registry {
     modules: Vec<Arc<LoadedModule>>,
@@ -55,35 +98,20 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Builds a table from `modules` in order. A module whose name or alias is taken by an earlier
-    /// one is left out; the refusals come back with their reasons.
-    pub fn build(modules: Vec<Arc<LoadedModule>>) -> (Registry, Vec<(Arc<LoadedModule>, String)>) {
+    /// Builds a table from `modules`, the admin's first, each group in order. A module that
+    /// breaks the naming rule against an earlier one is left out; the refusals come back with
+    /// their reasons.
+    pub fn build(mut modules: Vec<Arc<LoadedModule>>) -> (Registry, Vec<(Arc<LoadedModule>, String)>) {
+        modules.sort_by_key(|m| m.owner.is_some());
         let mut registry = Registry::default();
         let mut refused = Vec::new();
         for module in modules {
-            match registry.collision(&module) {
-                Some(reason) => refused.push((module, reason)),
+            match conflict(&registry.modules, &module) {
+                Some((_, reason)) => refused.push((module, reason)),
                 None => registry.insert(module),
             }
         }
         (registry, refused)
-    }
-
-    fn collision(&self, module: &LoadedModule) -> Option<String> {
-        let spec = &module.spec;
-        let keys = std::iter::once(spec.name.as_str()).chain(spec.alias.as_deref());
-        for key in keys {
-            if let Some(&i) = self.by_key.get(key) {
-                let other = &self.modules[i];
-                return Some(format!(
-                    "module '{}' collides with '{}' already loaded from {}: the name or alias '{key}' is taken",
-                    spec.name,
-                    other.spec.name,
-                    other.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-                ));
-            }
-        }
-        None
     }
 
     fn insert(&mut self, module: Arc<LoadedModule>) {
@@ -93,15 +121,17 @@ impl Registry {
             self.by_key.insert(alias.clone(), index);
         }
         for (f, function) in module.spec.functions.iter().enumerate() {
-            self.by_function
-                .entry(function.route_name().to_owned())
-                .or_default()
-                .push((index, f));
+            if !self.by_key.contains_key(function.route_name()) {
+                self.by_function
+                    .entry(function.route_name().to_owned())
+                    .or_default()
+                    .push((index, f));
+            }
         }
         self.modules.push(module);
     }
 
-    /// The routed modules, in load order.
+    /// The routed modules, the admin's first.
     pub fn modules(&self) -> &[Arc<LoadedModule>] {
         &self.modules
     }
@@ -111,23 +141,26 @@ impl Registry {
         self.by_key.get(key).map(|&i| &self.modules[i])
     }
 
-    /// Whether a function's route name is exported by exactly one module.
-    pub fn is_unique(&self, route_name: &str) -> bool {
-        self.by_function.get(route_name).is_some_and(|hits| hits.len() == 1)
+    /// Whether a function's route name reaches exactly one function among the modules `viewer`
+    /// sees, without naming its module.
+    pub fn is_unique(&self, route_name: &str, viewer: &dyn Viewer) -> bool {
+        self.by_function
+            .get(route_name)
+            .is_some_and(|hits| hits.iter().filter(|(m, _)| viewer.sees(&self.modules[*m])).count() == 1)
     }
 
-    /// Resolves `segments` (already percent-decoded, non-empty).
+    /// Resolves `segments` (already percent-decoded, non-empty) among the modules `viewer` sees.
     ///
     /// If the first segment names a module and the second one of its functions, that is the call;
-    /// otherwise the first segment is a function name that must be unique across modules.
-    pub fn resolve<'a>(&self, segments: &'a [String]) -> Resolution<'a> {
+    /// otherwise the first segment is a function name that must be unique among those modules.
+    pub fn resolve<'a>(&self, segments: &'a [String], viewer: &dyn Viewer) -> Resolution<'a> {
         let Some(first) = segments.first() else {
             return Resolution::Dir(None);
         };
         if first == "__dir__" {
             return Resolution::Dir(None);
         }
-        let module = self.by_key.get(first.as_str()).copied();
+        let module = self.by_key.get(first.as_str()).copied().filter(|&m| viewer.sees(&self.modules[m]));
         if let (Some(m), Some(second)) = (module, segments.get(1)) {
             if second == "__dir__" {
                 return Resolution::Dir(Some(self.modules[m].clone()));
@@ -139,16 +172,22 @@ impl Registry {
                 };
             }
         }
-        match self.by_function.get(first.as_str()).map(Vec::as_slice) {
-            Some([(m, f)]) => Resolution::Call {
-                endpoint: self.endpoint(*m, *f),
+        let hits = self.by_function.get(first.as_str()).map(Vec::as_slice).unwrap_or_default();
+        let mut seen = hits.iter().filter(|(m, _)| viewer.sees(&self.modules[*m]));
+        match (seen.next(), seen.next()) {
+            (Some(&(m, f)), None) => Resolution::Call {
+                endpoint: self.endpoint(m, f),
                 rest: &segments[1..],
             },
-            Some(hits) if hits.len() > 1 => Resolution::Ambiguous {
+            (Some(_), Some(_)) => Resolution::Ambiguous {
                 name: first.clone(),
-                paths: hits.iter().map(|(m, f)| self.qualified_path(*m, *f)).collect(),
+                paths: hits
+                    .iter()
+                    .filter(|(m, _)| viewer.sees(&self.modules[*m]))
+                    .map(|(m, f)| self.qualified_path(*m, *f))
+                    .collect(),
             },
-            _ => match module {
+            (None, _) => match module {
                 Some(m) => Resolution::NoSuchFunction {
                     module: self.modules[m].clone(),
                     function: segments.get(1).cloned(),
@@ -169,4 +208,44 @@ impl Registry {
         let spec = &self.modules[module].spec;
         format!("/rest/services/{}/{}/", spec.route_name(), spec.functions[function].route_name())
     }
+}
+
+/// Whether `module` may join `routed` under the naming rule; if not, the index of the module it
+/// clashes with, and why. A module of another file only: a new version of a routed file replaces it.
+pub fn conflict(routed: &[Arc<LoadedModule>], module: &LoadedModule) -> Option<(usize, String)> {
+    let spec = &module.spec;
+    let keys: Vec<&str> = std::iter::once(spec.name.as_str()).chain(spec.alias.as_deref()).collect();
+    routed.iter().enumerate().filter(|(_, other)| other.file != module.file).find_map(|(i, other)| {
+        let file = other.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let owner = if other.owner.is_some() { "a tenant's" } else { "the admin's" };
+        if let Some(key) = keys
+            .iter()
+            .find(|k| **k == other.spec.name || Some(**k) == other.spec.alias.as_deref())
+        {
+            return Some((
+                i,
+                format!(
+                    "module '{}' collides with '{}' already loaded from {file} ({owner}): the name or alias '{key}' is taken",
+                    spec.name, other.spec.name
+                ),
+            ));
+        }
+        let other_keys = [Some(other.spec.name.as_str()), other.spec.alias.as_deref()];
+        if let Some(key) = keys.iter().find(|k| {
+            other
+                .spec
+                .functions
+                .iter()
+                .any(|f| f.route_name() == **k && !other_keys.contains(&Some(f.route_name())))
+        }) {
+            return Some((
+                i,
+                format!(
+                    "module '{}' collides with '{}' loaded from {file} ({owner}): '{key}' is the name of one of its functions, reachable as /rest/services/{key}/",
+                    spec.name, other.spec.name
+                ),
+            ));
+        }
+        None
+    })
 }

@@ -75,25 +75,11 @@ pub async fn refresh_tenants(sandbox: &crate::sandbox::Sandbox, tenancy: &crate:
 /// Keeps the store, the shadow copies and the tenants' folders out of reach of sandbox workers,
 /// which run under uids of their own when the host is root: Landlock governs opens, not `stat`,
 /// so a folder a worker may not search is what keeps it from probing file names. (When the host
-/// is not root, workers share its uid and only seccomp and Landlock stand between them.)
+/// is not root, workers share its uid and only seccomp and Landlock stand between them.) A
+/// tenants' folder made later is made private when its first module loads.
 fn keep_private(data_dir: &std::path::Path, plugins_dir: &std::path::Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if !rustix::process::geteuid().is_root() {
-        return;
-    }
-    let tenants = plugins_dir.join("tenants");
-    if !tenants.exists() && plugins_dir.is_dir() {
-        if let Err(err) = std::fs::create_dir(&tenants) {
-            tracing::warn!("cannot create {} ({err})", tenants.display());
-        }
-    }
-    for folder in [data_dir, tenants.as_path()] {
-        if folder.is_dir() {
-            if let Err(err) = std::fs::set_permissions(folder, std::fs::Permissions::from_mode(0o700)) {
-                tracing::warn!("cannot make {} private to plughost's user ({err})", folder.display());
-            }
-        }
-    }
+    crate::sandbox::make_private(data_dir);
+    crate::sandbox::make_private(&plugins_dir.join(crate::plugins::TENANTS));
 }
 
 /// A bound, loaded server, ready to run.

@@ -89,21 +89,30 @@ pub fn auth_error(err: AuthError) -> ApiError {
     }
 }
 
-/// Removes credentials before headers reach a plugin, and tells it who calls.
-pub fn plugin_headers(headers: &HeaderMap, caller: Option<&Caller>) -> Vec<(String, String)> {
+/// Removes credentials before headers reach a plugin, and tells it who calls. A tenant's module
+/// (`untrusted`) gets no cookies or proxy credentials either, and when the admin calls it, only
+/// the caller's kind: the admin's UUID is not the tenant's to know.
+pub fn plugin_headers(headers: &HeaderMap, caller: Option<&Caller>, untrusted: bool) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = headers
         .iter()
         .filter(|(name, _)| {
-            !matches!(
+            let credential = matches!(
                 name.as_str(),
                 "authorization" | "x-plughost-totp" | "x-plughost-uuid" | "x-plughost-caller-kind" | "x-plughost-caller-uuid"
-            )
+            );
+            let private = matches!(name.as_str(), "cookie" | "proxy-authorization");
+            let withheld = credential || (untrusted && private);
+            !withheld
         })
         .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
         .collect();
     if let Some(caller) = caller {
+        let uuid = match caller {
+            Caller::Admin { .. } if untrusted => "",
+            _ => caller.uuid(),
+        };
         out.push(("x-plughost-caller-kind".to_owned(), caller.kind().to_owned()));
-        out.push(("x-plughost-caller-uuid".to_owned(), caller.uuid().to_owned()));
+        out.push(("x-plughost-caller-uuid".to_owned(), uuid.to_owned()));
     }
     out
 }

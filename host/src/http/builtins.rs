@@ -30,8 +30,9 @@ pub fn version(stage: Option<&str>) -> Value {
     })
 }
 
-/// `/health`: 503 when the identity store is unreachable.
-pub async fn health(state: &AppState) -> Response {
+/// `/health`: 503 when the identity store is unreachable. Anyone learns the status and the
+/// version; the detail (files, tenants, limits, PIDs, layers) is the admin's.
+pub async fn health(state: &AppState, headers: &http::HeaderMap) -> Response {
     let store = state.auth.tenancy().store.clone();
     let reachable = tokio::time::timeout(std::time::Duration::from_secs(3), store.ping()).await;
     let (status, store_json) = match reachable {
@@ -45,8 +46,18 @@ pub async fn health(state: &AppState) -> Response {
             json!({"kind": store.kind(), "reachable": false, "error": "no answer within 3 s"}),
         ),
     };
+    let verdict = if status == StatusCode::OK { "ok" } else { "degraded" };
+    // Credentials that do not check out are an anonymous look, not an error: probes send none.
+    let admin = matches!(
+        super::auth::caller(state, headers).await,
+        Ok(Some(crate::tenancy::auth::Caller::Admin { .. }))
+    );
+    if !admin {
+        return json_response(status, &json!({"status": verdict, "version": env!("CARGO_PKG_VERSION")}));
+    }
     let mut body = health_body(state);
-    body["status"] = json!(if status == StatusCode::OK { "ok" } else { "degraded" });
+    body["status"] = json!(verdict);
+    body["version"] = json!(env!("CARGO_PKG_VERSION"));
     body["store"] = store_json;
     json_response(status, &body)
 }
@@ -61,6 +72,7 @@ fn health_body(state: &AppState) -> Value {
             "loaded": count(FileState::Loaded),
             "failed": count(FileState::Failed),
             "removed": count(FileState::Removed),
+            "unrouted": count(FileState::Unrouted),
             "images": images(state),
             "files": files,
         },

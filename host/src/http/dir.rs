@@ -6,28 +6,43 @@ use crate::{
     loader::LoadedModule,
     manifest::{kind_name, visibility_name, FunctionSpec},
     plugins::timestamp,
-    registry::Registry,
+    registry::{Registry, Viewer},
 };
 
 /// Every module with a function the caller may call, with the URL parameter names in force.
-pub fn all(registry: &Registry, url_params: &[String], visible: &dyn Fn(&LoadedModule, &FunctionSpec) -> bool) -> Value {
+pub fn all(
+    registry: &Registry,
+    url_params: &[String],
+    visible: &dyn Fn(&LoadedModule, &FunctionSpec) -> bool,
+    viewer: &dyn Viewer,
+) -> Value {
     json!({
         "url_params": url_params,
         "modules": registry
             .modules()
             .iter()
             .filter(|m| m.spec.functions.iter().any(|f| visible(m, f)))
-            .map(|m| module_entry(m, registry, visible))
+            .map(|m| module_entry(m, registry, visible, viewer))
             .collect::<Vec<_>>(),
     })
 }
 
 /// One module, with the functions the caller may call.
-pub fn module(module: &LoadedModule, registry: &Registry, visible: &dyn Fn(&LoadedModule, &FunctionSpec) -> bool) -> Value {
-    module_entry(module, registry, visible)
+pub fn module(
+    module: &LoadedModule,
+    registry: &Registry,
+    visible: &dyn Fn(&LoadedModule, &FunctionSpec) -> bool,
+    viewer: &dyn Viewer,
+) -> Value {
+    module_entry(module, registry, visible, viewer)
 }
 
-fn module_entry(module: &LoadedModule, registry: &Registry, visible: &dyn Fn(&LoadedModule, &FunctionSpec) -> bool) -> Value {
+fn module_entry(
+    module: &LoadedModule,
+    registry: &Registry,
+    visible: &dyn Fn(&LoadedModule, &FunctionSpec) -> bool,
+    viewer: &dyn Viewer,
+) -> Value {
     let spec = &module.spec;
     let functions: Vec<Value> = spec
         .functions
@@ -36,7 +51,7 @@ fn module_entry(module: &LoadedModule, registry: &Registry, visible: &dyn Fn(&Lo
         .map(|f| {
             let path = format!("/rest/services/{}/{}/", spec.route_name(), f.route_name());
             let unqualified = registry
-                .is_unique(f.route_name())
+                .is_unique(f.route_name(), viewer)
                 .then(|| format!("/rest/services/{}/", f.route_name()));
             json!({
                 "name": f.name,

@@ -48,12 +48,13 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .map(|m, s: Arc<AppState>| builtins::answer(&m, "/version", || builtins::version(s.config.stage.as_deref())));
     let health = warp::path!("health")
         .and(warp::method())
+        .and(warp::header::headers_cloned())
         .and(with(&state))
-        .then(|m: http::Method, s: Arc<AppState>| async move {
+        .then(|m: http::Method, headers: http::HeaderMap, s: Arc<AppState>| async move {
             if m != http::Method::GET && m != http::Method::HEAD {
                 return error::ApiError::method_not_allowed(&m, "/health", "GET, HEAD".to_owned()).into_response();
             }
-            builtins::health(&s).await
+            builtins::health(&s, &headers).await
         });
     let metrics = warp::path!("metrics")
         .and(warp::method())

@@ -28,7 +28,7 @@ pub fn document(registry: &Registry, context: &Context<'_>) -> Value {
         for function in spec.functions.iter().filter(|f| may_call(f.visibility, context.caller)) {
             let qualified = format!("/rest/services/{}/{}/", spec.route_name(), function.route_name());
             paths.insert(qualified, path_item(spec, function, false));
-            if registry.is_unique(function.route_name()) {
+            if registry.is_unique(function.route_name(), &|m: &crate::loader::LoadedModule| may_use(m, context.caller)) {
                 let unqualified = format!("/rest/services/{}/", function.route_name());
                 paths.insert(unqualified, path_item(spec, function, true));
             }

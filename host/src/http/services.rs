@@ -12,8 +12,10 @@ use super::{auth, dir, error::ApiError, path, RouteInfo};
 use crate::{
     dispatch::{self, CallError, CallInput, PluginReply},
     kwargs::{self, BodyKind},
+    loader::LoadedModule,
     params,
-    registry::{Endpoint, Resolution},
+    registry::{Endpoint, Everything, Resolution},
+    tenancy::auth::Caller,
     AppState,
 };
 
@@ -64,68 +66,98 @@ where
             format!("no module or function is named '{name}'; list them at /rest/services/__dir__/"),
         )
     };
-    let (endpoint, rest) = {
-        let registry = state.plugins.registry();
-        match registry.resolve(&segments) {
-            Resolution::Call { endpoint, rest } => (endpoint, rest.to_vec()),
-            Resolution::Dir(Some(module))
-                if module.owner.is_some() && !auth::may_use(&module, auth::caller(state, headers).await?.as_ref()) =>
-            {
-                return Err(not_found(&segments[0]));
+    let registry = state.plugins.registry();
+    // Resolved first over every module: when the answer involves only the admin's modules it is
+    // the same for every caller, and a public call never needs its credentials read. Otherwise
+    // it is resolved again over the modules this caller may call, and only those.
+    let mut caller: Option<Option<Caller>> = None;
+    let mut resolution = registry.resolve(&segments, &Everything);
+    if !resolution.same_for_every_caller() {
+        let known = auth::caller(state, headers).await?;
+        resolution = registry.resolve(&segments, &|m: &LoadedModule| auth::may_use(m, known.as_ref()));
+        caller = Some(known);
+    }
+    let (endpoint, rest) = match resolution {
+        Resolution::Call { endpoint, rest } => (endpoint, rest.to_vec()),
+        Resolution::Dir(module) => {
+            info.route = RouteInfo::DIR;
+            if method != Method::GET && method != Method::HEAD {
+                return Err(ApiError::method_not_allowed(&method, "__dir__", "GET, HEAD".to_owned()));
             }
-            Resolution::NoSuchFunction { module, .. }
-                if module.owner.is_some() && !auth::may_use(&module, auth::caller(state, headers).await?.as_ref()) =>
-            {
-                return Err(not_found(&segments[0]));
-            }
-            Resolution::Dir(module) => {
-                info.route = RouteInfo::DIR;
-                if method != Method::GET && method != Method::HEAD {
-                    return Err(ApiError::method_not_allowed(&method, "__dir__", "GET, HEAD".to_owned()));
-                }
-                let registry = registry.clone();
-                let caller = auth::caller(state, headers).await?;
-                info.caller = caller.as_ref().map_or("none", |c| c.kind());
-                let visible = |m: &crate::loader::LoadedModule, f: &crate::manifest::FunctionSpec| {
-                    auth::may_use(m, caller.as_ref()) && auth::may_call(f.visibility, caller.as_ref())
-                };
-                let listing = match module {
-                    Some(module) => dir::module(&module, &registry, &visible),
-                    None => dir::all(&registry, &state.config.url_params, &visible),
-                };
-                return Ok(super::error::json_response(StatusCode::OK, &listing));
-            }
-            Resolution::Ambiguous { name, paths } => {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "AMBIGUOUS_FUNCTION",
-                    format!(
-                        "'{name}' is exported by several modules; call it through one of them: {}",
-                        paths.join(", ")
-                    ),
-                ))
-            }
-            Resolution::NoSuchFunction { module, function } => {
-                let known: Vec<&str> = module.spec.functions.iter().map(|f| f.route_name()).collect();
-                let known = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
-                let description = match function {
-                    Some(function) => format!(
-                        "module '{}' has no function '{function}'; its functions: {known}",
-                        module.spec.route_name()
-                    ),
-                    None => format!(
-                        "'{}' is a module: name one of its functions after it ({known})",
-                        module.spec.route_name()
-                    ),
-                };
-                return Err(ApiError::not_found("FUNCTION_NOT_FOUND", description));
-            }
-            Resolution::NotFound { name } => return Err(not_found(&name)),
+            let caller = match caller {
+                Some(known) => known,
+                None => auth::caller(state, headers).await?,
+            };
+            info.caller = caller.as_ref().map_or("none", |c| c.kind());
+            let visible = |m: &LoadedModule, f: &crate::manifest::FunctionSpec| {
+                auth::may_use(m, caller.as_ref()) && auth::may_call(f.visibility, caller.as_ref())
+            };
+            let viewer = |m: &LoadedModule| auth::may_use(m, caller.as_ref());
+            let listing = match module {
+                Some(module) => dir::module(&module, &registry, &visible, &viewer),
+                None => dir::all(&registry, &state.config.url_params, &visible, &viewer),
+            };
+            return Ok(super::error::json_response(StatusCode::OK, &listing));
         }
+        Resolution::Ambiguous { name, paths } => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "AMBIGUOUS_FUNCTION",
+                format!(
+                    "'{name}' is exported by several modules; call it through one of them: {}",
+                    paths.join(", ")
+                ),
+            ))
+        }
+        Resolution::NoSuchFunction { module, function } => {
+            // Only the functions this caller may call are named.
+            let caller = match caller {
+                Some(known) => known,
+                None => auth::caller(state, headers).await?,
+            };
+            let known: Vec<&str> = module
+                .spec
+                .functions
+                .iter()
+                .filter(|f| auth::may_call(f.visibility, caller.as_ref()))
+                .map(|f| f.route_name())
+                .collect();
+            let known = if known.is_empty() {
+                "none you may call".to_owned()
+            } else {
+                known.join(", ")
+            };
+            let description = match function {
+                Some(function) => format!(
+                    "module '{}' has no function '{function}'; its functions: {known}",
+                    module.spec.route_name()
+                ),
+                None => format!(
+                    "'{}' is a module: name one of its functions after it ({known})",
+                    module.spec.route_name()
+                ),
+            };
+            return Err(ApiError::not_found("FUNCTION_NOT_FOUND", description));
+        }
+        Resolution::NotFound { name } => return Err(not_found(&name)),
     };
+    drop(registry);
     info.route = RouteInfo::SERVICES;
     info.endpoint = Some(endpoint.clone());
     let function = endpoint.function();
+    // Public functions of the admin's modules never touch the identity store.
+    let caller = match caller {
+        Some(known) => known,
+        None if function.visibility == plugin_api::Visibility::Public && endpoint.module.owner.is_none() => None,
+        None => auth::caller(state, headers).await?,
+    };
+    info.caller = caller.as_ref().map_or("none", |c| c.kind());
+    // Credentials before methods: the methods of a function are told only to who may call it.
+    auth::require(
+        function.visibility,
+        caller.as_ref(),
+        &format!("function '{}'", function.route_name()),
+    )?;
     if method == Method::OPTIONS {
         let mut response = Response::new(Bytes::new().into());
         *response.status_mut() = StatusCode::NO_CONTENT;
@@ -138,29 +170,6 @@ where
         let what = format!("function '{}'", function.route_name());
         return Err(ApiError::method_not_allowed(&method, &what, function.methods.allow_header()));
     }
-    // Public functions of the admin's modules never touch the identity store.
-    let caller = if function.visibility == plugin_api::Visibility::Public && endpoint.module.owner.is_none() {
-        None
-    } else {
-        auth::caller(state, headers).await?
-    };
-    info.caller = caller.as_ref().map_or("none", |c| c.kind());
-    // A tenant's module is its tenant's and the admin's: others are told it does not exist.
-    if !auth::may_use(&endpoint.module, caller.as_ref()) {
-        if caller.is_some() {
-            return Err(not_found(&segments[0]));
-        }
-        auth::require(
-            plugin_api::Visibility::Tenant,
-            None,
-            &format!("function '{}'", function.route_name()),
-        )?;
-    }
-    auth::require(
-        function.visibility,
-        caller.as_ref(),
-        &format!("function '{}'", function.route_name()),
-    )?;
 
     let has_body = method != Method::GET && method != Method::HEAD;
     let body = if has_body {
@@ -196,7 +205,7 @@ where
             .with_internal(err.to_string())
         })?,
         query,
-        headers: auth::plugin_headers(headers, caller.as_ref()),
+        headers: auth::plugin_headers(headers, caller.as_ref(), endpoint.module.owner.is_some()),
         body,
         content_type,
         request_id: crate::access::current_request_id().unwrap_or_else(|| header_text(headers, &super::names::X_REQUEST_ID).into()),

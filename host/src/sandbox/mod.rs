@@ -340,6 +340,9 @@ impl Sandbox {
     /// `owner` is the tenant whose folder holds it (`None`: the admin's, isolated by choice).
     pub fn load(self: &Arc<Self>, candidate: Candidate, owner: Option<String>) -> Result<LoadedModule, LoadError> {
         let Candidate { file, bytes, sha256 } = candidate;
+        if let Some(tenants) = owner.as_ref().and_then(|_| file.parent()?.parent()) {
+            make_private(tenants);
+        }
         let (limits, problems) = match &owner {
             Some(uuid) => match self.tenant(uuid) {
                 Some(tenant) if tenant.active => self.default_limits.clone().with_overrides(&tenant.limits),
@@ -407,6 +410,21 @@ impl Sandbox {
             owner,
             Backend::Sandbox(pool),
         ))
+    }
+}
+
+/// When the host is root, makes `folder` (if it exists) searchable by plughost's user only, so
+/// that workers, under uids of their own, cannot even `stat` what is inside.
+pub fn make_private(folder: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if !rustix::process::geteuid().is_root() {
+        return;
+    }
+    let Ok(meta) = fs::metadata(folder) else { return };
+    if meta.is_dir() && meta.permissions().mode() & 0o077 != 0 {
+        if let Err(err) = fs::set_permissions(folder, fs::Permissions::from_mode(0o700)) {
+            tracing::warn!("cannot make {} private to plughost's user ({err})", folder.display());
+        }
     }
 }
 
@@ -752,7 +770,13 @@ impl Pool {
                     } => Ok(PluginReply {
                         status,
                         content_type,
-                        headers,
+                        // A tenant's code answers on the host's origin: only headers that concern
+                        // its own response pass.
+                        headers: if self.owner.is_some() {
+                            response_headers(headers, &self.module)
+                        } else {
+                            headers
+                        },
                         body,
                     }),
                     Outcome::Err {
@@ -1363,6 +1387,57 @@ impl Read for DeadlineReader {
         }
         self.pipe.read(buf)
     }
+}
+
+/// Most response headers a tenant's function may set, and their total size.
+const MAX_RESPONSE_HEADERS: usize = 64;
+const MAX_RESPONSE_HEADER_BYTES: usize = 16 * 1024;
+
+/// Whether a tenant's function may set a response header: those describing its own response, and
+/// its own `x-` headers. Not cookies, HSTS, authentication challenges, CORS (the host's), or
+/// anything about the connection or the host.
+fn tenant_may_set(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    matches!(
+        name.as_str(),
+        "cache-control"
+            | "content-disposition"
+            | "content-encoding"
+            | "content-language"
+            | "content-location"
+            | "etag"
+            | "expires"
+            | "last-modified"
+            | "link"
+            | "location"
+            | "pragma"
+            | "retry-after"
+            | "vary"
+    ) || (name.starts_with("x-") && !name.starts_with("x-plughost-") && name != "x-request-id")
+}
+
+/// A tenant's response headers through [`tenant_may_set`] and the bounds; what is dropped is logged.
+fn response_headers(headers: Vec<(String, String)>, module: &str) -> Vec<(String, String)> {
+    let offered = headers.len();
+    let mut bytes = 0;
+    let kept: Vec<(String, String)> = headers
+        .into_iter()
+        .filter(|(name, _)| tenant_may_set(name))
+        .take(MAX_RESPONSE_HEADERS)
+        .take_while(|(name, value)| {
+            bytes += name.len() + value.len();
+            bytes <= MAX_RESPONSE_HEADER_BYTES
+        })
+        .collect();
+    if kept.len() < offered {
+        tracing::warn!(
+            module,
+            offered,
+            kept = kept.len(),
+            "a tenant's function set response headers that are not its to set, or too many: the rest were dropped"
+        );
+    }
+    kept
 }
 
 /// Log bytes a plugin may send through the protocol in one call, and in one worker's life.

@@ -14,7 +14,10 @@ fn builtins_answer() {
     assert_eq!(version["name"], "plughost");
     assert_eq!(version["abi_version"], 1);
     assert!(version["version"].is_string());
-    let health = app.get("/health").json();
+    // Anonymous callers learn the status and the version; the detail is the admin's.
+    let anonymous = app.get("/health").json();
+    assert_eq!(anonymous, json!({"status": "ok", "version": version["version"]}));
+    let health = app.admin("GET", "/health", None).json();
     assert_eq!(health["plugins"]["loaded"], 5);
     assert_eq!(health["plugins"]["failed"], 0);
 }

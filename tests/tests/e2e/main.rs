@@ -11,6 +11,7 @@ mod isolation;
 mod lifecycle;
 mod mongo_auth;
 mod mongo_server;
+mod names;
 mod operator;
 mod plugins;
 mod publish;

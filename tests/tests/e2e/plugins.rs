@@ -17,7 +17,7 @@ fn bad_files_are_skipped_with_a_short_reason_and_the_rest_is_served() {
     assert_eq!(app.get("/rest/services/v1/hello-world/").json()["response"], "hello-world");
     app.get("/rest/services/clash/").error(404, "FUNCTION_NOT_FOUND");
 
-    let health = app.get("/health").json();
+    let health = app.admin("GET", "/health", None).json();
     assert_eq!(health["status"], "ok");
     assert_eq!(health["plugins"]["loaded"], 1);
     assert_eq!(health["plugins"]["failed"], 5);

@@ -241,7 +241,7 @@ fn the_leak_budget_recycles_the_worker_and_memory_comes_back() {
     let mut last = String::from("swap_mem");
     let mut reloads = 0u32;
     loop {
-        let images = app.get("/health").json()["plugins"]["images"].clone();
+        let images = app.admin("GET", "/health", None).json()["plugins"]["images"].clone();
         if images["leaked_bytes"].as_u64().unwrap() > 40 * 1024 * 1024 {
             break;
         }
@@ -261,7 +261,7 @@ fn the_leak_budget_recycles_the_worker_and_memory_comes_back() {
         Some("mark-B"),
         "the fresh worker serves the current version"
     );
-    let health = app.get("/health").json();
+    let health = app.admin("GET", "/health", None).json();
     assert_eq!(health["plugins"]["images"]["leaked"], 0, "{health}");
     assert_eq!(health["plugins"]["images"]["mapped"], 1, "{health}");
     let after_rss = rss_kib(second);

@@ -391,7 +391,7 @@ impl App {
 
     /// The PID of the process serving requests (the worker under the supervisor).
     pub fn worker_pid(&self) -> u64 {
-        self.get("/health").json()["process"]["pid"]
+        self.admin("GET", "/health", None).json()["process"]["pid"]
             .as_u64()
             .expect("process.pid in /health")
     }
