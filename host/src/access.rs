@@ -11,6 +11,7 @@ use crate::config::LogFormat;
 
 tokio::task_local! {
     static TASK_REQUEST_ID: Arc<str>;
+    static TASK_PEER: std::net::IpAddr;
 }
 
 thread_local! {
@@ -20,8 +21,14 @@ thread_local! {
 /// Runs `work` (a request's handling) with `id` as the current request id. Log lines written
 /// meanwhile (errors, plugin lines) carry it as `request_id`. This is a task-local rather than a
 /// `tracing` span: a span entered on every poll cost more than the access line itself.
-pub async fn scope<F: Future>(id: Arc<str>, work: F) -> F::Output {
-    TASK_REQUEST_ID.scope(id, work).await
+pub async fn scope<F: Future>(id: Arc<str>, peer: std::net::IpAddr, work: F) -> F::Output {
+    TASK_REQUEST_ID.scope(id, TASK_PEER.scope(peer, work)).await
+}
+
+/// The address of the client whose request is being handled (for the failure budget of
+/// credentials), if any.
+pub fn current_peer() -> Option<std::net::IpAddr> {
+    TASK_PEER.try_with(|peer| *peer).ok()
 }
 
 /// Runs `work` on this thread (a plugin call on the blocking pool) with `id` as the current

@@ -218,12 +218,13 @@ impl App {
             let state = self.state.clone();
             // Written once per connection, not once per request.
             let peer_text: Arc<str> = peer.to_string().into();
+            let peer_ip = peer.ip();
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let mut filtered = filtered.clone();
                 let state = state.clone();
                 let peer_text = peer_text.clone();
                 async move {
-                    let mut response = handle(&mut filtered, request, &peer_text, &state).await;
+                    let mut response = handle(&mut filtered, request, &peer_text, peer_ip, &state).await;
                     if state.draining.load(Ordering::Relaxed) {
                         response
                             .headers_mut()
@@ -327,7 +328,13 @@ async fn record_admin(tenancy: Arc<crate::tenancy::tenants::Tenancy>, uuid: Stri
 
 /// Wraps every request: a sane request id (the client's, or a new one), a header-size check,
 /// the routes, `X-Request-Id` on the response, and one access-log line.
-async fn handle<S>(routes: &mut S, mut request: Request<Incoming>, peer: &str, state: &Arc<AppState>) -> warp::reply::Response
+async fn handle<S>(
+    routes: &mut S,
+    mut request: Request<Incoming>,
+    peer: &str,
+    peer_ip: std::net::IpAddr,
+    state: &Arc<AppState>,
+) -> warp::reply::Response
 where
     S: Service<Request<Incoming>, Response = warp::reply::Response, Error = Infallible>,
 {
@@ -375,9 +382,9 @@ where
                 let query = parts.uri.query().unwrap_or("").to_owned();
                 let body = http_body_util::BodyDataStream::new(body);
                 let work = http::services::handle(state.clone(), tail, parts.method, query, parts.headers, body);
-                crate::access::scope(scoped_id, work).await
+                crate::access::scope(scoped_id, peer_ip, work).await
             }
-            None => match crate::access::scope(scoped_id, routes.call(request)).await {
+            None => match crate::access::scope(scoped_id, peer_ip, routes.call(request)).await {
                 Ok(response) => response,
                 Err(never) => match never {},
             },

@@ -7,13 +7,21 @@ use warp::reply::Response;
 
 use super::error::{json_response, ApiError};
 use crate::{
-    tenancy::auth::{AuthError, Caller},
+    tenancy::{
+        auth::{AuthError, Caller},
+        throttle::Source,
+    },
     AppState,
 };
 
 /// The caller the request proves, if it carries credentials.
 pub async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Option<Caller>, ApiError> {
-    state.auth.authenticate(headers).await.map_err(refused)
+    state.auth.authenticate(headers, source()).await.map_err(refused)
+}
+
+/// The client the request in progress comes from, for the credentials' failure budget.
+fn source() -> Source {
+    crate::access::current_peer().map_or(Source::LOCAL, Source::of)
 }
 
 /// Counts a refused credential, then answers it.
@@ -137,7 +145,7 @@ pub async fn token(state: &AppState, body: &[u8]) -> Result<Response, ApiError> 
             "send a JSON object {\"uuid\": \"…\", \"totp\": \"123456\"}",
         ));
     };
-    let (token, ttl, caller) = state.auth.exchange(uuid, &code).await.map_err(refused)?;
+    let (token, ttl, caller) = state.auth.exchange(uuid, &code, source()).await.map_err(refused)?;
     let mut response = json_response(
         StatusCode::OK,
         &json!({"token": token, "token_type": "Bearer", "expires_in": ttl.as_secs(), "kind": caller.kind(), "uuid": caller.uuid()}),

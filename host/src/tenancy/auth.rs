@@ -2,9 +2,10 @@
 //! against the store through a cache that is at most `CACHE_TTL` old, so that a tenant disabled on
 //! one process is refused on every process within about a second.
 
+use super::throttle::{Source, Throttle};
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
 
@@ -90,20 +91,13 @@ struct Cached {
     fetched: Instant,
 }
 
-struct Failures {
-    count: u32,
-    since: Instant,
-}
-
 /// Checks credentials and issues tokens.
 pub struct Authenticator {
     tenancy: Arc<Tenancy>,
     admin_uuid: String,
     token_ttl: Duration,
-    max_failures: u32,
-    lockout: Duration,
     cache: RwLock<HashMap<String, Cached>>,
-    failures: Mutex<HashMap<String, Failures>>,
+    throttle: Throttle,
     /// Tokens whose signature this server has checked, with what they say: a token seen again
     /// costs a map lookup instead of two base64 decodings and an HMAC (11,000 instructions).
     verified: RwLock<HashMap<TokenText, Verified>>,
@@ -154,10 +148,8 @@ impl Authenticator {
             tenancy,
             admin_uuid,
             token_ttl,
-            max_failures,
-            lockout,
             cache: RwLock::new(HashMap::new()),
-            failures: Mutex::new(HashMap::new()),
+            throttle: Throttle::new(max_failures, lockout),
             verified: RwLock::new(HashMap::new()),
         }
     }
@@ -166,8 +158,9 @@ impl Authenticator {
         &self.tenancy
     }
 
-    /// The caller the headers prove, `None` when they carry no credentials.
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Caller>, AuthError> {
+    /// The caller the headers prove, `None` when they carry no credentials; `source` is where
+    /// they come from, for the failure budget (see [`Throttle`]).
+    pub async fn authenticate(&self, headers: &HeaderMap, source: Source) -> Result<Option<Caller>, AuthError> {
         if let Some(value) = headers.get(http::header::AUTHORIZATION) {
             let text = value.to_str().unwrap_or("").trim();
             if text.is_empty() {
@@ -194,7 +187,7 @@ impl Authenticator {
             .map(|v| v.to_str().unwrap_or("").trim().to_owned());
         match (uuid, code) {
             (None, None) => Ok(None),
-            (Some(uuid), Some(code)) => self.check_code(&uuid, &code).await.map(Some),
+            (Some(uuid), Some(code)) => self.check_code(&uuid, &code, source).await.map(Some),
             _ => Err(AuthError::Missing(
                 "send both X-Plughost-UUID and X-Plughost-TOTP, or `Authorization: Bearer <token>`".to_owned(),
             )),
@@ -202,8 +195,8 @@ impl Authenticator {
     }
 
     /// `POST /rest/auth/token`: a code for a token.
-    pub async fn exchange(&self, uuid: &str, code: &str) -> Result<(String, Duration, Caller), AuthError> {
-        let caller = self.check_code(uuid, code).await?;
+    pub async fn exchange(&self, uuid: &str, code: &str, source: Source) -> Result<(String, Duration, Caller), AuthError> {
+        let caller = self.check_code(uuid, code, source).await?;
         let record = self
             .principal(caller.uuid(), true)
             .await?
@@ -277,33 +270,31 @@ impl Authenticator {
         remembered.insert(TokenText(token.into()), verified.clone());
     }
 
-    async fn check_code(&self, uuid: &str, code: &str) -> Result<Caller, AuthError> {
+    async fn check_code(&self, uuid: &str, code: &str, source: Source) -> Result<Caller, AuthError> {
         let uuid = match uuid::Uuid::parse_str(uuid) {
             Ok(uuid) => uuid.hyphenated().to_string(),
             Err(_) => return Err(AuthError::TotpInvalid("X-Plughost-UUID is not a UUID".to_owned())),
         };
+        self.throttle.admit(&uuid, source).map_err(AuthError::TooManyAttempts)?;
         if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
-            self.fail(&uuid)?;
+            self.fail(&uuid, source)?;
             return Err(AuthError::TotpInvalid("a TOTP code is exactly 6 digits".to_owned()));
         }
-        self.throttle(&uuid)?;
         let record = self.principal(&uuid, true).await?;
         let secret = record.as_ref().and_then(|r| self.tenancy.key.decrypt(&uuid, &r.secret).ok());
         // An unknown UUID costs the same work as a wrong code, and answers the same.
         let step = totp::verify(secret.as_deref().unwrap_or("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"), code, totp::now());
         let (Some(record), Some(step), Some(_)) = (record, step, secret) else {
-            self.fail(&uuid)?;
+            self.fail(&uuid, source)?;
             return Err(AuthError::TotpInvalid(INVALID_CODE.to_owned()));
         };
         let caller = self.caller_of(&record)?;
         let expires_at = ((step + totp::SKEW_STEPS + 2) * totp::STEP_SECS) as i64;
         if !self.tenancy.store.use_code(&uuid, step, expires_at).await? {
-            self.fail(&uuid)?;
+            self.fail(&uuid, source)?;
             return Err(AuthError::TotpReplayed);
         }
-        if let Ok(mut failures) = self.failures.lock() {
-            failures.remove(&uuid);
-        }
+        self.throttle.succeeded(&uuid, source);
         Ok(caller)
     }
 
@@ -346,37 +337,8 @@ impl Authenticator {
         Ok(record)
     }
 
-    fn throttle(&self, uuid: &str) -> Result<(), AuthError> {
-        let Ok(failures) = self.failures.lock() else { return Ok(()) };
-        match failures.get(uuid) {
-            Some(f) if f.count >= self.max_failures && f.since.elapsed() < self.lockout => {
-                Err(AuthError::TooManyAttempts((self.lockout - f.since.elapsed()).as_secs().max(1)))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Counts a failure; past the limit, answers 429 instead.
-    fn fail(&self, uuid: &str) -> Result<(), AuthError> {
-        let Ok(mut failures) = self.failures.lock() else { return Ok(()) };
-        if failures.len() > 100_000 {
-            let lockout = self.lockout;
-            failures.retain(|_, f| f.since.elapsed() < lockout);
-        }
-        let entry = failures.entry(uuid.to_owned()).or_insert(Failures {
-            count: 0,
-            since: Instant::now(),
-        });
-        if entry.since.elapsed() >= self.lockout {
-            *entry = Failures {
-                count: 0,
-                since: Instant::now(),
-            };
-        }
-        entry.count += 1;
-        if entry.count > self.max_failures {
-            return Err(AuthError::TooManyAttempts((self.lockout - entry.since.elapsed()).as_secs().max(1)));
-        }
-        Ok(())
+    /// Counts a failure; past the client's budget, answers 429 instead.
+    fn fail(&self, uuid: &str, source: Source) -> Result<(), AuthError> {
+        self.throttle.failed(uuid, source).map_err(AuthError::TooManyAttempts)
     }
 }

@@ -7,6 +7,7 @@ pub mod secrets;
 pub mod sqlite;
 pub mod store;
 pub mod tenants;
+pub mod throttle;
 pub mod totp;
 
 pub use store::{AuditEntry, PrincipalRecord, PublishedPlugin, Store, StoreError};

@@ -354,3 +354,58 @@ fn the_admin_identity_is_required() {
     assert!(stderr.contains("ADMIN_UUID is missing"), "{stderr}");
     assert!(stderr.contains("ADMIN_TOTP_SECRET"), "{stderr}");
 }
+
+/// A client bound to another loopback address, as an attacker elsewhere on the network.
+fn from_address(ip: [u8; 4]) -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .local_address(std::net::IpAddr::from(ip))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn someone_elses_failures_never_lock_the_owner_out() {
+    settle_step();
+    let app = Setup::default()
+        .plugins(&["secure"])
+        .env("AUTH_MAX_FAILURES", "3")
+        .env("AUTH_LOCKOUT_SECS", "60")
+        .start();
+    let (uuid, secret) = rest_tenant(&app, "victim");
+    let url = app.url("/rest/services/whoami/");
+    // Attackers on 20 addresses spend their budgets, and the UUID's, on wrong codes.
+    let mut statuses = std::collections::BTreeMap::new();
+    for n in 0..20u8 {
+        let attacker = from_address([127, 0, 1, 10 + n]);
+        for _ in 0..5 {
+            let status = attacker
+                .get(&url)
+                .header("X-Plughost-UUID", &uuid)
+                .header("X-Plughost-TOTP", "000000")
+                .send()
+                .unwrap()
+                .status()
+                .as_u16();
+            *statuses.entry(status).or_insert(0) += 1;
+        }
+    }
+    eprintln!("attackers' answers: {statuses:?}");
+    assert!(
+        statuses.get(&429).is_some_and(|&n| n >= 40),
+        "attackers were not slowed: {statuses:?}"
+    );
+    // An attacker that failed gets 429 even with the right code: its guesses stop counting.
+    let attacker = from_address([127, 0, 1, 10]);
+    let refused = attacker
+        .get(&url)
+        .header("X-Plughost-UUID", &uuid)
+        .header("X-Plughost-TOTP", code_at(&secret, now()))
+        .send()
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 429);
+    // The owner, from its own address, is heard and let in at once.
+    let reply = with_code(&app, "/rest/services/whoami/", &uuid, &code_at(&secret, now()));
+    assert_eq!(reply.status, 200, "the owner was locked out by someone else: {}", reply.text());
+    assert_eq!(reply.json()["uuid"], uuid.as_str());
+}
