@@ -31,6 +31,21 @@ pub const KNOWN_VARS: &[(&str, &str, &str)] = &[
         "how long in-flight requests may take to finish on shutdown",
     ),
     (
+        "HEADER_READ_TIMEOUT_MS",
+        "15000",
+        "a connection must send a request's headers within this long, also while idle between requests",
+    ),
+    (
+        "BODY_READ_TIMEOUT_MS",
+        "30000",
+        "a request's body must arrive within this long of its headers (408 beyond)",
+    ),
+    (
+        "MAX_CONNECTIONS",
+        "0",
+        "connections served at once (0: three quarters of the file limit, at most 65536); more wait in the backlog",
+    ),
+    (
         "INLINE_CALL_MAX_US",
         "200",
         "a function whose last 32 calls each took at most this long is called on the async thread (0: never)",
@@ -174,6 +189,12 @@ pub struct Config {
     /// (`INLINE_CALL_MAX_US`; `None`: never).
     pub inline_call_max: Option<Duration>,
     pub shutdown_grace: Duration,
+    /// How long a connection may take to send a request's headers, idle time included.
+    pub header_read_timeout: Duration,
+    /// How long a request's body may take to arrive.
+    pub body_read_timeout: Duration,
+    /// Connections served at once; `None`: derived from the file limit at start.
+    pub max_connections: Option<usize>,
     pub reload_debounce: Duration,
     pub rescan_interval: Duration,
     /// `None` when recycling for leaks is off.
@@ -383,6 +404,22 @@ impl Config {
             0,
             3_600_000,
         ));
+        let header_read_timeout = Duration::from_millis(parse_number(
+            &mut errors,
+            "HEADER_READ_TIMEOUT_MS",
+            &var("HEADER_READ_TIMEOUT_MS", "15000"),
+            100,
+            3_600_000,
+        ));
+        let body_read_timeout = Duration::from_millis(parse_number(
+            &mut errors,
+            "BODY_READ_TIMEOUT_MS",
+            &var("BODY_READ_TIMEOUT_MS", "30000"),
+            100,
+            3_600_000,
+        ));
+        let max_connections = parse_number(&mut errors, "MAX_CONNECTIONS", &var("MAX_CONNECTIONS", "0"), 0, 1_000_000);
+        let max_connections = (max_connections > 0).then_some(max_connections as usize);
         let reload_debounce = Duration::from_millis(parse_number(
             &mut errors,
             "RELOAD_DEBOUNCE_MS",
@@ -565,6 +602,9 @@ impl Config {
                 call_timeout,
                 inline_call_max,
                 shutdown_grace,
+                header_read_timeout,
+                body_read_timeout,
+                max_connections,
                 reload_debounce,
                 rescan_interval,
                 leak_budget_bytes,

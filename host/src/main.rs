@@ -293,6 +293,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let _flush_logs_on_exit = init_logging(config.log_format, &config.log_filter);
+    // Before anything opens a descriptor; the server process inherits the raised limit.
+    let files = plughost::server::raise_file_limit();
+    tracing::debug!(open_files = files, "file limit");
     if args.no_supervisor {
         return run_server(config, None, Role::Standalone);
     }

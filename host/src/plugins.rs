@@ -310,6 +310,10 @@ impl Plugins {
                 }
                 if let Some(status) = inner.status.get_mut(file) {
                     status.state = FileState::Removed;
+                    // Whatever comes back under this name (a folder moved back, restored with
+                    // `cp -a`, the same bytes) is looked at afresh.
+                    status.fingerprint = None;
+                    status.failed_sha256 = None;
                 }
                 continue;
             }

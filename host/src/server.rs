@@ -13,7 +13,7 @@ use ::http::{HeaderValue, Request, StatusCode};
 use anyhow::Context;
 use hyper::body::Incoming;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
 };
 use tokio::net::TcpListener;
@@ -72,6 +72,39 @@ pub async fn refresh_tenants(sandbox: &crate::sandbox::Sandbox, tenancy: &crate:
     }
 }
 
+/// Raises this process's soft limit on open files to its hard limit, so that a default soft limit
+/// (1024, or 256 on some systems) does not cap connections; returns the limit in force.
+pub fn raise_file_limit() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let limit = getrlimit(Resource::Nofile);
+    let (Some(soft), hard) = (limit.current, limit.maximum) else {
+        return u64::MAX;
+    };
+    let target = hard.unwrap_or(u64::MAX).min(1 << 20);
+    if target > soft
+        && setrlimit(
+            Resource::Nofile,
+            rustix::process::Rlimit {
+                current: Some(target),
+                maximum: hard,
+            },
+        )
+        .is_ok()
+    {
+        return target;
+    }
+    soft
+}
+
+/// Connections to serve at once when MAX_CONNECTIONS is 0: three quarters of the file limit
+/// (the rest is for the store, plugins, sandbox workers' pipes), at most 65,536.
+fn connections_for_file_limit() -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(1 << 16);
+    ((limit / 4 * 3).clamp(16, 1 << 16)) as usize
+}
+
 /// Keeps the store, the shadow copies and the tenants' folders out of reach of sandbox workers,
 /// which run under uids of their own when the host is root: Landlock governs opens, not `stat`,
 /// so a folder a worker may not search is what keeps it from probing file names. (When the host
@@ -95,6 +128,7 @@ impl App {
     pub async fn build(config: Config, listener: Option<std::net::TcpListener>, role: Role) -> anyhow::Result<App> {
         std::fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create DATA_DIR {}", config.data_dir.display()))?;
         keep_private(&config.data_dir, &config.plugins_dir);
+        raise_file_limit();
         crate::metrics::set_enabled(config.metrics);
         let tenancy = Arc::new(
             crate::tenancy::tenants::Tenancy::open(&config)
@@ -200,7 +234,25 @@ impl App {
         let graceful = GracefulShutdown::new();
         let mut shutdown = std::pin::pin!(shutdown);
         let max_header_bytes = self.state.config.max_header_bytes;
+        let header_read_timeout = self.state.config.header_read_timeout;
+        let max_connections = self.state.config.max_connections.unwrap_or_else(connections_for_file_limit);
+        tracing::info!(
+            max_connections,
+            header_read_timeout_ms = header_read_timeout.as_millis() as u64,
+            body_read_timeout_ms = self.state.config.body_read_timeout.as_millis() as u64,
+            "connection limits"
+        );
+        // A permit per connection: past the cap, connections wait in the listen backlog instead
+        // of taking the descriptors the server needs for its store, plugins and workers.
+        let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
         loop {
+            let permit = tokio::select! {
+                permit = permits.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+                () = &mut shutdown => break,
+            };
             let (stream, peer) = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok(pair) => pair,
@@ -234,13 +286,36 @@ impl App {
                 }
             });
             let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder.http1().max_buf_size(max_header_bytes.max(8192) * 4 + 16 * 1024);
-            let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-            let connection = graceful.watch(connection);
+            // Without a timer hyper's timeouts do nothing. The header timeout also ends a
+            // keep-alive connection that sends nothing more.
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout)
+                .max_buf_size(max_header_bytes.max(8192) * 4 + 16 * 1024);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Some(header_read_timeout))
+                .keep_alive_timeout(header_read_timeout);
+            let watcher = graceful.watcher();
             tokio::spawn(async move {
-                if let Err(err) = connection.await {
+                // Before its first byte the connection is in the hands of the protocol detection,
+                // where hyper's timer does not reach: a client that sends nothing is dropped here.
+                let mut first = [0u8; 1];
+                if !matches!(
+                    tokio::time::timeout(header_read_timeout, stream.peek(&mut first)).await,
+                    Ok(Ok(1..))
+                ) {
+                    tracing::debug!(%peer, "connection sent nothing within HEADER_READ_TIMEOUT_MS; closed");
+                    drop(permit);
+                    return;
+                }
+                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                if let Err(err) = watcher.watch(connection).await {
                     tracing::debug!(%peer, "connection ended with an error: {err}");
                 }
+                drop(permit);
             });
         }
         drop(self.listener);

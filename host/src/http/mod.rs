@@ -84,7 +84,8 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
                     return error::ApiError::method_not_allowed(&method, "/rest/auth/token", "POST".to_owned()).into_response();
                 }
                 let result = async {
-                    let body = services::read_body(&headers, body, 64 * 1024, "64 KiB for this route").await?;
+                    let body =
+                        services::read_body(&headers, body, 64 * 1024, "64 KiB for this route", state.config.body_read_timeout).await?;
                     auth::token(&state, &body).await
                 };
                 result.await.unwrap_or_else(error::ApiError::into_response)
@@ -100,7 +101,7 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
             }
             let result = async {
                 let body = if method == http::Method::POST || method == http::Method::PUT {
-                    services::read_body(&headers, body, 64 * 1024, "64 KiB for this route").await?
+                    services::read_body(&headers, body, 64 * 1024, "64 KiB for this route", state.config.body_read_timeout).await?
                 } else {
                     bytes::Bytes::new()
                 };

@@ -152,7 +152,15 @@ where
             ))
         }
     };
-    let bytes = read_body(headers, body, state.config.publish_max_bytes, "PUBLISH_MAX_BYTES").await?;
+    let bytes = read_body(
+        headers,
+        body,
+        state.config.publish_max_bytes,
+        "PUBLISH_MAX_BYTES",
+        // A plugin of tens of MiB over a slow link takes longer than a call's body.
+        state.config.body_read_timeout * 10,
+    )
+    .await?;
     let upload = publish::Upload {
         tenant,
         name,

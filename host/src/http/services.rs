@@ -1,6 +1,6 @@
 //! `/rest/services/…`: path → resolution → method → body → kwargs → typed params → call → reply.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
@@ -173,7 +173,14 @@ where
 
     let has_body = method != Method::GET && method != Method::HEAD;
     let body = if has_body {
-        read_body(headers, body, state.config.max_body_bytes, "MAX_BODY_BYTES").await?
+        read_body(
+            headers,
+            body,
+            state.config.max_body_bytes,
+            "MAX_BODY_BYTES",
+            state.config.body_read_timeout,
+        )
+        .await?
     } else {
         Bytes::new()
     };
@@ -220,7 +227,18 @@ where
 /// Reads the body up to `limit` bytes: 413 as soon as `Content-Length` or the bytes received
 /// pass it. Works for chunked bodies and for requests without `Content-Length`. `setting` names
 /// the limit in the error.
-pub(super) async fn read_body<S, B, E>(headers: &HeaderMap, body: S, limit: usize, setting: &str) -> Result<Bytes, ApiError>
+/// Reads a request body of at most `limit` bytes within `deadline` (408 beyond).
+///
+/// A body that is too large is answered 413 after reading and dropping up to [`DRAIN_LIMIT`]
+/// more bytes of it: clients that write their whole body before they read (Python's
+/// http.client, requests) would otherwise see the connection reset instead of the answer.
+pub(super) async fn read_body<S, B, E>(
+    headers: &HeaderMap,
+    body: S,
+    limit: usize,
+    setting: &str,
+    deadline: Duration,
+) -> Result<Bytes, ApiError>
 where
     S: Stream<Item = Result<B, E>>,
     B: Buf,
@@ -234,26 +252,68 @@ where
         )
     };
     let declared = header_text(headers, &header::CONTENT_LENGTH).parse::<u64>().ok();
+    let mut body = std::pin::pin!(body);
     if declared.is_some_and(|n| n > limit as u64) {
+        drain(&mut body, declared.unwrap_or(0)).await;
         return Err(too_large());
     }
-    let mut buffer = BytesMut::with_capacity(declared.map_or(0, |n| n as usize));
-    let mut body = std::pin::pin!(body);
-    while let Some(chunk) = body.next().await {
-        let mut chunk = chunk.map_err(|err| {
-            ApiError::bad_request("BODY_READ_FAILED", "the request body could not be read to its end").with_internal(err.to_string())
-        })?;
-        if buffer.len() + chunk.remaining() > limit {
-            return Err(too_large());
+    let reading = async {
+        let mut buffer = BytesMut::with_capacity(declared.map_or(0, |n| n as usize));
+        while let Some(chunk) = body.next().await {
+            let mut chunk = chunk.map_err(|err| {
+                ApiError::bad_request("BODY_READ_FAILED", "the request body could not be read to its end").with_internal(err.to_string())
+            })?;
+            if buffer.len() + chunk.remaining() > limit {
+                drain(&mut body, u64::MAX).await;
+                return Err(too_large());
+            }
+            while chunk.has_remaining() {
+                let part = chunk.chunk();
+                buffer.extend_from_slice(part);
+                let n = part.len();
+                chunk.advance(n);
+            }
         }
-        while chunk.has_remaining() {
-            let part = chunk.chunk();
-            buffer.extend_from_slice(part);
-            let n = part.len();
-            chunk.advance(n);
-        }
+        Ok(buffer.freeze())
+    };
+    match tokio::time::timeout(deadline, reading).await {
+        Ok(read) => read,
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "BODY_TIMEOUT",
+            format!(
+                "the request body did not arrive within {} ms (BODY_READ_TIMEOUT_MS)",
+                deadline.as_millis()
+            ),
+        )),
     }
-    Ok(buffer.freeze())
+}
+
+/// Most bytes of a refused body read and dropped so that its client gets the answer.
+const DRAIN_LIMIT: u64 = 16 << 20;
+/// How long that may take.
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// Reads and drops the rest of a refused body when it is not too much more (`declared` bytes,
+/// if known), so that the answer reaches a client that writes before it reads.
+async fn drain<S, B, E>(body: &mut std::pin::Pin<&mut S>, declared: u64)
+where
+    S: Stream<Item = Result<B, E>>,
+    B: Buf,
+{
+    if declared > DRAIN_LIMIT && declared != u64::MAX {
+        return;
+    }
+    let dropping = async {
+        let mut dropped = 0u64;
+        while let Some(Ok(chunk)) = body.next().await {
+            dropped += chunk.remaining() as u64;
+            if dropped > DRAIN_LIMIT {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, dropping).await;
 }
 
 fn header_text(headers: &HeaderMap, name: &http::HeaderName) -> String {

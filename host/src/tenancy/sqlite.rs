@@ -2,7 +2,7 @@
 //! acknowledged write survives a crash). Several processes (the server, the CLI) may use it at once.
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
 
@@ -11,8 +11,13 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::store::{AuditEntry, PrincipalRecord, PublishedPlugin, Store, StoreError};
 
+/// The store's file and its connection, opened on first use and again after a failure: a file
+/// that cannot be opened (corrupt, unreadable) leaves the server running degraded, its
+/// authenticated calls answered 503 and its public ones served, until the file is repaired or
+/// replaced.
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+    conn: Arc<Mutex<Option<Connection>>>,
 }
 
 fn unavailable(err: impl std::fmt::Display) -> StoreError {
@@ -20,8 +25,61 @@ fn unavailable(err: impl std::fmt::Display) -> StoreError {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database file.
+    /// Opens (creating if needed) the store at `path`, or says why it cannot.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        Ok(SqliteStore {
+            path: path.to_owned(),
+            conn: Arc::new(Mutex::new(Some(connect(path)?))),
+        })
+    }
+
+    /// The store at `path` (created if needed). A file that cannot be opened now is reported
+    /// and tried again at every use, so that the server starts degraded instead of not at all.
+    pub fn open_lazily(path: &Path) -> SqliteStore {
+        let conn = match connect(path) {
+            Ok(conn) => Some(conn),
+            Err(err) => {
+                tracing::error!(
+                    path = %path.display(),
+                    "the embedded store cannot be opened ({err}); serving public functions only until it can (repair or move the file away)"
+                );
+                None
+            }
+        };
+        SqliteStore {
+            path: path.to_owned(),
+            conn: Arc::new(Mutex::new(conn)),
+        }
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (conn, path) = (self.conn.clone(), self.path.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut slot = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if slot.is_none() {
+                *slot = Some(connect(&path)?);
+            }
+            let Some(conn) = slot.as_ref() else {
+                return Err(StoreError::Unavailable("no connection".to_owned()));
+            };
+            let result = work(conn);
+            // A failure of the file itself (not of this query): open it afresh next time.
+            if result.is_err() && conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())).is_err() {
+                *slot = None;
+            }
+            result
+        })
+        .await
+        .map_err(unavailable)?
+    }
+}
+
+/// Opens (creating if needed) the database file and its tables.
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(unavailable)?;
         }
@@ -39,22 +97,7 @@ impl SqliteStore {
              CREATE TABLE IF NOT EXISTS published_version (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL);",
         )
         .map_err(unavailable)?;
-        Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
-        })
-    }
-
-    async fn with<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            work(&conn)
-        })
-        .await
-        .map_err(unavailable)?
+        Ok(conn)
     }
 }
 

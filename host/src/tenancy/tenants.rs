@@ -67,7 +67,9 @@ impl Tenancy {
     pub async fn open(config: &Config) -> Result<Tenancy, StoreError> {
         let store: Arc<dyn Store> = match &config.mongodb {
             Some((uri, database)) => Arc::new(Timed(super::mongo::MongoStore::connect(uri, database).await?)),
-            None => Arc::new(Timed(super::sqlite::SqliteStore::open(&config.data_dir.join("plughost.sqlite3"))?)),
+            None => Arc::new(Timed(super::sqlite::SqliteStore::open_lazily(
+                &config.data_dir.join("plughost.sqlite3"),
+            ))),
         };
         Ok(Tenancy {
             store,

@@ -6,6 +6,7 @@
 
 mod auth;
 mod bad_input;
+mod connections;
 mod errors;
 mod isolation;
 mod lifecycle;
@@ -17,6 +18,7 @@ mod plugins;
 mod publish;
 mod readme;
 mod reload;
+mod resilience;
 mod routing;
 mod sandbox;
 mod scaffold;

@@ -77,6 +77,8 @@ pub struct Setup {
     user: Option<u32>,
     /// Root files the server inherits an open descriptor on (fd 9 onwards), without close-on-exec.
     inherited: Vec<String>,
+    /// Start the server with this soft limit on open files (its hard limit unchanged).
+    soft_file_limit: Option<u64>,
 }
 
 impl Setup {
@@ -111,6 +113,12 @@ impl Setup {
         self
     }
 
+    /// Starts the server with a low soft limit on open files, as some systems set by default.
+    pub fn soft_file_limit(mut self, limit: u64) -> Self {
+        self.soft_file_limit = Some(limit);
+        self
+    }
+
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_owned(), value.to_owned()));
         self
@@ -137,7 +145,9 @@ impl Setup {
         let plugins_dir = dir.path().join("plugins");
         std::fs::create_dir(&plugins_dir).expect("plugins dir");
         for (name, text) in &self.root_files {
-            std::fs::write(dir.path().join(name), text).expect("write root file");
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).expect("root file's folder");
+            std::fs::write(path, text).expect("write root file");
         }
         // Files get increasing modification times in the order given: the server loads the
         // oldest first, so that the first of two colliding modules wins.
@@ -157,9 +167,14 @@ impl Setup {
             let file = std::fs::File::options().write(true).open(path).expect("open");
             file.set_modified(base + Duration::from_secs(i as u64)).expect("set mtime");
         }
-        let mut command = match self.user {
-            None => Command::new(plughost_bin()),
-            Some(uid) => {
+        let mut command = match (self.user, self.soft_file_limit) {
+            (None, Some(limit)) => {
+                let mut command = Command::new("prlimit");
+                command.arg(format!("--nofile={limit}:")).arg("--").arg(plughost_bin());
+                command
+            }
+            (None, None) => Command::new(plughost_bin()),
+            (Some(uid), _) => {
                 // The binary must be reachable by that user: a copy when a folder on its way is not.
                 let mut program = plughost_bin();
                 let open_to_all = program.ancestors().skip(1).all(|folder| {
@@ -216,9 +231,17 @@ impl Setup {
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut err_pipe = child.stderr.take().expect("stderr");
         let sink = stderr.clone();
+        let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stall = stalled.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 8192];
-            while let Ok(n) = err_pipe.read(&mut buf) {
+            loop {
+                // A stalled log collector: the pipe is kept open and not read.
+                if stall.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+                let Ok(n) = err_pipe.read(&mut buf) else { break };
                 if n == 0 {
                     break;
                 }
@@ -246,6 +269,7 @@ impl Setup {
                     child,
                     addr,
                     stderr,
+                    stalled,
                     _dir: dir,
                     admin_token: std::sync::OnceLock::new(),
                     env,
@@ -287,6 +311,8 @@ pub struct App {
     child: Child,
     pub addr: SocketAddr,
     stderr: Arc<Mutex<String>>,
+    /// Set to stop reading the server's stderr (its pipe stays open).
+    stalled: Arc<std::sync::atomic::AtomicBool>,
     _dir: tempfile::TempDir,
     admin_token: std::sync::OnceLock<String>,
     /// The variables the server was started with, for CLI commands on the same store.
@@ -399,6 +425,11 @@ impl App {
     /// The supervisor's PID.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Stops reading the server's log, as a stalled collector would; `false` resumes.
+    pub fn stall_log(&self, stalled: bool) {
+        self.stalled.store(stalled, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Everything the server wrote to stderr so far.
