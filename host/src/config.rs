@@ -230,6 +230,41 @@ pub struct Config {
     pub trusted_keys: Option<std::sync::Arc<crate::signing::TrustedKeys>>,
 }
 
+/// `SANDBOX_*`, from `var` (key, default → value).
+fn sandbox_settings(errors: &mut Vec<String>, var: &dyn Fn(&str, &str) -> String) -> crate::sandbox::Settings {
+    let mut number = |key: &str, default: &str, min: u64, max: u64| parse_number(errors, key, &var(key, default), min, max);
+    crate::sandbox::Settings {
+        memory_bytes: number("SANDBOX_MEMORY_MB", "512", 32, 1 << 20) << 20,
+        cpu_seconds: number("SANDBOX_CPU_SECS", "300", 1, 86_400 * 365),
+        open_files: number("SANDBOX_OPEN_FILES", "64", 16, 1 << 20),
+        max_concurrency: number("SANDBOX_MAX_CONCURRENCY", "4", 1, 1024) as u32,
+        warm_workers: number("SANDBOX_WARM_WORKERS", "1", 0, 1024) as u32,
+        idle_timeout: Duration::from_secs(number("SANDBOX_IDLE_SECS", "60", 1, 86_400)),
+        max_calls: number("SANDBOX_MAX_CALLS", "10000", 1, u64::from(u32::MAX)),
+        max_growth_bytes: number("SANDBOX_MAX_GROWTH_MB", "64", 1, 1 << 20) << 20,
+        quarantine_crashes: number("SANDBOX_QUARANTINE_CRASHES", "5", 1, 1_000_000) as u32,
+        quarantine_window: Duration::from_secs(number("SANDBOX_QUARANTINE_WINDOW_SECS", "60", 1, 86_400)),
+    }
+}
+
+/// The sandbox settings of a process with no `.env` (`plughost check`): the defaults, or the
+/// `SANDBOX_*` of the environment when they are all valid.
+pub fn sandbox_defaults() -> crate::sandbox::Settings {
+    let from_env = |key: &str, default: &str| {
+        std::env::var(key)
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| default.to_owned())
+    };
+    let mut errors = Vec::new();
+    let settings = sandbox_settings(&mut errors, &from_env);
+    if errors.is_empty() {
+        settings
+    } else {
+        sandbox_settings(&mut errors, &|_, default| default.to_owned())
+    }
+}
+
 /// Every problem found in the configuration, one per line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigErrors(pub Vec<String>);
@@ -543,19 +578,7 @@ impl Config {
                 false
             }
         };
-        let mut number = |key: &str, default: &str, min: u64, max: u64| parse_number(&mut errors, key, &var(key, default), min, max);
-        let sandbox = crate::sandbox::Settings {
-            memory_bytes: number("SANDBOX_MEMORY_MB", "512", 32, 1 << 20) << 20,
-            cpu_seconds: number("SANDBOX_CPU_SECS", "300", 1, 86_400 * 365),
-            open_files: number("SANDBOX_OPEN_FILES", "64", 16, 1 << 20),
-            max_concurrency: number("SANDBOX_MAX_CONCURRENCY", "4", 1, 1024) as u32,
-            warm_workers: number("SANDBOX_WARM_WORKERS", "1", 0, 1024) as u32,
-            idle_timeout: Duration::from_secs(number("SANDBOX_IDLE_SECS", "60", 1, 86_400)),
-            max_calls: number("SANDBOX_MAX_CALLS", "10000", 1, u64::from(u32::MAX)),
-            max_growth_bytes: number("SANDBOX_MAX_GROWTH_MB", "64", 1, 1 << 20) << 20,
-            quarantine_crashes: number("SANDBOX_QUARANTINE_CRASHES", "5", 1, 1_000_000) as u32,
-            quarantine_window: Duration::from_secs(number("SANDBOX_QUARANTINE_WINDOW_SECS", "60", 1, 86_400)),
-        };
+        let sandbox = sandbox_settings(&mut errors, &var);
         let watch_poll = match var("WATCH_MODE", "inotify").to_ascii_lowercase().as_str() {
             "inotify" | "events" => false,
             "poll" => true,

@@ -58,6 +58,10 @@ Exit code 1, with the reason on one line, when the file would be refused by a se
         /// Also require a valid FILE.sig by one of these base64 ed25519 public keys.
         #[arg(long, value_name = "KEYS", env = "PLUGIN_PUBKEYS")]
         pubkeys: Option<String>,
+        /// Map the plugin in this process instead of a confined sandbox worker: its constructors
+        /// then run unconfined, as whoever runs this command. Only for plugins you trust.
+        #[arg(long)]
+        in_process: bool,
     },
     /// Ask the running server (found through DATA_DIR/plughost.pid) to replace its worker process
     /// with a fresh one, without downtime.
@@ -214,7 +218,7 @@ fn main() -> ExitCode {
         end_quietly_on_closed_output();
     }
     let result = match cli.command {
-        Some(Command::Check { file, pubkeys }) => check(&file, pubkeys.as_deref()),
+        Some(Command::Check { file, pubkeys, in_process }) => check(&file, pubkeys.as_deref(), in_process),
         Some(Command::Recycle { env_file }) => recycle(env_file),
         Some(Command::Worker(args)) => worker(args),
         Some(Command::Sandbox) => Ok(plughost::sandbox::worker::main()),
@@ -420,7 +424,37 @@ fn init_logging(format: LogFormat, filter: &str) -> plughost::logwriter::FlushGu
     guard
 }
 
-fn check(file: &std::path::Path, pubkeys: Option<&str>) -> anyhow::Result<ExitCode> {
+/// A plugin's manifest and sha256, read in a sandbox worker (or in this process).
+fn inspect(
+    file: &std::path::Path,
+    scratch: &std::path::Path,
+    in_process: bool,
+) -> Result<(plughost::manifest::ModuleSpec, String), String> {
+    if in_process {
+        let module = loader::load(file, scratch).map_err(|e| e.to_string())?;
+        return Ok((module.spec.clone(), module.sha256.clone()));
+    }
+    let candidate = loader::read(file).map_err(|e| e.to_string())?;
+    let program = std::env::current_exe().map_err(|e| format!("cannot find the plughost executable: {e}"))?;
+    let settings = plughost::config::sandbox_defaults();
+    let limits = plughost::sandbox::Limits {
+        call_timeout: std::time::Duration::from_secs(30),
+        memory_bytes: settings.memory_bytes,
+        max_concurrency: 1,
+        max_response_bytes: 1 << 20,
+    };
+    let sandbox = plughost::sandbox::Sandbox::start(program, scratch, settings, limits)
+        .map_err(|e| format!("cannot start a sandbox worker under {}: {e}", scratch.display()))?;
+    let spec = sandbox.inspect(&candidate.bytes)?;
+    Ok((spec, candidate.sha256))
+}
+
+/// `text` with control characters escaped.
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    plughost::sandbox::escape_control(text)
+}
+
+fn check(file: &std::path::Path, pubkeys: Option<&str>, in_process: bool) -> anyhow::Result<ExitCode> {
     if let Some(keys) =
         plughost::signing::TrustedKeys::parse(pubkeys.unwrap_or_default()).map_err(|why| anyhow::anyhow!("--pubkeys has a bad {why}"))?
     {
@@ -433,29 +467,29 @@ fn check(file: &std::path::Path, pubkeys: Option<&str>) -> anyhow::Result<ExitCo
             }
         }
     }
-    let shadow = std::env::temp_dir().join(format!("plughost-check-{}", std::process::id()));
-    let loaded = loader::load(file, &shadow);
-    let _ = std::fs::remove_dir_all(&shadow);
-    let module = match loaded {
-        Ok(module) => module,
+    let scratch = std::env::temp_dir().join(format!("plughost-check-{}", std::process::id()));
+    let inspected = inspect(file, &scratch, in_process);
+    let _ = std::fs::remove_dir_all(&scratch);
+    let (spec, sha256) = match inspected {
+        Ok(inspected) => inspected,
         Err(err) => {
-            println!("FAIL {}: {err}", file.display());
+            println!("FAIL {}: {}", file.display(), printable(&err));
             return Ok(ExitCode::FAILURE);
         }
     };
-    let spec = &module.spec;
+    // The manifest is the plugin's text: no control character of it reaches the terminal.
     println!(
         "OK {}: module {} {} (sha256 {})",
         file.display(),
         spec.name,
-        spec.version,
-        module.sha256
+        printable(&spec.version),
+        sha256
     );
     if let Some(alias) = &spec.alias {
         println!("alias: {alias}");
     }
     if !spec.description.is_empty() {
-        println!("description: {}", spec.description);
+        println!("description: {}", printable(&spec.description));
     }
     println!("{:<24} {:<22} {:<10} PATH", "FUNCTION", "METHODS", "VISIBILITY");
     for f in &spec.functions {

@@ -9,7 +9,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard},
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use arc_swap::ArcSwap;
@@ -83,18 +83,26 @@ pub struct Applied {
     pub failed: Vec<PathBuf>,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Inner {
     status: BTreeMap<PathBuf, PluginStatus>,
     /// sha256 → size of every image mapped, routed or not.
     images: HashMap<String, u64>,
 }
 
+/// How often a long round of loads publishes its progress to readers.
+const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+
 /// The routing table (read lock-free on every request) and the bookkeeping behind it (changed by
 /// one loader at a time).
 pub struct Plugins {
     registry: ArcSwap<Registry>,
+    /// Changed by one loader at a time, which holds this lock while plugins load (a constructor
+    /// may be slow).
     inner: Mutex<Inner>,
+    /// What `inner` said when last published: read by `/health` and the admin's status list
+    /// without waiting for a loader.
+    published: ArcSwap<Inner>,
     shadow_dir: PathBuf,
     /// How many rounds of changes were applied; shown to operators, and steady when idle.
     rounds: std::sync::atomic::AtomicU64,
@@ -111,6 +119,7 @@ impl Plugins {
         Plugins {
             registry: ArcSwap::from_pointee(Registry::default()),
             inner: Mutex::new(Inner::default()),
+            published: ArcSwap::from_pointee(Inner::default()),
             shadow_dir: shadow_dir(data_dir),
             rounds: std::sync::atomic::AtomicU64::new(0),
             sandbox: None,
@@ -153,10 +162,10 @@ impl Plugins {
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Every file seen, with its state.
+    /// Every file seen, with its state (as last published: never waits for a loader).
     pub fn status(&self) -> Vec<PluginStatus> {
         let registry = self.registry.load();
-        let inner = self.lock();
+        let inner = self.published.load();
         inner
             .status
             .iter()
@@ -181,7 +190,7 @@ impl Plugins {
 
     /// Images mapped, and how many of them are no longer served.
     pub fn images(&self) -> ImageStats {
-        let inner = self.lock();
+        let inner = self.published.load();
         let registry = self.registry.load();
         let routed: Vec<&str> = registry.modules().iter().map(|m| m.sha256.as_str()).collect();
         let mut stats = ImageStats::default();
@@ -295,11 +304,17 @@ impl Plugins {
             tracing::error!(file = %module.file.display(), "unexpected name collision after checks: {reason}");
         }
         self.registry.store(Arc::new(registry));
+        self.published.store(Arc::new(inner.clone()));
         applied
     }
 
     fn apply_files(&self, inner: &mut Inner, modules: &mut Vec<Arc<LoadedModule>>, files: &[PathBuf], applied: &mut Applied) {
+        let mut published = Instant::now();
         for file in files {
+            if published.elapsed() >= PUBLISH_EVERY {
+                self.published.store(Arc::new(inner.clone()));
+                published = Instant::now();
+            }
             let served = modules.iter().position(|m| &m.file == file);
             if !file.is_file() {
                 if let Some(i) = served {

@@ -108,3 +108,40 @@ fn json_logs_are_one_object_per_line() {
     assert_eq!(access["method"], "GET");
     assert!(access["request_id"].is_string(), "{access}");
 }
+
+/// `plughost check` reads a plugin in a confined sandbox worker: its constructors never run in
+/// the command's own process (as root, in a CI), and what it prints of the manifest is escaped.
+#[test]
+fn check_inspects_a_plugin_in_a_sandbox_worker_and_escapes_what_it_prints() {
+    let check = Command::new(plughost_bin())
+        .arg("check")
+        .arg(plugin_file("slow_load"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The manifest takes 3 s to build: look at the processes meanwhile.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", check.id())).unwrap();
+    assert!(
+        !maps.contains("slow_load") && !maps.contains("memfd:plughost-plugin"),
+        "plughost check mapped the plugin itself"
+    );
+    // Its child (from any of its threads) that runs `plughost worker`.
+    let parent = check.id().to_string();
+    let worker = std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        let child_of_check = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(1)) == Some(parent.as_str()));
+        child_of_check && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.split(|&b| b == 0).nth(1) == Some(b"worker"))
+    });
+    assert!(worker, "no sandbox worker under plughost check");
+    let output = check.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("module slow_load") && stdout.contains("/rest/services/slow_load/ready/"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains('\u{1b}'), "a terminal escape from the manifest was printed");
+    assert!(stdout.contains("\\u{1b}[2J"), "{stdout}");
+}

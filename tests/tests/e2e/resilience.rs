@@ -83,3 +83,32 @@ fn a_log_nobody_reads_never_stalls_requests() {
     let caught_up = wait_for(Duration::from_secs(10), || app.logs().contains("greeting n2999"));
     assert!(caught_up.is_some(), "the queued lines did not come out");
 }
+
+#[test]
+fn a_plugin_that_loads_slowly_holds_up_no_request() {
+    let app = Setup::default().plugins(&["hello"]).start();
+    let token = app.admin_token();
+    crate::support::write_by_rename(
+        &app.plugins_dir(),
+        "libslow_load.so",
+        &std::fs::read(crate::support::plugin_file("slow_load")).unwrap(),
+    );
+    // While it loads (3 s), the built-ins, the admin's status list and other plugins answer at once.
+    let mut slowest = Duration::ZERO;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        for path in ["/ping", "/health", "/rest/admin/plugins", "/rest/services/hello/greet/"] {
+            let asked = std::time::Instant::now();
+            let reply = app.with_headers("GET", path, &[("authorization", &format!("Bearer {token}"))], None);
+            assert_eq!(reply.status, 200, "{path}: {}", reply.text());
+            slowest = slowest.max(asked.elapsed());
+        }
+    }
+    eprintln!("slowest answer while a plugin loaded: {slowest:?}");
+    assert!(
+        slowest < Duration::from_millis(1500),
+        "a request waited {slowest:?} for a loading plugin"
+    );
+    let loaded = wait_for(Duration::from_secs(10), || app.get("/rest/services/slow_load/ready/").status == 200);
+    assert!(loaded.is_some(), "{}", app.logs());
+}
