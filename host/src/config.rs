@@ -46,6 +46,21 @@ pub const KNOWN_VARS: &[(&str, &str, &str)] = &[
         "connections served at once (0: three quarters of the file limit, at most 65536); more wait in the backlog",
     ),
     (
+        "TENANT_MAX_MODULES",
+        "16",
+        "modules one tenant may have served at once (each keeps a warm worker)",
+    ),
+    (
+        "TENANT_MAX_STORED_MB",
+        "256",
+        "bytes of plugins one tenant may publish, in MiB (413 beyond)",
+    ),
+    (
+        "TENANT_MAX_BUFFERED_MB",
+        "256",
+        "bytes of one tenant's responses held for clients that have not read them yet, in MiB (503 beyond)",
+    ),
+    (
         "INLINE_CALL_MAX_US",
         "200",
         "a function whose last 32 calls each took at most this long is called on the async thread (0: never)",
@@ -244,6 +259,9 @@ fn sandbox_settings(errors: &mut Vec<String>, var: &dyn Fn(&str, &str) -> String
         max_growth_bytes: number("SANDBOX_MAX_GROWTH_MB", "64", 1, 1 << 20) << 20,
         quarantine_crashes: number("SANDBOX_QUARANTINE_CRASHES", "5", 1, 1_000_000) as u32,
         quarantine_window: Duration::from_secs(number("SANDBOX_QUARANTINE_WINDOW_SECS", "60", 1, 86_400)),
+        tenant_max_modules: number("TENANT_MAX_MODULES", "16", 1, 100_000) as usize,
+        tenant_max_stored_bytes: number("TENANT_MAX_STORED_MB", "256", 1, 1 << 20) << 20,
+        tenant_max_buffered_bytes: number("TENANT_MAX_BUFFERED_MB", "256", 1, 1 << 20) << 20,
     }
 }
 

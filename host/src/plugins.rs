@@ -382,6 +382,19 @@ impl Plugins {
             let sha = candidate.sha256.clone();
             let size = candidate.bytes.len() as u64;
             let owner = tenant_of_file(file);
+            if let (Some(uuid), None, Some(sandbox)) = (&owner, served, &self.sandbox) {
+                let cap = sandbox.settings.tenant_max_modules;
+                let count = modules.iter().filter(|m| m.owner.as_ref() == Some(uuid)).count();
+                if count >= cap {
+                    let reason = format!(
+                        "tenant {uuid} already has {count} modules served, the most TENANT_MAX_MODULES ({cap}) allows: remove one first"
+                    );
+                    // No sha recorded: tried again when a module of the tenant goes.
+                    fail(inner, file, false, None, reason, true);
+                    applied.failed.push(file.clone());
+                    continue;
+                }
+            }
             let isolate = owner.is_some() || self.admin_isolation;
             let loaded = match (&self.sandbox, isolate) {
                 (_, false) => loader::load_candidate(candidate, &self.shadow_dir),

@@ -36,6 +36,10 @@ pub enum PublishError {
     Refused(String),
     #[error("no published plugin is named '{0}'")]
     NotFound(String),
+    #[error("tenant {0} would store {1} bytes of plugins, over its {2}-byte limit (TENANT_MAX_STORED_MB): unpublish some first")]
+    TenantFull(String, u64, u64),
+    #[error("tenant {0} has published {1} plugins, the most TENANT_MAX_MODULES allows: unpublish one first")]
+    TooManyPlugins(String, usize),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -100,6 +104,22 @@ pub async fn publish(
     if let Some(uuid) = tenant {
         if !sandbox.tenant(uuid).is_some_and(|t| t.active) {
             return Err(PublishError::Invalid(format!("tenant {uuid} is unknown or disabled")));
+        }
+        // What the tenant stores already, less the version this upload replaces.
+        let key = PublishedPlugin::key_of(tenant, name);
+        let published = store.published().await?;
+        let others: Vec<&PublishedPlugin> = published
+            .iter()
+            .filter(|p| p.tenant.as_deref() == Some(uuid) && p.key != key)
+            .collect();
+        if others.len() >= sandbox.settings.tenant_max_modules {
+            return Err(PublishError::TooManyPlugins(uuid.to_owned(), others.len()));
+        }
+        let stored: u64 = others.iter().map(|p| p.size.max(0) as u64).sum();
+        let total = stored + bytes.len() as u64;
+        let limit = sandbox.settings.tenant_max_stored_bytes;
+        if total > limit {
+            return Err(PublishError::TenantFull(uuid.to_owned(), total, limit));
         }
     }
     crate::elf::check(&bytes).map_err(|err| PublishError::Refused(err.to_string()))?;

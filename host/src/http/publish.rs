@@ -184,6 +184,8 @@ fn publish_error(err: PublishError) -> ApiError {
     match err {
         PublishError::Invalid(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "INVALID_PLUGIN", message),
         PublishError::TooLarge(..) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", message),
+        PublishError::TenantFull(..) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "TENANT_STORAGE_FULL", message),
+        PublishError::TooManyPlugins(..) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_PLUGINS", message),
         PublishError::Refused(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "PLUGIN_REFUSED", message),
         PublishError::NotFound(_) => ApiError::not_found("PLUGIN_NOT_FOUND", message),
         PublishError::Store(err) => store_error(err),

@@ -355,7 +355,20 @@ fn to_response(reply: PluginReply, endpoint: &Endpoint, max_bytes: usize) -> Res
         ));
     }
     let content_type = HeaderValue::from_str(&reply.content_type).map_err(|_| bad("an invalid Content-Type".to_owned()))?;
-    let mut response = Response::new(reply.body.into());
+    // A tenant's responses held for slow clients are bounded per tenant.
+    let body: Bytes = match (&endpoint.module.owner, endpoint.module.sandbox()) {
+        (Some(tenant), Some(pool)) => pool.sandbox().hold_response(tenant, reply.body).map_err(|budget| {
+            let mut err = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "TENANT_BUFFER_FULL",
+                format!("this tenant's responses waiting for their clients already take {budget} bytes (TENANT_MAX_BUFFERED_MB); try again shortly"),
+            );
+            err.retry_after = Some(1);
+            err
+        })?,
+        _ => reply.body.into(),
+    };
+    let mut response = Response::new(body.into());
     *response.status_mut() = status;
     let out = response.headers_mut();
     out.insert(header::CONTENT_TYPE, content_type);

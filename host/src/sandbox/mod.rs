@@ -63,6 +63,11 @@ pub struct Settings {
     pub max_growth_bytes: u64,
     pub quarantine_crashes: u32,
     pub quarantine_window: Duration,
+    /// Per tenant: modules served at once (each has a warm worker), bytes published, and bytes
+    /// of responses held for clients that have not read them yet.
+    pub tenant_max_modules: usize,
+    pub tenant_max_stored_bytes: u64,
+    pub tenant_max_buffered_bytes: u64,
 }
 
 /// The limits one module runs under: the settings, with its tenant's overrides.
@@ -160,6 +165,8 @@ pub struct Sandbox {
     spawner: Spawner,
     /// The uids of this process's live workers, when the host is root and gives each its own.
     uids: Arc<Mutex<std::collections::HashSet<u32>>>,
+    /// Bytes of each tenant's responses not yet sent, by tenant.
+    buffered: Mutex<HashMap<String, Arc<AtomicU64>>>,
 }
 
 /// The range of uids workers get when the host runs as root: above every ordinary and system
@@ -231,6 +238,7 @@ impl Sandbox {
             retiring: Mutex::new(Vec::new()),
             spawner: Spawner::start()?,
             uids: Arc::default(),
+            buffered: Mutex::new(HashMap::new()),
         });
         let weak = Arc::downgrade(&sandbox);
         thread::Builder::new().name("sandbox-pools".into()).spawn(move || maintain(weak))?;
@@ -289,6 +297,21 @@ impl Sandbox {
                 });
             }
         }
+    }
+
+    /// Charges `body` to its tenant's budget of responses held for slow clients: the body comes
+    /// back as one that gives its bytes back when the server has sent (or dropped) it; past the
+    /// budget, an error that says so.
+    pub fn hold_response(&self, tenant: &str, body: Vec<u8>) -> Result<bytes::Bytes, u64> {
+        let counter = lock(&self.buffered).entry(tenant.to_owned()).or_default().clone();
+        let len = body.len() as u64;
+        let budget = self.settings.tenant_max_buffered_bytes;
+        let held = counter.fetch_add(len, Ordering::AcqRel) + len;
+        if held > budget && held > len {
+            counter.fetch_sub(len, Ordering::AcqRel);
+            return Err(budget);
+        }
+        Ok(bytes::Bytes::from_owner(Held { body, counter }))
     }
 
     /// Says goodbye to a healthy worker; the maintenance thread reaps it.
@@ -446,6 +469,24 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     out.write_all(bytes)?;
     out.sync_all()?;
     fs::rename(&temp, path)
+}
+
+/// A response body charged to its tenant; the charge ends when the last reference to it does.
+struct Held {
+    body: Vec<u8>,
+    counter: Arc<AtomicU64>,
+}
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        &self.body
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.body.len() as u64, Ordering::AcqRel);
+    }
 }
 
 /// A worker's own uid, given back when the worker is dropped (after it was reaped).
@@ -909,6 +950,11 @@ impl Pool {
             let idle = std::mem::take(&mut *lock(&self.idle));
             idle.into_iter().for_each(|w| self.sandbox.retire(w));
         }
+    }
+
+    /// The sandbox this pool's workers come from.
+    pub fn sandbox(&self) -> &Arc<Sandbox> {
+        &self.sandbox
     }
 
     /// Lifts a quarantine; returns whether there was one.

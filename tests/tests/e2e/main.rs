@@ -25,4 +25,5 @@ mod scaffold;
 mod signing;
 mod store_contract;
 mod support;
+mod tenant_caps;
 mod web;
