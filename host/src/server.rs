@@ -72,6 +72,27 @@ pub async fn refresh_tenants(sandbox: &crate::sandbox::Sandbox, tenancy: &crate:
     }
 }
 
+/// The methods a path answers, for a CORS preflight (which carries no credentials): a function
+/// of the admin's modules, or a built-in; `None` for anything else, whose methods an anonymous
+/// caller is not told.
+fn route_methods(state: &AppState, path: &str) -> Option<String> {
+    if let Some(tail) = services_tail(path) {
+        let segments = http::path::segments(tail).ok()?;
+        let registry = state.plugins.registry();
+        return match registry.resolve(&segments, &crate::registry::Everything) {
+            crate::registry::Resolution::Call { endpoint, .. } if endpoint.module.owner.is_none() => {
+                Some(endpoint.function().methods.allow_header())
+            }
+            _ => None,
+        };
+    }
+    match path.trim_end_matches('/') {
+        "/ping" | "/version" | "/health" | "/openapi.json" | "/metrics" => Some("GET, HEAD, OPTIONS".to_owned()),
+        "/rest/auth/token" => Some("POST, OPTIONS".to_owned()),
+        _ => None,
+    }
+}
+
 /// Raises this process's soft limit on open files to its hard limit, so that a default soft limit
 /// (1024, or 256 on some systems) does not cap connections; returns the limit in force.
 pub fn raise_file_limit() -> u64 {
@@ -435,7 +456,7 @@ where
 
     let header_bytes: usize = request.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
     let origin = request.headers().get(::http::header::ORIGIN).cloned();
-    let preflight = cors.and_then(|c| c.preflight(request.method(), request.headers()));
+    let preflight = cors.and_then(|c| c.preflight(request.method(), request.headers(), || route_methods(state, request.uri().path())));
     let answered_preflight = preflight.is_some();
     let fallback_route = route_template(request.uri().path());
     let mut response = if let Some(answer) = preflight {

@@ -21,7 +21,9 @@ pub struct Cors {
     pub credentials: bool,
 }
 
-const METHODS: &str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS";
+/// The methods a preflight may be answered for when the route's own are not known (or not the
+/// asker's to know).
+const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
 
 impl Cors {
     /// Parses the settings; every problem is returned, each naming its variable.
@@ -95,11 +97,22 @@ impl Cors {
     }
 
     /// Answers a preflight (`OPTIONS` with `Access-Control-Request-Method`), or `None` for other
-    /// requests, which go on to the routes.
-    pub fn preflight(&self, method: &Method, headers: &HeaderMap) -> Option<Response> {
-        if method != Method::OPTIONS || !headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD) {
+    /// requests, which go on to the routes, as the Fetch standard's CORS check expects:
+    /// `Access-Control-Allow-Methods` names the methods of the route (`route_methods`, such as
+    /// `"GET, HEAD, POST, OPTIONS"`, or `None` when they are not known to anonymous callers:
+    /// then only the requested method, if it is a standard one), and
+    /// `Access-Control-Allow-Headers` the requested headers that `CORS_ALLOW_HEADERS` allows. A
+    /// method or header not named there makes the browser refuse the call.
+    pub fn preflight(&self, method: &Method, headers: &HeaderMap, route_methods: impl FnOnce() -> Option<String>) -> Option<Response> {
+        if method != Method::OPTIONS {
             return None;
         }
+        let requested = headers
+            .get(header::ACCESS_CONTROL_REQUEST_METHOD)?
+            .to_str()
+            .unwrap_or("")
+            .trim()
+            .to_owned();
         let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()).unwrap_or("");
         let Some(allowed) = self.allow(origin) else {
             let mut refused = super::error::ApiError::new(
@@ -111,12 +124,33 @@ impl Cors {
             refused.headers_mut().insert(header::VARY, HeaderValue::from_static("Origin"));
             return Some(refused);
         };
+        let methods = route_methods().unwrap_or_else(|| {
+            METHODS
+                .iter()
+                .find(|m| m.eq_ignore_ascii_case(&requested))
+                .map(|m| (*m).to_owned())
+                .unwrap_or_default()
+        });
         let mut response = Response::new(bytes::Bytes::new().into());
         *response.status_mut() = StatusCode::NO_CONTENT;
         let out = response.headers_mut();
         out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allowed);
-        out.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static(METHODS));
-        if let Ok(value) = HeaderValue::from_str(&self.allow_headers) {
+        if let Ok(value) = HeaderValue::from_str(&methods) {
+            if !methods.is_empty() {
+                out.insert(header::ACCESS_CONTROL_ALLOW_METHODS, value);
+            }
+        }
+        let asked = headers
+            .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let granted: Vec<&str> = asked
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .filter(|h| self.allow_headers.split(", ").any(|allowed| allowed.eq_ignore_ascii_case(h)))
+            .collect();
+        if let (false, Ok(value)) = (granted.is_empty(), HeaderValue::from_str(&granted.join(", ").to_ascii_lowercase())) {
             out.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, value);
         }
         out.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(self.max_age));
@@ -180,14 +214,19 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(header::ORIGIN, HeaderValue::from_static("https://a.example"));
         headers.insert(header::ACCESS_CONTROL_REQUEST_METHOD, HeaderValue::from_static("POST"));
-        let ok = policy.preflight(&Method::OPTIONS, &headers).unwrap();
+        let ok = policy
+            .preflight(&Method::OPTIONS, &headers, || Some("GET, HEAD, OPTIONS".to_owned()))
+            .unwrap();
         assert_eq!(ok.status(), StatusCode::NO_CONTENT);
+        assert_eq!(ok.headers()[header::ACCESS_CONTROL_ALLOW_METHODS], "GET, HEAD, OPTIONS");
         assert_eq!(ok.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "https://a.example");
         assert_eq!(ok.headers()[header::ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
-        assert!(policy.preflight(&Method::GET, &headers).is_none());
+        assert!(policy.preflight(&Method::GET, &headers, || None).is_none());
+        let unknown = policy.preflight(&Method::OPTIONS, &headers, || None).unwrap();
+        assert_eq!(unknown.headers()[header::ACCESS_CONTROL_ALLOW_METHODS], "POST");
         headers.insert(header::ORIGIN, HeaderValue::from_static("https://evil.example"));
         assert_eq!(
-            policy.preflight(&Method::OPTIONS, &headers).unwrap().status(),
+            policy.preflight(&Method::OPTIONS, &headers, || None).unwrap().status(),
             StatusCode::FORBIDDEN
         );
 

@@ -8,7 +8,7 @@ mod dir;
 pub mod error;
 pub mod names;
 mod openapi;
-mod path;
+pub(crate) mod path;
 mod publish;
 pub mod services;
 

@@ -119,8 +119,8 @@ impl std::hash::Hash for TokenText {
 
 impl PartialEq for TokenText {
     fn eq(&self, other: &Self) -> bool {
-        let (a, b) = (self.0.as_bytes(), other.0.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+        // `subtle` compares lengths first (not secret: a token's length is public), then every byte.
+        subtle::ConstantTimeEq::ct_eq(self.0.as_bytes(), other.0.as_bytes()).into()
     }
 }
 

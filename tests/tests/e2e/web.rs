@@ -55,6 +55,43 @@ fn cors_answers_preflights_and_decorates_allowed_origins_only() {
     assert_eq!(app.send("OPTIONS", "/rest/services/hello-world/", None).status, 204);
 }
 
+/// A preflight names the function's own methods and only the requested headers that are
+/// allowed, as the Fetch standard's CORS check reads them.
+#[test]
+fn cors_preflights_name_the_functions_methods_and_the_allowed_requested_headers() {
+    let app = Setup::default()
+        .plugins(&["module1"])
+        .env("CORS_ALLOW_ORIGIN", "https://app.example")
+        .start();
+    let ask = |path: &str, method: &str, headers: &str| {
+        app.with_headers(
+            "OPTIONS",
+            path,
+            &[
+                ("Origin", "https://app.example"),
+                ("Access-Control-Request-Method", method),
+                ("Access-Control-Request-Headers", headers),
+            ],
+            None,
+        )
+    };
+    let echo = ask("/rest/services/hello-world/", "PUT", "Content-Type, X-Not-Allowed");
+    assert_eq!(echo.status, 204);
+    assert_eq!(echo.header("access-control-allow-methods"), Some("GET, HEAD, POST, PUT, OPTIONS"));
+    assert_eq!(echo.header("access-control-allow-headers"), Some("content-type"));
+    // bar-none answers GET only: a preflight for DELETE gets no DELETE.
+    let get_only = ask("/rest/services/bar-none/", "DELETE", "authorization");
+    assert_eq!(get_only.header("access-control-allow-methods"), Some("GET, HEAD, OPTIONS"));
+    assert_eq!(get_only.header("access-control-allow-headers"), Some("authorization"));
+    // The token route is POST.
+    let token = ask("/rest/auth/token", "POST", "content-type");
+    assert_eq!(token.header("access-control-allow-methods"), Some("POST, OPTIONS"));
+    // A path no anonymous caller may know of: only the requested method, nothing about the route.
+    let unknown = ask("/rest/services/no-such/", "PATCH", "");
+    assert_eq!(unknown.header("access-control-allow-methods"), Some("PATCH"));
+    assert!(unknown.header("access-control-allow-headers").is_none());
+}
+
 #[test]
 fn cors_star_with_credentials_is_refused_at_start_up() {
     let (status, stderr) = Setup::default()
