@@ -560,6 +560,8 @@ fn status_entry<'a>(inner: &'a mut Inner, file: &Path) -> &'a mut PluginStatus {
 }
 
 fn fail(inner: &mut Inner, file: &Path, still_served: bool, sha: Option<String>, error: String, collided: bool) {
+    // The reason may quote the plugin's own text (its names, a loader message).
+    let error = crate::sandbox::escape_control(&error).into_owned();
     if still_served {
         tracing::warn!(file = %file.display(), "new version not loaded, the previous one keeps serving: {error}");
     } else {

@@ -64,10 +64,13 @@ impl ApiError {
         let internal = self.internal.as_deref().unwrap_or("");
         let id = crate::access::current_request_id();
         let request_id = id.as_deref().unwrap_or("-");
+        // Descriptions carry what clients and plugins wrote (names, a plugin's own message):
+        // escaped, they cannot end the log line and forge another.
+        let (logged, internal) = (crate::sandbox::escape_control(&self.description), crate::sandbox::escape_control(internal));
         if self.status.is_server_error() {
-            tracing::error!(request_id, error_id, status = self.status.as_u16(), error = %self.code, internal, "{}", self.description);
+            tracing::error!(request_id, error_id, status = self.status.as_u16(), error = %self.code, internal = %internal, "{logged}");
         } else {
-            tracing::info!(request_id, error_id, status = self.status.as_u16(), error = %self.code, "{}", self.description);
+            tracing::info!(request_id, error_id, status = self.status.as_u16(), error = %self.code, "{logged}");
         }
         let body = json!({
             "status": self.status.as_u16(),
