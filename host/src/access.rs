@@ -10,8 +10,8 @@ use std::{cell::RefCell, fmt::Write as _, future::Future, sync::Arc, time::Durat
 use crate::config::LogFormat;
 
 tokio::task_local! {
-    static TASK_REQUEST_ID: Arc<str>;
-    static TASK_PEER: std::net::IpAddr;
+    /// The request id, and the client's address.
+    static TASK_REQUEST: (Arc<str>, std::net::IpAddr);
 }
 
 thread_local! {
@@ -22,13 +22,13 @@ thread_local! {
 /// meanwhile (errors, plugin lines) carry it as `request_id`. This is a task-local rather than a
 /// `tracing` span: a span entered on every poll cost more than the access line itself.
 pub async fn scope<F: Future>(id: Arc<str>, peer: std::net::IpAddr, work: F) -> F::Output {
-    TASK_REQUEST_ID.scope(id, TASK_PEER.scope(peer, work)).await
+    TASK_REQUEST.scope((id, peer), work).await
 }
 
 /// The address of the client whose request is being handled (for the failure budget of
 /// credentials), if any.
 pub fn current_peer() -> Option<std::net::IpAddr> {
-    TASK_PEER.try_with(|peer| *peer).ok()
+    TASK_REQUEST.try_with(|(_, peer)| *peer).ok()
 }
 
 /// Runs `work` on this thread (a plugin call on the blocking pool) with `id` as the current
@@ -42,8 +42,8 @@ pub fn on_thread<R>(id: &Arc<str>, work: impl FnOnce() -> R) -> R {
 
 /// The id of the request being handled here, if any.
 pub fn current_request_id() -> Option<Arc<str>> {
-    TASK_REQUEST_ID
-        .try_with(Arc::clone)
+    TASK_REQUEST
+        .try_with(|(id, _)| id.clone())
         .ok()
         .or_else(|| THREAD_REQUEST_ID.with(|cell| cell.borrow().clone()))
 }

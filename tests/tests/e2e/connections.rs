@@ -54,6 +54,24 @@ fn idle_and_slow_connections_cannot_take_the_server() {
         "an idle keep-alive connection was kept"
     );
 
+    // Headers trickled a byte at a time (slowloris) never make a request: closed too.
+    let mut trickle = TcpStream::connect(app.addr).unwrap();
+    trickle.write_all(b"GET /ping HTTP/1.1\r\n").unwrap();
+    let started = Instant::now();
+    let mut closed = false;
+    while started.elapsed() < Duration::from_secs(8) {
+        if trickle.write_all(b"X").is_err() {
+            closed = true;
+            break;
+        }
+        if closed_within(&mut trickle, Duration::from_millis(400)) {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a connection trickling its headers was kept for {:?}", started.elapsed());
+    eprintln!("a trickling connection was closed after {:?}", started.elapsed());
+
     // A body that stops half-way gets 408, and its connection goes.
     let mut slow = TcpStream::connect(app.addr).unwrap();
     slow.write_all(
