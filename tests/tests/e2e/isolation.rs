@@ -228,10 +228,12 @@ fn plugin_log_lines_are_budgeted_escaped_and_carry_the_hosts_request_id() {
         None,
     );
     assert_eq!(reply.status, 200, "{}", reply.text());
+    // The log is written by its own thread: wait for the report of what was dropped.
+    let reported = wait_for(Duration::from_secs(10), || app.logs().contains("dropped_lines"));
+    assert!(reported.is_some(), "the drop was not reported");
     let logs = app.logs();
     let flood_lines = logs.lines().filter(|l| l.contains("yyyyyyyy")).count();
     assert!(flood_lines <= 2, "{flood_lines} lines of 16 KiB logged from one call");
-    assert!(logs.contains("dropped_lines"), "the drop was not reported");
     assert!(
         !logs.lines().any(|l| l.trim_start().starts_with("2026-01-01T00:00:00.000000Z")),
         "a plugin forged a log line"
@@ -255,8 +257,8 @@ fn the_supervisor_stops_on_sigterm_while_it_cannot_start_a_server() {
     std::fs::write(&data, b"not a folder").unwrap();
     let server = app.worker_pid();
     let _ = std::process::Command::new("kill").args(["-KILL", &server.to_string()]).status();
-    std::thread::sleep(Duration::from_millis(1500));
-    assert!(app.logs().contains("did not start"), "{}", app.logs());
+    let failing = wait_for(Duration::from_secs(10), || app.logs().contains("did not start"));
+    assert!(failing.is_some(), "{}", app.logs());
     let status = app.terminate(Duration::from_secs(10));
     assert!(status.is_some(), "the supervisor ignored SIGTERM:\n{}", app.logs());
 }

@@ -26,7 +26,10 @@ fn a_corrupt_store_starts_degraded_and_recovers_when_repaired() {
         Some(&serde_json::json!({"uuid": crate::support::ADMIN_UUID, "totp": "123456"})),
     );
     token.error(503, "STORE_UNAVAILABLE");
-    assert!(app.logs().contains("the embedded store cannot be opened"), "{}", app.logs());
+    let said = wait_for(Duration::from_secs(10), || {
+        app.logs().contains("the embedded store cannot be opened")
+    });
+    assert!(said.is_some(), "{}", app.logs());
     // The operator moves the damaged file away: the store is made afresh and the admin recorded.
     let file = app.plugins_dir().parent().unwrap().join("data/plughost.sqlite3");
     std::fs::rename(&file, file.with_extension("damaged")).unwrap();
