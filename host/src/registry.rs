@@ -230,6 +230,11 @@ pub fn conflict(routed: &[Arc<LoadedModule>], module: &LoadedModule) -> Option<(
                 ),
             ));
         }
+        // An admin's module named like a tenant's function takes the name: that function is then
+        // reachable only through its own module (see `insert`), as the admin's placed first.
+        if module.owner.is_none() && other.owner.is_some() {
+            return None;
+        }
         let other_keys = [Some(other.spec.name.as_str()), other.spec.alias.as_deref()];
         if let Some(key) = keys.iter().find(|k| {
             other
