@@ -277,7 +277,7 @@ impl Authenticator {
         };
         self.throttle.admit(&uuid, source).map_err(AuthError::TooManyAttempts)?;
         if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
-            self.fail(&uuid, source)?;
+            self.fail(&uuid, source).await?;
             return Err(AuthError::TotpInvalid("a TOTP code is exactly 6 digits".to_owned()));
         }
         let record = self.principal(&uuid, true).await?;
@@ -285,13 +285,13 @@ impl Authenticator {
         // An unknown UUID costs the same work as a wrong code, and answers the same.
         let step = totp::verify(secret.as_deref().unwrap_or("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"), code, totp::now());
         let (Some(record), Some(step), Some(_)) = (record, step, secret) else {
-            self.fail(&uuid, source)?;
+            self.fail(&uuid, source).await?;
             return Err(AuthError::TotpInvalid(INVALID_CODE.to_owned()));
         };
         let caller = self.caller_of(&record)?;
         let expires_at = ((step + totp::SKEW_STEPS + 2) * totp::STEP_SECS) as i64;
         if !self.tenancy.store.use_code(&uuid, step, expires_at).await? {
-            self.fail(&uuid, source)?;
+            self.fail(&uuid, source).await?;
             return Err(AuthError::TotpReplayed);
         }
         self.throttle.succeeded(&uuid, source);
@@ -337,8 +337,13 @@ impl Authenticator {
         Ok(record)
     }
 
-    /// Counts a failure; past the client's budget, answers 429 instead.
-    fn fail(&self, uuid: &str, source: Source) -> Result<(), AuthError> {
-        self.throttle.failed(uuid, source).map_err(AuthError::TooManyAttempts)
+    /// Counts a failure; past the client's budget for the UUID, answers 429 instead. A client that
+    /// sprays wrong codes gets its answer late.
+    async fn fail(&self, uuid: &str, source: Source) -> Result<(), AuthError> {
+        let delay = self.throttle.failed(uuid, source).map_err(AuthError::TooManyAttempts)?;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        Ok(())
     }
 }

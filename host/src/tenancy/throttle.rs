@@ -1,17 +1,20 @@
-//! How many wrong TOTP codes a client and a UUID may send before attempts are refused unheard.
+//! How many wrong TOTP codes a client may send for a UUID before its attempts are refused
+//! unheard, and how a client that sprays wrong codes is slowed down.
 //!
 //! The threat: UUIDs identify, they are not secret, and a 6-digit code with one step of skew is
-//! guessed with probability 3 in a million per try. The budget is counted per client address
-//! (an IPv4 address, or an IPv6 /64) and per UUID, in this process (each replica counts its
-//! own):
-//! - a client with `max` failures in the window is refused (429) before its code is checked,
-//!   whatever UUID it names: it slows only itself;
-//! - a UUID with `max * UUID_FACTOR` failures in the window, from any clients, is refused to
-//!   every client that has failed in the window, and still checked for every client that has
-//!   not: someone else's failures never lock the owner out, and an attacker gets about one try
-//!   per fresh address per window once the UUID's budget is spent.
+//! guessed with probability 3 in a million per try. Clients are told apart by address (an IPv4
+//! address, or an IPv6 /64); everything is counted in this process (each replica counts its own):
+//! - a client with `max` failures for a UUID in the window is refused (429) for that UUID before
+//!   its code is checked: it locks out only itself, and only for that UUID;
+//! - a UUID with `max * UUID_FACTOR` failures in the window, from any clients, is refused to the
+//!   clients that failed for it, and still checked for every other: someone else's failures
+//!   never lock the owner out, and once the UUID's budget is spent an attacker gets about one
+//!   try per fresh address per window;
+//! - a client with `max * SPRAY_FACTOR` failures in the window, whatever the UUIDs, has each
+//!   further failure answered after a delay that grows to `MAX_DELAY`: slowed, never refused,
+//!   and a valid proof is never delayed.
 //!
-//! Each failure costs O(1): entries live in two generations of maps, and the older generation is
+//! Each attempt costs O(1): entries live in two generations of maps, and the older generation is
 //! dropped whole once it is past the window, so nothing is ever scanned.
 
 use std::{
@@ -21,8 +24,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// A UUID's budget, in multiples of a client's.
+/// A UUID's budget, in multiples of `max`.
 pub const UUID_FACTOR: u32 = 10;
+/// A client's budget over all UUIDs before its failures are answered late, in multiples of `max`.
+pub const SPRAY_FACTOR: u32 = 100;
+/// The longest a failed attempt of a client past its budget is held before its answer.
+pub const MAX_DELAY: Duration = Duration::from_secs(2);
 
 /// Where attempts come from: an IPv4 address, or the /64 an IPv6 address is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -99,8 +106,12 @@ impl<K: std::hash::Hash + Eq + Clone> Generation<K> {
 
 #[derive(Debug)]
 struct Books {
-    sources: Generation<Source>,
+    /// Failures of a client for a UUID.
+    pairs: Generation<(Source, String)>,
+    /// Failures for a UUID, from any client.
     uuids: Generation<String>,
+    /// Failures of a client, for any UUID.
+    sources: Generation<Source>,
     rotated: Instant,
 }
 
@@ -118,8 +129,9 @@ impl Throttle {
             max,
             window,
             books: Mutex::new(Books {
-                sources: Generation::default(),
+                pairs: Generation::default(),
                 uuids: Generation::default(),
+                sources: Generation::default(),
                 rotated: Instant::now(),
             }),
         }
@@ -128,8 +140,9 @@ impl Throttle {
     fn books(&self) -> std::sync::MutexGuard<'_, Books> {
         let mut books = self.books.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if books.rotated.elapsed() >= self.window {
-            books.sources.rotate();
+            books.pairs.rotate();
             books.uuids.rotate();
+            books.sources.rotate();
             books.rotated = Instant::now();
         }
         books
@@ -142,35 +155,37 @@ impl Throttle {
     /// `Err(seconds)` if an attempt from `source` for `uuid` is refused before its code is checked.
     pub fn admit(&self, uuid: &str, source: Source) -> Result<(), u64> {
         let books = self.books();
-        let from_source = books.sources.get(&source, self.window);
-        if let Some(count) = from_source.filter(|c| c.failures >= self.max) {
-            return Err(self.retry_after(count.since));
+        let Some(pair) = books.pairs.get(&(source, uuid.to_owned()), self.window) else {
+            // A client that never failed for this UUID is always heard.
+            return Ok(());
+        };
+        if pair.failures >= self.max {
+            return Err(self.retry_after(pair.since));
         }
-        if from_source.is_some() {
-            if let Some(count) = books.uuids.get(&uuid.to_owned(), self.window) {
-                if count.failures >= self.max.saturating_mul(UUID_FACTOR) {
-                    return Err(self.retry_after(count.since));
-                }
-            }
+        match books.uuids.get(&uuid.to_owned(), self.window) {
+            Some(count) if count.failures >= self.max.saturating_mul(UUID_FACTOR) => Err(self.retry_after(count.since)),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
-    /// Counts a failed proof; `Err(seconds)` when it spent the client's budget (answer 429).
-    pub fn failed(&self, uuid: &str, source: Source) -> Result<(), u64> {
+    /// Counts a failed proof. `Err(seconds)` when it spent the client's budget for the UUID
+    /// (answer 429); otherwise how long to hold the answer (zero unless the client sprays).
+    pub fn failed(&self, uuid: &str, source: Source) -> Result<Duration, u64> {
         let mut books = self.books();
         books.uuids.add(&uuid.to_owned(), self.window);
-        let count = books.sources.add(&source, self.window);
-        if count.failures > self.max {
-            return Err(self.retry_after(count.since));
+        let overall = books.sources.add(&source, self.window);
+        let pair = books.pairs.add(&(source, uuid.to_owned()), self.window);
+        if pair.failures > self.max {
+            return Err(self.retry_after(pair.since));
         }
-        Ok(())
+        let excess = overall.failures.saturating_sub(self.max.saturating_mul(SPRAY_FACTOR));
+        Ok((Duration::from_millis(20) * excess).min(MAX_DELAY))
     }
 
-    /// A valid proof: the client's slate is clean, and so is the UUID's.
+    /// A valid proof: the client's slate for the UUID is clean, and so is the UUID's.
     pub fn succeeded(&self, uuid: &str, source: Source) {
         let mut books = self.books();
-        books.sources.clear(&source);
+        books.pairs.clear(&(source, uuid.to_owned()));
         books.uuids.clear(&uuid.to_owned());
     }
 }
@@ -186,7 +201,7 @@ mod tests {
     }
 
     #[test]
-    fn a_client_past_its_budget_is_refused_and_others_are_not() {
+    fn a_client_past_its_budget_is_refused_for_that_uuid_only_and_others_are_not() {
         let throttle = Throttle::new(3, Duration::from_secs(60));
         let attacker = ip("10.0.0.1");
         for _ in 0..3 {
@@ -194,6 +209,7 @@ mod tests {
             assert!(throttle.failed(UUID, attacker).is_ok());
         }
         assert!(throttle.admit(UUID, attacker).is_err());
+        assert!(throttle.admit("another-uuid", attacker).is_ok(), "its other UUIDs are still heard");
         assert!(throttle.admit(UUID, ip("10.0.0.2")).is_ok(), "the owner elsewhere is still heard");
     }
 
@@ -207,6 +223,20 @@ mod tests {
         assert!(throttle.admit(UUID, ip("10.1.0.0")).is_err(), "a client that failed is refused");
         assert!(throttle.admit(UUID, ip("192.0.2.7")).is_ok(), "a clean client is still checked");
         assert!(throttle.admit("another", ip("10.1.0.0")).is_ok());
+    }
+
+    #[test]
+    fn a_client_spraying_uuids_is_slowed_not_refused() {
+        let throttle = Throttle::new(2, Duration::from_secs(60));
+        let sprayer = ip("10.2.0.1");
+        let mut delays = Vec::new();
+        for n in 0..(2 * SPRAY_FACTOR + 150) {
+            let uuid = format!("uuid-{n}");
+            assert!(throttle.admit(&uuid, sprayer).is_ok());
+            delays.push(throttle.failed(&uuid, sprayer).unwrap());
+        }
+        assert_eq!(delays[0], Duration::ZERO);
+        assert_eq!(*delays.last().unwrap(), MAX_DELAY);
     }
 
     #[test]

@@ -404,6 +404,13 @@ fn someone_elses_failures_never_lock_the_owner_out() {
         .send()
         .unwrap();
     assert_eq!(refused.status().as_u16(), 429);
+    // Its failures are for the victim's UUID only: the same address is heard for another one.
+    let other = attacker
+        .post(app.url("/rest/auth/token"))
+        .json(&json!({"uuid": ADMIN_UUID, "totp": code_at(ADMIN_SECRET, now() + 30)}))
+        .send()
+        .unwrap();
+    assert_eq!(other.status().as_u16(), 200, "an address was locked out of every UUID");
     // The owner, from its own address, is heard and let in at once.
     let reply = with_code(&app, "/rest/services/whoami/", &uuid, &code_at(&secret, now()));
     assert_eq!(reply.status, 200, "the owner was locked out by someone else: {}", reply.text());
