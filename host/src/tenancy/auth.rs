@@ -117,10 +117,28 @@ impl std::hash::Hash for TokenText {
     }
 }
 
+/// Whether `a` and `b` hold the same bytes, in a time that depends on their length only (which
+/// is not secret: a token's length is public). Compared 8 bytes at a time through `subtle`, whose
+/// byte-by-byte comparison costs ten times more on a 100-byte token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    if a.len() != b.len() {
+        return false;
+    }
+    let word = |chunk: &[u8]| {
+        let mut bytes = [0u8; 8];
+        bytes[..chunk.len()].copy_from_slice(chunk);
+        u64::from_le_bytes(bytes)
+    };
+    a.chunks(8)
+        .zip(b.chunks(8))
+        .fold(subtle::Choice::from(1), |same, (x, y)| same & word(x).ct_eq(&word(y)))
+        .into()
+}
+
 impl PartialEq for TokenText {
     fn eq(&self, other: &Self) -> bool {
-        // `subtle` compares lengths first (not secret: a token's length is public), then every byte.
-        subtle::ConstantTimeEq::ct_eq(self.0.as_bytes(), other.0.as_bytes()).into()
+        constant_time_eq(self.0.as_bytes(), other.0.as_bytes())
     }
 }
 
@@ -345,5 +363,18 @@ impl Authenticator {
             tokio::time::sleep(delay).await;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod constant_time_tests {
+    #[test]
+    fn tokens_compare_equal_only_when_every_byte_is() {
+        use super::constant_time_eq;
+        assert!(constant_time_eq(b"abcdefghij", b"abcdefghij"));
+        assert!(!constant_time_eq(b"abcdefghij", b"abcdefghiJ"));
+        assert!(!constant_time_eq(b"Abcdefghij", b"abcdefghij"));
+        assert!(!constant_time_eq(b"abcdefghij", b"abcdefghi"));
+        assert!(constant_time_eq(b"", b""));
     }
 }
