@@ -89,6 +89,13 @@ impl WorkerCgroup {
 
 impl Drop for WorkerCgroup {
     fn drop(&mut self) {
-        let _ = fs::remove_dir(&self.dir);
+        // The worker's own processes (in its PID namespace) may still be leaving when the host's
+        // child has been reaped: the kernel refuses to remove a cgroup that holds a process.
+        for _ in 0..20 {
+            match fs::remove_dir(&self.dir) {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => std::thread::sleep(std::time::Duration::from_millis(1)),
+                _ => return,
+            }
+        }
     }
 }

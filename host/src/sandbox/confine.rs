@@ -2,6 +2,8 @@
 //! constructors run at `dlopen`). Each layer is reported as in force or not, with the reason, so
 //! that an operator sees what protects them on this kernel.
 
+use std::os::fd::IntoRawFd;
+
 use rustix::process::{Resource, Rlimit};
 
 use super::protocol::{Layer, Rlimits};
@@ -17,6 +19,7 @@ pub fn apply(rlimits: &Rlimits) -> Vec<Layer> {
     let mut layers = vec![environment(), working_dir()];
     layers.push(network_namespace(root));
     layers.push(ipc_namespace());
+    layers.push(pid_namespace());
     layers.push(limits(rlimits));
     layers.push(unprivileged(root, rlimits.uid.unwrap_or(NOBODY)));
     layers.push(no_new_privs());
@@ -92,6 +95,151 @@ fn ipc_namespace() -> Layer {
             .map(|()| "a private IPC namespace: no other process's shared memory, semaphores or message queues".to_owned())
             .map_err(|e| format!("the kernel refused a private IPC namespace ({e}); seccomp still denies SysV and POSIX IPC")),
     )
+}
+
+/// A private PID namespace: the worker sees no other process, and no call that takes a pid can
+/// name one outside. The process the host started stays outside it: it starts the namespace's
+/// first process (its init, which only waits), then the worker, which returns from here and goes
+/// on confining itself; it then waits for the worker and ends exactly as the worker ended, so
+/// the host reads the same exit status as without the namespace. The worker is not the init
+/// itself because an init ignores the signals it sends itself, so its own `abort()` would end
+/// as a memory fault instead. When the host's process dies (the server killed it, or died), the
+/// init sees its pipe close and exits, and the kernel kills the rest of the namespace.
+fn pid_namespace() -> Layer {
+    use rustix::thread::UnshareFlags;
+    // SAFETY: the worker is single-threaded here, and this flag unshares no file descriptor table.
+    #[allow(unsafe_code)]
+    if let Err(e) = unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWPID) } {
+        return layer(
+            "pid_namespace",
+            Err(format!(
+                "the kernel refused a private PID namespace ({e}); seccomp still limits pid-taking calls to the worker itself"
+            )),
+        );
+    }
+    let refused = |what: &str, e: std::io::Error| {
+        layer(
+            "pid_namespace",
+            Err(format!("{what} ({e}); seccomp still limits pid-taking calls to the worker itself")),
+        )
+    };
+    // The init reads this pipe until every writer, that is the outside process, is gone.
+    let (alive_read, alive_write) = match rustix::pipe::pipe() {
+        Ok(ends) => ends,
+        Err(e) => return refused("no pipe for the namespace's init", e.into()),
+    };
+    let (alive_read, alive_write) = (alive_read.into_raw_fd(), alive_write.into_raw_fd());
+    let close_pipe = || {
+        // SAFETY: closing this process's copies of the pipe, which it does not use.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::close(alive_read);
+            libc::close(alive_write);
+        }
+    };
+    let init = match fork() {
+        Err(e) => {
+            close_pipe();
+            return refused("cannot start the namespace's init", e);
+        }
+        Ok(0) => namespace_init(alive_read, alive_write),
+        Ok(pid) => pid,
+    };
+    match fork() {
+        Err(e) => {
+            // SAFETY: plain system calls on a child of this process.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(init, libc::SIGKILL);
+                libc::waitpid(init, std::ptr::null_mut(), 0);
+            }
+            close_pipe();
+            refused("cannot start the worker in its namespace", e)
+        }
+        Ok(0) => {
+            close_pipe();
+            layer(
+                "pid_namespace",
+                Ok("a private PID namespace: no other process is visible or reachable by pid".to_owned()),
+            )
+        }
+        Ok(worker) => outside(worker, init, alive_write),
+    }
+}
+
+fn fork() -> std::io::Result<libc::pid_t> {
+    // SAFETY: the process is single-threaded (no thread has been started yet), so the child may
+    // go on running Rust code.
+    #[allow(unsafe_code)]
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(pid)
+    }
+}
+
+/// Closes every descriptor above stderr but `keep`.
+fn close_above_stderr_but(keep: i32) {
+    // SAFETY: no memory arguments; the caller keeps nothing else above stderr.
+    #[allow(unsafe_code)]
+    unsafe {
+        if keep > 3 {
+            libc::syscall(libc::SYS_close_range, 3u32, (keep - 1) as u32, 0u32);
+        }
+        libc::syscall(libc::SYS_close_range, (keep + 1) as u32, u32::MAX, 0u32);
+    }
+}
+
+/// The namespace's first process: holds the namespace open while the outside process lives.
+fn namespace_init(alive_read: i32, alive_write: i32) -> ! {
+    // SAFETY: plain system calls; the buffer outlives the read.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::close(alive_write);
+        close_above_stderr_but(alive_read);
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+        let mut byte = 0u8;
+        // Nothing is ever written: the read ends when the last writer is gone.
+        while libc::read(alive_read, std::ptr::addr_of_mut!(byte).cast(), 1) != 0 {
+            if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                break;
+            }
+        }
+        libc::_exit(0)
+    }
+}
+
+/// The host's own child, outside the namespace: waits for the worker, ends its init, and ends
+/// as the worker did (the same exit code, or the same signal).
+fn outside(worker: libc::pid_t, init: libc::pid_t, alive_write: i32) -> ! {
+    // The channels and the library belong to the worker.
+    close_above_stderr_but(alive_write);
+    let mut status = 0;
+    // SAFETY: plain system calls on this process's children and its own signal state.
+    #[allow(unsafe_code)]
+    unsafe {
+        while libc::waitpid(worker, &mut status, 0) < 0 {
+            if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                libc::_exit(70);
+            }
+        }
+        libc::kill(init, libc::SIGKILL);
+        libc::waitpid(init, std::ptr::null_mut(), 0);
+        if libc::WIFSIGNALED(status) {
+            let signal = libc::WTERMSIG(status);
+            let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+            libc::signal(signal, libc::SIG_DFL);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, signal);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            libc::kill(libc::getpid(), signal);
+            libc::_exit(128 + signal)
+        }
+        libc::_exit(if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 70 })
+    }
 }
 
 /// The bytes of address space this process has mapped (`VmSize`).

@@ -1171,6 +1171,7 @@ impl Worker {
         let load = HostMsg::Load {
             protocol: PROTOCOL_VERSION,
             library: library.map(|p| p.to_string_lossy().into_owned()),
+            module: module.to_owned(),
             rlimits: Rlimits {
                 address_space_bytes: limits.memory_bytes,
                 cpu_seconds: sandbox.settings.cpu_seconds,
@@ -1333,8 +1334,13 @@ impl Worker {
 
     /// The worker died: how, and whether it ran out of memory.
     fn crashed(&mut self, context: String) -> Failure {
-        // A worker that closed its channel but runs on is ended here, so that waiting for its
-        // status cannot hang; one that died already keeps the status it died with.
+        // The host's child outlives the worker in its PID namespace by the moment it takes to
+        // pass on how the worker ended; a worker that closed its channel but runs on is ended
+        // after that moment, so that waiting for its status cannot hang.
+        let ending = Instant::now();
+        while matches!(self.child.try_wait(), Ok(None)) && ending.elapsed() < Duration::from_millis(100) {
+            thread::sleep(Duration::from_micros(200));
+        }
         let _ = self.child.kill();
         let status = self.exit_status();
         let reported = self.output_log.take().and_then(|h| h.join().ok()).unwrap_or(false);
@@ -1360,10 +1366,20 @@ impl Worker {
     }
 
     /// Resident memory, from `/proc`.
+    /// The resident memory of the process that runs the plugin: in a PID namespace, the host's
+    /// child waits outside it while its two children (the namespace's init and the worker) run
+    /// inside; the init's few pages count too, which does not change the growth measured.
     fn rss(&self) -> Option<u64> {
-        let statm = fs::read_to_string(format!("/proc/{}/statm", self.pid)).ok()?;
-        let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-        Some(pages * 4096)
+        let statm = |pid: &str| -> Option<u64> {
+            let statm = fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+            let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+            Some(pages * 4096)
+        };
+        let children = fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.pid)).unwrap_or_default();
+        if children.trim().is_empty() {
+            return statm(&self.pid.to_string());
+        }
+        children.split_whitespace().map(statm).sum()
     }
 }
 

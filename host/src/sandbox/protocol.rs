@@ -23,6 +23,10 @@ pub enum HostMsg<'a> {
     Load {
         protocol: u32,
         library: Option<String>,
+        /// The plugin's file name, which names the worker's in-memory copy of the library (seen in
+        /// `/proc/<pid>/maps` as `memfd:plughost:<file>`), so an operator can tell workers apart.
+        #[serde(default)]
+        module: String,
         rlimits: Rlimits,
     },
     /// Call a function; the request body follows the header.

@@ -56,15 +56,16 @@ fn run() -> Result<(), String> {
     let mut requests = BufReader::with_capacity(64 * 1024, File::from(requests));
     let _ = REPLIES.set(Mutex::new(BufWriter::new(File::from(replies))));
 
-    let (library, rlimits) = match read_frame::<HostMsg>(&mut requests, 1 << 20) {
+    let (library, module, rlimits) = match read_frame::<HostMsg>(&mut requests, 1 << 20) {
         Ok((
             HostMsg::Load {
                 protocol,
                 library,
+                module,
                 rlimits,
             },
             _,
-        )) if protocol == PROTOCOL_VERSION => (library, rlimits),
+        )) if protocol == PROTOCOL_VERSION => (library, module, rlimits),
         Ok((HostMsg::Load { protocol, .. }, _)) => {
             let error = format!("the host speaks protocol {protocol}, this worker {PROTOCOL_VERSION}: they are different builds");
             send(&WorkerMsg::Loaded {
@@ -81,7 +82,7 @@ fn run() -> Result<(), String> {
     // Read into an anonymous memory file before confinement, then mapped from there: nothing on
     // disk needs to stay reachable (the folders above the library may be private to the host's
     // user), and the image cannot change between checks and mapping.
-    let file = match library.as_deref().map(in_memory).transpose() {
+    let file = match library.as_deref().map(|path| in_memory(path, &module)).transpose() {
         Ok(file) => file,
         Err(err) => {
             return send(&WorkerMsg::Loaded {
@@ -173,10 +174,12 @@ fn close_inherited_descriptors() -> Result<(), String> {
     Ok(())
 }
 
-/// The library at `path`, copied into a memory file.
-fn in_memory(path: &str) -> std::io::Result<File> {
+/// The library at `path`, copied into a memory file named after the plugin's file.
+fn in_memory(path: &str, module: &str) -> std::io::Result<File> {
     let mut source = File::open(path)?;
-    let mut memory = File::from(rustix::fs::memfd_create("plughost-plugin", rustix::fs::MemfdFlags::CLOEXEC)?);
+    // The kernel takes up to 249 bytes of name, without NUL.
+    let name: String = format!("plughost:{module}").chars().filter(|&c| c != '\0').take(200).collect();
+    let mut memory = File::from(rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC)?);
     std::io::copy(&mut source, &mut memory)?;
     Ok(memory)
 }

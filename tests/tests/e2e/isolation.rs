@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::{
     sandbox::Tenant,
-    support::{plugin_file, wait_for, App, Setup},
+    support::{alive, plugin_file, plugin_processes, sandbox_processes, wait_for, App, Setup},
 };
 
 /// A server with the admin's `hello`, an attacking tenant running `rogue` and a victim tenant
@@ -63,45 +63,28 @@ impl Scene {
         body["error"].as_str().unwrap_or_default().to_owned()
     }
 
-    fn attacker_pid(&self) -> u32 {
+    /// The attacker's own pid, as it sees it.
+    fn attacker_own_pid(&self) -> u32 {
         self.attack("hello")["pid"].as_u64().unwrap() as u32
     }
 
-    /// The victim tenant's worker: the server's child running `plughost worker` that is not the
-    /// attacker's.
-    fn victim_pid(&self) -> u32 {
-        assert_eq!(self.victim.get(&self.app, "/rest/services/module2/hello-world2/").status, 200);
-        let server = self.app.worker_pid() as u32;
-        let attacker = self.attacker_pid();
-        let workers: Vec<u32> = children(server)
-            .into_iter()
-            .filter(|&pid| pid != attacker && is_sandbox_worker(pid))
-            .collect();
-        assert_eq!(workers.len(), 1, "expected one victim worker among {workers:?}");
+    /// The one process running the plugin in `file`, as the host sees it.
+    fn plugin_process(&self, file: &str) -> u32 {
+        let workers = plugin_processes(self.app.worker_pid(), file);
+        assert_eq!(workers.len(), 1, "expected one worker running {file}, found {workers:?}");
         workers[0]
     }
-}
 
-fn children(pid: u32) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        if ppid(child) == Some(pid) {
-            found.push(child);
-        }
+    /// The victim tenant's worker.
+    fn victim_pid(&self) -> u32 {
+        assert_eq!(self.victim.get(&self.app, "/rest/services/module2/hello-world2/").status, 200);
+        self.plugin_process("libmodule2.so")
     }
-    found
-}
 
-fn ppid(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn is_sandbox_worker(pid: u32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.split(|&b| b == 0).nth(1) == Some(b"worker"))
+    fn attacker_pid(&self) -> u32 {
+        assert_eq!(self.attack("hello")["hello"], "from the sandbox");
+        self.plugin_process("librogue.so")
+    }
 }
 
 /// What the kernel says of a process: its limits file, its nice value, its policy, its CPUs.
@@ -136,8 +119,15 @@ fn processes_and_ipc_are_out_of_reach(user: Option<u32>) {
         assert_ne!(uid_of(victim), uid_of(attacker), "two tenants' workers share a uid");
         assert_ne!(uid_of(attacker), 0);
     }
+    // In its PID namespace the attacker is process 2 (1 is the namespace's init) and sees no
+    // other: every pid outside is out of reach, whatever the call.
+    let own = scene.attacker_own_pid();
+    let hello = scene.attack("hello");
+    eprintln!("the attacker sees itself as pid {own}, its parent as {}", hello["ppid"]);
+    assert_eq!(own, 2, "the worker is not in a PID namespace of its own: {hello}");
+    assert_eq!(hello["ppid"], 0, "the worker sees its parent: {hello}");
     let before: Vec<String> = [victim, server, supervisor].iter().map(|&pid| vitals(pid)).collect();
-    for target in [victim, server, supervisor] {
+    for target in [victim, server, supervisor, 1] {
         for probe in ["prlimit", "prlimit_files", "renice", "reschedule", "pin"] {
             let error = scene.denied(&format!("{probe}/?pid={target}"));
             eprintln!("{probe} on pid {target}: denied ({error})");
@@ -146,7 +136,7 @@ fn processes_and_ipc_are_out_of_reach(user: Option<u32>) {
     let after: Vec<String> = [victim, server, supervisor].iter().map(|&pid| vitals(pid)).collect();
     assert_eq!(before, after, "a tenant changed another process's limits or scheduling");
     // Its own limits it may read and set (the C library does).
-    let own = scene.attack(&format!("renice/?pid={attacker}"));
+    let own = scene.attack(&format!("renice/?pid={own}"));
     assert_eq!(own["denied"], false, "a plugin may lower its own priority: {own}");
     // The process group, SysV and POSIX IPC, leaving the group, clearing the death signal.
     for probe in ["kill_group", "shm/?key=4242", "shm/?key=0", "mqueue", "setsid", "orphan"] {
@@ -190,18 +180,13 @@ fn processes_and_ipc_are_out_of_reach(user: Option<u32>) {
 
     // The attacker asked to outlive its server (refused above); kill the server hard: every
     // worker goes with it, and the supervisor starts a fresh server that serves.
+    let workers = sandbox_processes(u64::from(server));
+    assert!(workers.contains(&attacker) && workers.contains(&victim), "{workers:?}");
     let _ = std::process::Command::new("kill").args(["-KILL", &server.to_string()]).status();
-    let all_gone = wait_for(Duration::from_secs(10), || [attacker, victim].iter().all(|&pid| !alive(pid)));
-    assert!(all_gone.is_some(), "sandbox workers outlived their server");
+    let all_gone = wait_for(Duration::from_secs(10), || workers.iter().all(|&pid| !alive(pid)));
+    assert!(all_gone.is_some(), "sandbox workers outlived their server: {workers:?}");
     let back = wait_for(Duration::from_secs(30), || app.get("/rest/services/hello/greet/").status == 200);
     assert!(back.is_some(), "the supervisor did not bring the server back:\n{}", app.logs());
-}
-
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
 }
 
 #[test]

@@ -18,7 +18,9 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
-use crate::support::{code_at, now, plugin_file, status_where, wait_for, write_by_rename, App, Reply, Setup};
+use crate::support::{
+    code_at, now, plugin_file, plugin_processes, sandbox_processes, status_where, wait_for, write_by_rename, App, Reply, Setup,
+};
 
 /// A tenant of a test server, with a bearer token.
 pub struct Tenant {
@@ -152,17 +154,21 @@ fn misbehaving_tenant_plugins_are_contained_and_the_worker_comes_back() {
     let back = || {
         let reply = tenant.get(&app, "/rest/services/rogue/hello/");
         assert_eq!(reply.status, 200, "the module did not come back: {}", reply.text());
-        reply.json()["pid"].as_u64().unwrap()
+        reply.json()["worker"].as_str().unwrap().to_owned()
     };
-    let first_pid = back();
+    let first_worker = back();
     let hello = tenant.get(&app, "/rest/services/rogue/hello/").json();
     assert_eq!(
         hello["host_allocator"], true,
         "a sandboxed plugin allocates through the worker's allocator: {hello}"
     );
     if layers.get("memory_cgroup") == Some(&true) {
-        let cgroup = std::fs::read_to_string(format!("/proc/{first_pid}/cgroup")).unwrap();
-        assert!(cgroup.contains("/plughost-"), "the worker is not in its memory cgroup: {cgroup}");
+        let workers = plugin_processes(app.worker_pid(), "librogue.so");
+        assert!(!workers.is_empty());
+        for pid in workers {
+            let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+            assert!(cgroup.contains("/plughost-"), "the worker is not in its memory cgroup: {cgroup}");
+        }
         eprintln!("the worker runs in its own memory cgroup; layer checked: memory_cgroup");
     } else {
         eprintln!("memory_cgroup is unavailable here; RLIMIT_AS alone bounds memory");
@@ -174,7 +180,7 @@ fn misbehaving_tenant_plugins_are_contained_and_the_worker_comes_back() {
         !panic["error_description"].as_str().unwrap().contains("on purpose"),
         "panic text leaked: {panic}"
     );
-    assert_eq!(back(), first_pid, "a caught panic keeps its worker");
+    assert_eq!(back(), first_worker, "a caught panic keeps its worker");
     for (function, cause) in [("segfault", "signal 11"), ("abort", "signal 6"), ("exit", "status 3")] {
         let body = call(function).error(502, "WORKER_CRASHED");
         assert!(body["error_description"].as_str().unwrap().contains(cause), "{function}: {body}");
@@ -505,17 +511,21 @@ fn workers_are_retired_after_their_call_budget_and_leave_by_themselves() {
         &std::fs::read(plugin_file("rogue")).unwrap(),
         "/rest/services/rogue/hello/",
     );
-    let pid = |reply: Reply| reply.json()["pid"].as_u64().unwrap();
-    let mut pids = Vec::new();
-    for _ in 0..7 {
-        pids.push(pid(tenant.get(&app, "/rest/services/rogue/hello/")));
+    let worker = |reply: Reply| reply.json()["worker"].as_str().unwrap().to_owned();
+    let mut workers = vec![worker(tenant.get(&app, "/rest/services/rogue/hello/"))];
+    let first = sandbox_processes(app.worker_pid());
+    assert!(!first.is_empty());
+    for _ in 0..6 {
+        workers.push(worker(tenant.get(&app, "/rest/services/rogue/hello/")));
     }
-    pids.dedup();
-    assert!(pids.len() >= 3, "workers were not retired after 3 calls: {pids:?}");
-    // A retired worker is told goodbye and exits; it is reaped within a second or two.
-    let first = pids[0];
-    let gone = wait_for(Duration::from_secs(5), || !std::path::Path::new(&format!("/proc/{first}")).exists());
-    assert!(gone.is_some(), "retired worker {first} is still there");
+    workers.dedup();
+    assert!(workers.len() >= 3, "workers were not retired after 3 calls: {workers:?}");
+    // A retired worker is told goodbye and exits, with every process of its namespace; it is
+    // reaped within a second or two.
+    let gone = wait_for(Duration::from_secs(5), || {
+        first.iter().all(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+    });
+    assert!(gone.is_some(), "retired worker {first:?} is still there");
     let plugins = app.admin("GET", "/rest/admin/plugins", None).json();
     let rogue = plugins["plugins"]
         .as_array()
@@ -565,12 +575,13 @@ fn workers_outlive_idle_pool_threads_and_die_with_the_host() {
             reply.text()
         );
     }
-    let workers: Vec<u64> = burst("/rest/services/rogue/hello/")
-        .iter()
-        .map(|r| r.json()["pid"].as_u64().unwrap())
-        .collect();
-    // The server process dies hard: its workers go with it.
+    for reply in burst("/rest/services/rogue/hello/") {
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    // The server process dies hard: its workers go with it, with their namespaces.
     let server = app.worker_pid();
+    let workers: Vec<u64> = sandbox_processes(server).into_iter().map(u64::from).collect();
+    assert!(workers.len() >= 3, "{workers:?}");
     let _ = Command::new("kill").args(["-KILL", &server.to_string()]).status();
     let all_gone = wait_for(Duration::from_secs(10), || workers.iter().all(|pid| gone(*pid)));
     assert!(all_gone.is_some(), "sandbox workers outlived their server: {workers:?}");
@@ -594,6 +605,8 @@ fn a_host_that_is_not_root_still_sandboxes() {
     for layer in [
         "clean_environment",
         "network_namespace",
+        "ipc_namespace",
+        "pid_namespace",
         "rlimits",
         "no_new_privs",
         "landlock",

@@ -609,6 +609,58 @@ pub fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> Option<Du
     None
 }
 
+/// Every process below `server` (at any depth) running `plughost worker`: with a PID namespace,
+/// three per worker (the server's child, which waits outside the namespace, the namespace's init
+/// and the worker itself).
+pub fn sandbox_processes(server: u64) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let is_worker = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.split(|&b| b == 0).nth(1) == Some(b"worker"));
+        if is_worker && descends_from(pid, server as u32) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// The processes below `server` that run the plugin in `file` (`librogue.so`): those that mapped
+/// the worker's in-memory copy of the library, which the worker names `plughost:<file>`.
+pub fn plugin_processes(server: u64, file: &str) -> Vec<u32> {
+    let mark = format!("/memfd:plughost:{file} ");
+    sandbox_processes(server)
+        .into_iter()
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|maps| maps.contains(&mark)))
+        .collect()
+}
+
+/// A process's parent, as the host's namespace sees it.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn descends_from(mut pid: u32, ancestor: u32) -> bool {
+    for _ in 0..8 {
+        match parent_of(pid) {
+            Some(parent) if parent == ancestor => return true,
+            Some(parent) if parent > 1 => pid = parent,
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// Whether a process is running (not gone, not a zombie nobody reaped yet).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
 /// A process's resident memory, in KiB.
 pub fn rss_kib(pid: u64) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
