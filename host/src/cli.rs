@@ -105,9 +105,14 @@ pub fn publish(config: &Config, file: &std::path::Path, name: Option<&str>, tena
     runtime()?.block_on(async {
         let tenancy = open(config).await?;
         let program = std::env::current_exe()?;
-        let limits = crate::sandbox::Limits::from_config(config);
-        let sandbox = crate::sandbox::Sandbox::start(program, &config.data_dir, config.sandbox.clone(), limits)?;
-        sandbox.set_tenant_records(tenancy.store.list("tenant").await?);
+        let sandbox = plughost_sandbox::Sandbox::start(
+            program,
+            &config.data_dir,
+            config.sandbox.clone(),
+            config.sandbox_limits(),
+            std::sync::Arc::new(plughost_sandbox::Unobserved),
+        )?;
+        sandbox.set_tenants(crate::plugins::tenant_infos(tenancy.store.list("tenant").await?));
         let uploader = format!("cli:{}", config.admin_uuid);
         let upload = crate::publish::Upload {
             tenant,

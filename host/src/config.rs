@@ -234,7 +234,7 @@ pub struct Config {
     /// Whether the admin's own plugins run in sandbox workers too (`ADMIN_ISOLATION=process`).
     pub admin_isolation: bool,
     /// `SANDBOX_*`.
-    pub sandbox: crate::sandbox::Settings,
+    pub sandbox: plughost_sandbox::Settings,
     /// `WATCH_MODE=poll`: rescans only, no inotify.
     pub watch_poll: bool,
     /// Largest plugin accepted for publishing.
@@ -246,9 +246,9 @@ pub struct Config {
 }
 
 /// `SANDBOX_*`, from `var` (key, default → value).
-fn sandbox_settings(errors: &mut Vec<String>, var: &dyn Fn(&str, &str) -> String) -> crate::sandbox::Settings {
+fn sandbox_settings(errors: &mut Vec<String>, var: &dyn Fn(&str, &str) -> String) -> plughost_sandbox::Settings {
     let mut number = |key: &str, default: &str, min: u64, max: u64| parse_number(errors, key, &var(key, default), min, max);
-    crate::sandbox::Settings {
+    plughost_sandbox::Settings {
         memory_bytes: number("SANDBOX_MEMORY_MB", "512", 32, 1 << 20) << 20,
         cpu_seconds: number("SANDBOX_CPU_SECS", "300", 1, 86_400 * 365),
         open_files: number("SANDBOX_OPEN_FILES", "64", 16, 1 << 20),
@@ -265,9 +265,21 @@ fn sandbox_settings(errors: &mut Vec<String>, var: &dyn Fn(&str, &str) -> String
     }
 }
 
+impl Config {
+    /// The limits a sandboxed module runs under when its tenant overrides none.
+    pub fn sandbox_limits(&self) -> plughost_sandbox::Limits {
+        plughost_sandbox::Limits {
+            call_timeout: self.call_timeout,
+            memory_bytes: self.sandbox.memory_bytes,
+            max_concurrency: self.sandbox.max_concurrency,
+            max_response_bytes: self.max_response_bytes,
+        }
+    }
+}
+
 /// The sandbox settings of a process with no `.env` (`plughost check`): the defaults, or the
 /// `SANDBOX_*` of the environment when they are all valid.
-pub fn sandbox_defaults() -> crate::sandbox::Settings {
+pub fn sandbox_defaults() -> plughost_sandbox::Settings {
     let from_env = |key: &str, default: &str| {
         std::env::var(key)
             .ok()
@@ -408,7 +420,7 @@ impl Config {
         for i in 1..=num_url_parms {
             let key = format!("URL_PARM{i}");
             let name = var(&key, &format!("parm_{i}"));
-            if !is_identifier(&name) {
+            if !plughost_runtime::manifest::is_identifier(&name) {
                 errors.push(format!(
                     "{key}={name} is not a valid parameter name: use letters, digits and '_' (no dashes), not starting with a digit"
                 ));
@@ -704,12 +716,6 @@ fn parse_number(errors: &mut Vec<String>, key: &str, text: &str, min: u64, max: 
     }
 }
 
-/// `[A-Za-z_][A-Za-z0-9_]*`: what a kwarg name from the configuration may look like.
-pub fn is_identifier(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -805,14 +811,5 @@ mod tests {
             let key = key.replace("<n>", "1");
             assert!(example.contains(&format!("{key}=")), ".env.example lacks {key}");
         }
-    }
-
-    #[test]
-    fn identifiers() {
-        assert!(is_identifier("parm_1"));
-        assert!(is_identifier("_x"));
-        assert!(!is_identifier("1x"));
-        assert!(!is_identifier("a-b"));
-        assert!(!is_identifier(""));
     }
 }

@@ -18,11 +18,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use abi_stable::std_types::{RResult, Tuple2};
+use abi_stable::std_types::RResult;
 use bytes::Bytes;
 use plugin_api::ErrorKind;
 
-use crate::{loader::CallParts, registry::Endpoint};
+use plughost_runtime::call::{CallParts, PluginReply};
+
+use crate::registry::Endpoint;
 
 /// Everything a call carries, owned, so that it can move to the blocking pool.
 #[derive(Debug)]
@@ -34,30 +36,6 @@ pub struct CallInput {
     pub body: Bytes,
     pub content_type: String,
     pub request_id: std::sync::Arc<str>,
-}
-
-/// A plugin's successful answer.
-#[derive(Debug)]
-pub struct PluginReply {
-    pub status: u16,
-    pub content_type: String,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl From<plugin_api::abi::CallResponse> for PluginReply {
-    fn from(response: plugin_api::abi::CallResponse) -> PluginReply {
-        PluginReply {
-            status: response.status,
-            content_type: response.content_type.into_string(),
-            headers: response
-                .headers
-                .into_iter()
-                .map(|Tuple2(name, value)| (name.into_string(), value.into_string()))
-                .collect(),
-            body: response.body.into_vec(),
-        }
-    }
 }
 
 /// Why a call produced no reply.
@@ -83,6 +61,23 @@ pub enum CallError {
     ResponseTooLarge(u64),
     #[error("the sandbox worker failed: {0}")]
     WorkerFailed(String),
+}
+
+impl From<plughost_sandbox::SandboxError> for CallError {
+    fn from(err: plughost_sandbox::SandboxError) -> CallError {
+        use plughost_sandbox::SandboxError as E;
+        match err {
+            E::Plugin { kind, code, message } => CallError::Plugin { kind, code, message },
+            E::Panicked(message) => CallError::Panicked(message),
+            E::Timeout(after) => CallError::Timeout(after),
+            E::Crashed(status) => CallError::Crashed(status),
+            E::OutOfMemory(mib) => CallError::OutOfMemory(mib),
+            E::Quarantined(why) => CallError::Quarantined(why),
+            E::Busy(limit) => CallError::Busy(limit),
+            E::ResponseTooLarge(size) => CallError::ResponseTooLarge(size),
+            E::WorkerFailed(why) => CallError::WorkerFailed(why),
+        }
+    }
 }
 
 /// Quick calls in a row before a function is called inline.
@@ -141,7 +136,7 @@ const SANDBOX_GRACE: Duration = Duration::from_secs(2);
 /// A call through the module's worker pool. It runs as a task of its own, so that a client that
 /// goes away does not cut a call short: its worker finishes it and goes back to the pool.
 async fn call_sandboxed(
-    pool: Arc<crate::sandbox::Pool>,
+    pool: Arc<plughost_sandbox::Pool>,
     endpoint: Endpoint,
     input: CallInput,
     quick_max: Option<Duration>,
@@ -152,7 +147,7 @@ async fn call_sandboxed(
     let deadline = pool.limits().call_timeout * 2 + SANDBOX_GRACE;
     let task = tokio::spawn(async move {
         let function = endpoint.function();
-        let head = crate::sandbox::protocol::CallHead {
+        let head = plughost_sandbox::protocol::CallHead {
             id: 0,
             function: function.index,
             function_name: Cow::Borrowed(&function.name),
@@ -164,11 +159,11 @@ async fn call_sandboxed(
             content_type: Cow::Borrowed(&input.content_type),
             request_id: Cow::Borrowed(&input.request_id),
         };
-        let pace = crate::sandbox::Pace {
+        let pace = plughost_sandbox::Pace {
             streak: endpoint.quick_streak(),
             quick_max,
         };
-        pool.call(head, &input.body, pace).await
+        pool.call(head, &input.body, pace).await.map_err(CallError::from)
     });
     match tokio::time::timeout(deadline, task).await {
         Ok(Ok(result)) => result,

@@ -67,7 +67,7 @@ pub fn from_body(kind: BodyKind, body: &[u8]) -> Result<BodyKwargs, KwargsError>
         Some(Value::Object(map)) => {
             for (from, to) in &map {
                 match to {
-                    Value::String(to) if crate::config::is_identifier(to) && to != "__map__" => {}
+                    Value::String(to) if plughost_runtime::manifest::is_identifier(to) && to != "__map__" => {}
                     _ => {
                         return Err(error(
                             "INVALID_MAP",

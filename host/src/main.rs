@@ -7,11 +7,11 @@ use clap::{Parser, Subcommand};
 use plughost::{
     config::{Config, LogFormat},
     loader,
-    manifest::visibility_name,
     server::App,
     supervisor::{self, WorkerCommand},
     Role,
 };
+use plughost_runtime::manifest::visibility_name;
 
 #[derive(Parser)]
 #[command(
@@ -208,7 +208,7 @@ fn main() -> ExitCode {
     // A sandbox worker must not parse arguments or read .env: it has a clean environment and
     // takes everything from its channel.
     if std::env::args_os().nth(1).is_some_and(|arg| arg == "worker") {
-        return plughost::sandbox::worker::main();
+        return plughost_sandbox::worker::main();
     }
     let cli = Cli::parse();
     if matches!(
@@ -221,7 +221,7 @@ fn main() -> ExitCode {
         Some(Command::Check { file, pubkeys, in_process }) => check(&file, pubkeys.as_deref(), in_process),
         Some(Command::Recycle { env_file }) => recycle(env_file),
         Some(Command::Worker(args)) => worker(args),
-        Some(Command::Sandbox) => Ok(plughost::sandbox::worker::main()),
+        Some(Command::Sandbox) => Ok(plughost_sandbox::worker::main()),
         Some(Command::Keygen {
             signing_key: Some(file), ..
         }) => plughost::cli::signing_keygen(&file),
@@ -429,29 +429,35 @@ fn inspect(
     file: &std::path::Path,
     scratch: &std::path::Path,
     in_process: bool,
-) -> Result<(plughost::manifest::ModuleSpec, String), String> {
+) -> Result<(plughost_runtime::manifest::ModuleSpec, String), String> {
     if in_process {
         let module = loader::load(file, scratch).map_err(|e| e.to_string())?;
         return Ok((module.spec.clone(), module.sha256.clone()));
     }
-    let candidate = loader::read(file).map_err(|e| e.to_string())?;
+    let candidate = plughost_runtime::library::read(file).map_err(|e| e.to_string())?;
     let program = std::env::current_exe().map_err(|e| format!("cannot find the plughost executable: {e}"))?;
     let settings = plughost::config::sandbox_defaults();
-    let limits = plughost::sandbox::Limits {
+    let limits = plughost_sandbox::Limits {
         call_timeout: std::time::Duration::from_secs(30),
         memory_bytes: settings.memory_bytes,
         max_concurrency: 1,
         max_response_bytes: 1 << 20,
     };
-    let sandbox = plughost::sandbox::Sandbox::start(program, scratch, settings, limits)
-        .map_err(|e| format!("cannot start a sandbox worker under {}: {e}", scratch.display()))?;
+    let sandbox = plughost_sandbox::Sandbox::start(
+        program,
+        scratch,
+        settings,
+        limits,
+        std::sync::Arc::new(plughost_sandbox::Unobserved),
+    )
+    .map_err(|e| format!("cannot start a sandbox worker under {}: {e}", scratch.display()))?;
     let spec = sandbox.inspect(&candidate.bytes)?;
     Ok((spec, candidate.sha256))
 }
 
 /// `text` with control characters escaped.
 fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    plughost::sandbox::escape_control(text)
+    plughost_sandbox::escape_control(text)
 }
 
 fn check(file: &std::path::Path, pubkeys: Option<&str>, in_process: bool) -> anyhow::Result<ExitCode> {

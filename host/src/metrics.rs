@@ -325,6 +325,36 @@ pub fn method_label(method: &http::Method) -> &'static str {
     }
 }
 
+/// The sandbox's worker events, counted in [`METRICS`].
+pub struct SandboxMetrics;
+
+impl plughost_sandbox::Observer for SandboxMetrics {
+    fn worker_spawned(&self) {
+        METRICS.sandbox_worker_starts.inc();
+        METRICS.sandbox_workers.inc();
+    }
+
+    fn worker_loaded(&self, took: std::time::Duration) {
+        METRICS.sandbox_worker_start.observe(took.as_secs_f64());
+    }
+
+    fn worker_gone(&self) {
+        METRICS.sandbox_workers.dec();
+    }
+
+    fn worker_crashed(&self) {
+        METRICS.sandbox_worker_crashes.inc();
+    }
+
+    fn module_quarantined(&self) {
+        METRICS.sandbox_quarantines.inc();
+    }
+
+    fn call_timed_out(&self) {
+        METRICS.sandbox_call_timeouts.inc();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -107,7 +107,7 @@ pub struct Plugins {
     /// How many rounds of changes were applied; shown to operators, and steady when idle.
     rounds: std::sync::atomic::AtomicU64,
     /// Where tenants' modules run; without it they are refused.
-    sandbox: Option<Arc<crate::sandbox::Sandbox>>,
+    sandbox: Option<Arc<plughost_sandbox::Sandbox>>,
     /// Whether the admin's own plugins run in the sandbox too.
     admin_isolation: bool,
     /// When set, only files with a valid signature by one of these keys are loaded.
@@ -135,7 +135,7 @@ impl Plugins {
     }
 
     /// Runs tenants' modules (and, with `admin_isolation`, the admin's) in `sandbox`.
-    pub fn with_sandbox(mut self, sandbox: Arc<crate::sandbox::Sandbox>, admin_isolation: bool) -> Plugins {
+    pub fn with_sandbox(mut self, sandbox: Arc<plughost_sandbox::Sandbox>, admin_isolation: bool) -> Plugins {
         self.sandbox = Some(sandbox);
         self.admin_isolation = admin_isolation;
         self
@@ -149,7 +149,7 @@ impl Plugins {
     }
 
     /// The sandbox, if tenants' modules can run.
-    pub fn sandbox(&self) -> Option<&Arc<crate::sandbox::Sandbox>> {
+    pub fn sandbox(&self) -> Option<&Arc<plughost_sandbox::Sandbox>> {
         self.sandbox.as_ref()
     }
 
@@ -350,7 +350,7 @@ impl Plugins {
                 applied.failed.push(file.clone());
                 continue;
             }
-            let candidate = match loader::read(file) {
+            let candidate = match plughost_runtime::library::read(file) {
                 Ok(candidate) => candidate,
                 Err(err) => {
                     fail(inner, file, served.is_some(), None, err.to_string(), false);
@@ -398,8 +398,12 @@ impl Plugins {
             let isolate = owner.is_some() || self.admin_isolation;
             let loaded = match (&self.sandbox, isolate) {
                 (_, false) => loader::load_candidate(candidate, &self.shadow_dir),
-                (Some(sandbox), true) => sandbox.load(candidate, owner.clone()),
-                (None, true) => Err(loader::LoadError::Sandbox("this server runs without a sandbox".to_owned())),
+                (Some(sandbox), true) => sandbox
+                    .load(candidate, owner.clone())
+                    .map(|m| LoadedModule::new(m.spec, m.file, m.sha256, m.size, m.owner, loader::Backend::Sandbox(m.pool))),
+                (None, true) => Err(plughost_runtime::library::LoadError::Sandbox(
+                    "this server runs without a sandbox".to_owned(),
+                )),
             };
             let module = match loaded {
                 Ok(module) => Arc::new(module),
@@ -561,7 +565,7 @@ fn status_entry<'a>(inner: &'a mut Inner, file: &Path) -> &'a mut PluginStatus {
 
 fn fail(inner: &mut Inner, file: &Path, still_served: bool, sha: Option<String>, error: String, collided: bool) {
     // The reason may quote the plugin's own text (its names, a loader message).
-    let error = crate::sandbox::escape_control(&error).into_owned();
+    let error = plughost_sandbox::escape_control(&error).into_owned();
     if still_served {
         tracing::warn!(file = %file.display(), "new version not loaded, the previous one keeps serving: {error}");
     } else {
@@ -612,4 +616,18 @@ fn file_name(path: &Path) -> String {
 /// RFC 3339, to the second, in UTC.
 pub fn timestamp(time: SystemTime) -> String {
     humantime::format_rfc3339_seconds(time).to_string()
+}
+
+/// The tenants as the sandbox needs them, from their store records.
+pub fn tenant_infos(records: Vec<crate::tenancy::PrincipalRecord>) -> std::collections::HashMap<String, plughost_sandbox::TenantInfo> {
+    records
+        .into_iter()
+        .map(|r| {
+            let info = plughost_sandbox::TenantInfo {
+                active: r.is_active(),
+                limits: r.limits,
+            };
+            (r.uuid, info)
+        })
+        .collect()
 }

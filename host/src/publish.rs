@@ -19,8 +19,9 @@ use std::{
 
 use sha2::{Digest, Sha256};
 
+use plughost_sandbox::Sandbox;
+
 use crate::{
-    sandbox::Sandbox,
     signing::TrustedKeys,
     tenancy::{PublishedPlugin, Store, StoreError},
 };
@@ -122,7 +123,7 @@ pub async fn publish(
             return Err(PublishError::TenantFull(uuid.to_owned(), total, limit));
         }
     }
-    crate::elf::check(&bytes).map_err(|err| PublishError::Refused(err.to_string()))?;
+    plughost_runtime::elf::check(&bytes).map_err(|err| PublishError::Refused(err.to_string()))?;
     let inspector = sandbox.clone();
     let (spec, bytes) = tokio::task::spawn_blocking(move || inspector.inspect(&bytes).map(|spec| (spec, bytes)))
         .await

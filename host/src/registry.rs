@@ -3,7 +3,9 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use crate::{loader::LoadedModule, manifest::FunctionSpec};
+use plughost_runtime::manifest::FunctionSpec;
+
+use crate::loader::LoadedModule;
 
 /// A function ready to be called: its module and its spec.
 #[derive(Debug, Clone)]

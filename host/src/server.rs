@@ -36,11 +36,16 @@ const TENANT_REFRESH: Duration = Duration::from_secs(1);
 
 /// Starts the sandbox: learns the tenants, probes what confinement this machine enforces, and
 /// keeps the tenants up to date.
-async fn start_sandbox(config: &Config, tenancy: &Arc<crate::tenancy::tenants::Tenancy>) -> anyhow::Result<Arc<crate::sandbox::Sandbox>> {
+async fn start_sandbox(config: &Config, tenancy: &Arc<crate::tenancy::tenants::Tenancy>) -> anyhow::Result<Arc<plughost_sandbox::Sandbox>> {
     let program = std::env::current_exe().context("cannot find the plughost executable for sandbox workers")?;
-    let limits = crate::sandbox::Limits::from_config(config);
-    let sandbox = crate::sandbox::Sandbox::start(program, &config.data_dir, config.sandbox.clone(), limits)
-        .with_context(|| format!("cannot set up the sandbox under {}", config.data_dir.join("sandbox").display()))?;
+    let sandbox = plughost_sandbox::Sandbox::start(
+        program,
+        &config.data_dir,
+        config.sandbox.clone(),
+        config.sandbox_limits(),
+        Arc::new(crate::metrics::SandboxMetrics),
+    )
+    .with_context(|| format!("cannot set up the sandbox under {}", config.data_dir.join("sandbox").display()))?;
     refresh_tenants(&sandbox, tenancy, true).await;
     let probing = sandbox.clone();
     let layers = tokio::task::spawn_blocking(move || probing.probe()).await.unwrap_or_default();
@@ -64,9 +69,9 @@ async fn start_sandbox(config: &Config, tenancy: &Arc<crate::tenancy::tenants::T
 }
 
 /// Refreshes the sandbox's view of tenants from the store.
-pub async fn refresh_tenants(sandbox: &crate::sandbox::Sandbox, tenancy: &crate::tenancy::tenants::Tenancy, first: bool) {
+pub async fn refresh_tenants(sandbox: &plughost_sandbox::Sandbox, tenancy: &crate::tenancy::tenants::Tenancy, first: bool) {
     match tenancy.store.list("tenant").await {
-        Ok(records) => sandbox.set_tenant_records(records),
+        Ok(records) => sandbox.set_tenants(crate::plugins::tenant_infos(records)),
         Err(err) if first => tracing::warn!("cannot list tenants ({err}); their modules load once the store answers"),
         Err(err) => tracing::debug!("cannot refresh tenants ({err}); keeping the last known"),
     }
@@ -217,8 +222,8 @@ fn connections_for_file_limit() -> usize {
 /// is not root, workers share its uid and only seccomp and Landlock stand between them.) A
 /// tenants' folder made later is made private when its first module loads.
 fn keep_private(data_dir: &std::path::Path, plugins_dir: &std::path::Path) {
-    crate::sandbox::make_private(data_dir);
-    crate::sandbox::make_private(&plugins_dir.join(crate::plugins::TENANTS));
+    plughost_sandbox::make_private(data_dir);
+    plughost_sandbox::make_private(&plugins_dir.join(crate::plugins::TENANTS));
 }
 
 /// A bound, loaded server, ready to run.

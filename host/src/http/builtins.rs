@@ -26,7 +26,7 @@ pub fn version(stage: Option<&str>) -> Value {
         "stage": stage,
         "version": env!("CARGO_PKG_VERSION"),
         "abi_version": plugin_api::ABI_VERSION,
-        "plugin_api": crate::loader::plugin_api_version(),
+        "plugin_api": plughost_runtime::library::plugin_api_version(),
     })
 }
 

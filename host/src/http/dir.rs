@@ -2,9 +2,10 @@
 
 use serde_json::{json, Value};
 
+use plughost_runtime::manifest::{kind_name, visibility_name, FunctionSpec};
+
 use crate::{
     loader::LoadedModule,
-    manifest::{kind_name, visibility_name, FunctionSpec},
     plugins::timestamp,
     registry::{Registry, Viewer},
 };

@@ -67,8 +67,8 @@ impl ApiError {
         // Descriptions carry what clients and plugins wrote (names, a plugin's own message):
         // escaped, they cannot end the log line and forge another.
         let (logged, internal) = (
-            crate::sandbox::escape_control(&self.description),
-            crate::sandbox::escape_control(internal),
+            plughost_sandbox::escape_control(&self.description),
+            plughost_sandbox::escape_control(internal),
         );
         if self.status.is_server_error() {
             tracing::error!(request_id, error_id, status = self.status.as_u16(), error = %self.code, internal = %internal, "{logged}");

@@ -10,10 +10,9 @@ use warp::reply::Response;
 
 use super::{auth, dir, error::ApiError, path, RouteInfo};
 use crate::{
-    dispatch::{self, CallError, CallInput, PluginReply},
+    dispatch::{self, CallError, CallInput},
     kwargs::{self, BodyKind},
     loader::LoadedModule,
-    params,
     registry::{Endpoint, Everything, Resolution},
     tenancy::auth::Caller,
     AppState,
@@ -89,7 +88,7 @@ where
                 None => auth::caller(state, headers).await?,
             };
             info.caller = caller.as_ref().map_or("none", |c| c.kind());
-            let visible = |m: &LoadedModule, f: &crate::manifest::FunctionSpec| {
+            let visible = |m: &LoadedModule, f: &plughost_runtime::manifest::FunctionSpec| {
                 auth::may_use(m, caller.as_ref()) && auth::may_call(f.visibility, caller.as_ref())
             };
             let viewer = |m: &LoadedModule| auth::may_use(m, caller.as_ref());
@@ -198,7 +197,8 @@ where
         &from_body.rename,
     )
     .map_err(|e| ApiError::bad_request(e.code, e.message))?;
-    params::apply(&function.params, &mut kwargs).map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.code, e.message))?;
+    plughost_runtime::params::apply(&function.params, &mut kwargs)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.code, e.message))?;
 
     let input = CallInput {
         method: method.as_str().to_owned(),
@@ -331,7 +331,7 @@ const MANAGED_HEADERS: [&str; 7] = [
     "content-type",
 ];
 
-fn to_response(reply: PluginReply, endpoint: &Endpoint, max_bytes: usize) -> Result<Response, ApiError> {
+fn to_response(reply: plughost_runtime::call::PluginReply, endpoint: &Endpoint, max_bytes: usize) -> Result<Response, ApiError> {
     let bad = |what: String| {
         ApiError::new(
             StatusCode::BAD_GATEWAY,

@@ -193,7 +193,7 @@ impl Tenancy {
     /// Replaces a tenant's sandbox limits: a JSON object with any of `call_timeout_ms`,
     /// `memory_mb`, `max_concurrency`, `max_response_bytes` (`{}`: the defaults).
     pub async fn set_limits(&self, uuid: &str, limits: serde_json::Value, actor: &str) -> Result<PrincipalView, TenantError> {
-        crate::sandbox::check_overrides(&limits).map_err(TenantError::Invalid)?;
+        plughost_sandbox::check_overrides(&limits).map_err(TenantError::Invalid)?;
         let mut record = self.tenant(uuid).await?;
         record.limits = limits;
         record.updated_at = totp::now() as i64;

@@ -10,6 +10,7 @@ mod connections;
 mod errors;
 mod isolation;
 mod lifecycle;
+mod log_filters;
 mod mongo_auth;
 mod mongo_server;
 mod names;

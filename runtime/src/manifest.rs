@@ -8,6 +8,12 @@ use serde_json::Value;
 
 use crate::params;
 
+/// `[A-Za-z_][A-Za-z0-9_]*`: what a kwarg name (declared by a plugin, or configured) may look like.
+pub fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// The HTTP methods a function answers, besides the `HEAD` and `OPTIONS` the host adds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MethodSet(u8);
@@ -230,7 +236,7 @@ fn function_from_abi(index: usize, decl: &abi::FunctionDecl) -> Result<FunctionS
     let mut params: Vec<ParamSpec> = Vec::new();
     for p in decl.params.iter() {
         let pname = p.name.as_str().to_owned();
-        if !crate::config::is_identifier(&pname) {
+        if !is_identifier(&pname) {
             return Err(format!("parameter '{pname}' is not a valid name (letters, digits and '_')"));
         }
         if params.iter().any(|q| q.name == pname) {
@@ -308,6 +314,15 @@ pub fn kind_name(kind: ParamKind) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identifiers() {
+        assert!(is_identifier("parm_1"));
+        assert!(is_identifier("_x"));
+        assert!(!is_identifier("1x"));
+        assert!(!is_identifier("a-b"));
+        assert!(!is_identifier(""));
+    }
 
     #[test]
     fn methods_parse_and_render() {

@@ -10,6 +10,7 @@
 
 pub mod cgroup;
 pub mod confine;
+mod error;
 pub mod protocol;
 pub mod worker;
 
@@ -35,11 +36,13 @@ use self::protocol::{
     encode_frame, read_frame, read_frame_async, write_frame, CallHead, FrameError, HostMsg, Layer, Outcome, Rlimits, WorkerMsg,
     PROTOCOL_VERSION,
 };
-use crate::{
-    dispatch::{CallError, PluginReply},
-    loader::{Backend, Candidate, LoadError, LoadedModule},
+use plughost_runtime::{
+    call::PluginReply,
+    library::{Candidate, LoadError},
     manifest::ModuleSpec,
 };
+
+pub use self::error::SandboxError;
 
 /// How long a worker may take to confine itself, load its library and answer.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -85,16 +88,6 @@ fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error
 }
 
 impl Limits {
-    /// The defaults from `.env`.
-    pub fn from_config(config: &crate::config::Config) -> Limits {
-        Limits {
-            call_timeout: config.call_timeout,
-            memory_bytes: config.sandbox.memory_bytes,
-            max_concurrency: config.sandbox.max_concurrency,
-            max_response_bytes: config.max_response_bytes,
-        }
-    }
-
     /// The defaults, with the overrides a tenant record carries (`call_timeout_ms`, `memory_mb`,
     /// `max_concurrency`, `max_response_bytes`); an unusable override is reported and ignored.
     pub fn with_overrides(mut self, overrides: &serde_json::Value) -> (Limits, Vec<String>) {
@@ -138,6 +131,17 @@ pub fn check_overrides(overrides: &serde_json::Value) -> Result<(), String> {
     }
 }
 
+/// A module loaded in a sandbox worker: its manifest, read there, and the pool that runs it.
+pub struct SandboxedModule {
+    pub spec: ModuleSpec,
+    /// The file in the plugins folder it came from.
+    pub file: PathBuf,
+    pub sha256: String,
+    pub size: u64,
+    pub owner: Option<String>,
+    pub pool: Arc<Pool>,
+}
+
 /// A tenant as the loader needs it.
 #[derive(Debug, Clone)]
 pub struct TenantInfo {
@@ -167,6 +171,39 @@ pub struct Sandbox {
     uids: Arc<Mutex<std::collections::HashSet<u32>>>,
     /// Bytes of each tenant's responses not yet sent, by tenant.
     buffered: Mutex<HashMap<String, Arc<AtomicU64>>>,
+    observer: Arc<dyn Observer>,
+}
+
+/// What the sandbox tells its host about workers as they come and go, for its metrics. Every
+/// method has an empty default.
+pub trait Observer: Send + Sync {
+    /// A worker process was started.
+    fn worker_spawned(&self) {}
+    /// A worker confined itself and loaded its library, `took` after it was started.
+    fn worker_loaded(&self, took: Duration) {
+        let _ = took;
+    }
+    /// A worker process ended and was reaped.
+    fn worker_gone(&self) {}
+    /// A worker died while it had calls (or while loading).
+    fn worker_crashed(&self) {}
+    /// A module's workers crashed too often: it is quarantined.
+    fn module_quarantined(&self) {}
+    /// A call ran past its deadline and its worker was killed.
+    fn call_timed_out(&self) {}
+}
+
+/// An observer that ignores everything (`plughost check`, tests).
+pub struct Unobserved;
+
+impl Observer for Unobserved {}
+
+fn random_u32() -> u32 {
+    let mut bytes = [0u8; 4];
+    // The kernel's generator does not fail once the system has booted; zero would only make the
+    // draw less random, never unsafe (uids in use are skipped).
+    let _ = getrandom::fill(&mut bytes);
+    u32::from_le_bytes(bytes)
 }
 
 /// The range of uids workers get when the host runs as root: above every ordinary and system
@@ -203,7 +240,13 @@ impl Spawner {
 impl Sandbox {
     /// A sandbox whose workers run `program worker` (this binary) with files under
     /// `DATA_DIR/sandbox/<pid>`; starts the thread that keeps pools warm and trims idle workers.
-    pub fn start(program: PathBuf, data_dir: &Path, settings: Settings, default_limits: Limits) -> std::io::Result<Arc<Sandbox>> {
+    pub fn start(
+        program: PathBuf,
+        data_dir: &Path,
+        settings: Settings,
+        default_limits: Limits,
+        observer: Arc<dyn Observer>,
+    ) -> std::io::Result<Arc<Sandbox>> {
         let root = data_dir.join("sandbox");
         // Folders left by processes that are gone.
         if let Ok(entries) = fs::read_dir(&root) {
@@ -239,6 +282,7 @@ impl Sandbox {
             spawner: Spawner::start()?,
             uids: Arc::default(),
             buffered: Mutex::new(HashMap::new()),
+            observer,
         });
         let weak = Arc::downgrade(&sandbox);
         thread::Builder::new().name("sandbox-pools".into()).spawn(move || maintain(weak))?;
@@ -258,22 +302,6 @@ impl Sandbox {
         *self.tenants.write().unwrap_or_else(|p| p.into_inner()) = tenants;
     }
 
-    /// Replaces the tenants known to the loader with these store records.
-    pub fn set_tenant_records(&self, records: Vec<crate::tenancy::PrincipalRecord>) {
-        self.set_tenants(
-            records
-                .into_iter()
-                .map(|r| {
-                    let info = TenantInfo {
-                        active: r.is_active(),
-                        limits: r.limits,
-                    };
-                    (r.uuid, info)
-                })
-                .collect(),
-        );
-    }
-
     /// A tenant by UUID, if known.
     pub fn tenant(&self, uuid: &str) -> Option<TenantInfo> {
         self.tenants.read().unwrap_or_else(|p| p.into_inner()).get(uuid).cloned()
@@ -289,7 +317,7 @@ impl Sandbox {
         let mut uids = lock(&self.uids);
         let span = WORKER_UIDS.end - WORKER_UIDS.start;
         loop {
-            let uid = WORKER_UIDS.start + u32::from_le_bytes(crate::tenancy::secrets::random_bytes::<4>()) % span;
+            let uid = WORKER_UIDS.start + random_u32() % span;
             if uids.insert(uid) {
                 return Some(UidLease {
                     uid,
@@ -361,7 +389,7 @@ impl Sandbox {
 
     /// Loads `candidate` in a fresh worker: its manifest is read there, never in this process.
     /// `owner` is the tenant whose folder holds it (`None`: the admin's, isolated by choice).
-    pub fn load(self: &Arc<Self>, candidate: Candidate, owner: Option<String>) -> Result<LoadedModule, LoadError> {
+    pub fn load(self: &Arc<Self>, candidate: Candidate, owner: Option<String>) -> Result<SandboxedModule, LoadError> {
         let Candidate { file, bytes, sha256 } = candidate;
         if let Some(tenants) = owner.as_ref().and_then(|_| file.parent()?.parent()) {
             make_private(tenants);
@@ -425,14 +453,14 @@ impl Sandbox {
             requeued: AtomicU64::new(0),
         });
         lock(&self.pools).push(Arc::downgrade(&pool));
-        Ok(LoadedModule::new(
+        Ok(SandboxedModule {
             spec,
             file,
             sha256,
-            bytes.len() as u64,
+            size: bytes.len() as u64,
             owner,
-            Backend::Sandbox(pool),
-        ))
+            pool,
+        })
     }
 }
 
@@ -573,7 +601,7 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Why a call through a worker failed, before it becomes a [`CallError`].
+/// Why a call through a worker failed, before it becomes a [`SandboxError`].
 enum Failure {
     TimedOut,
     Crashed { status: String, out_of_memory: bool },
@@ -629,17 +657,17 @@ impl Pool {
     /// (deadline, crash), the calls after it have not started: they go back to the queue. Any
     /// other call takes a worker of its own and is sent as a batch of one, the same way; its
     /// deadline counts from when it is sent.
-    pub async fn call(self: &Arc<Self>, head: CallHead<'_>, body: &[u8], pace: Pace<'_>) -> Result<PluginReply, CallError> {
+    pub async fn call(self: &Arc<Self>, head: CallHead<'_>, body: &[u8], pace: Pace<'_>) -> Result<PluginReply, SandboxError> {
         let started = Instant::now();
         if self.troubled.load(Ordering::Acquire) {
             if let Some(why) = lock(&self.health).quarantined.clone() {
-                return Err(CallError::Quarantined(why));
+                return Err(SandboxError::Quarantined(why));
             }
         }
         let limits = self.limits();
         if self.in_flight.fetch_add(1, Ordering::SeqCst) >= limits.max_concurrency {
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
-            return Err(CallError::Busy(limits.max_concurrency));
+            return Err(SandboxError::Busy(limits.max_concurrency));
         }
         let _in_flight = InFlight(&self.in_flight);
         let deadline = started + limits.call_timeout;
@@ -649,7 +677,7 @@ impl Pool {
             Ok((job, answered)) if quick => self.queued(job, answered, &limits).await,
             Ok((job, answered)) => {
                 // A worker of its own: a batch of one.
-                let mut worker = self.checkout(deadline).await.map_err(CallError::WorkerFailed)?;
+                let mut worker = self.checkout(deadline).await.map_err(SandboxError::WorkerFailed)?;
                 let mut batch = VecDeque::from([job]);
                 match worker.run_batch(&mut batch, &limits, self).await {
                     Ok(()) => {
@@ -792,7 +820,7 @@ impl Pool {
     }
 
     /// A call's result, as the caller sees it; crashes and timeouts are counted.
-    fn settle(&self, result: Answered, limits: &Limits) -> Result<PluginReply, CallError> {
+    fn settle(&self, result: Answered, limits: &Limits) -> Result<PluginReply, SandboxError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok((outcome, body, _)) => {
@@ -824,27 +852,27 @@ impl Pool {
                         kind: ErrorKind::Panicked,
                         message,
                         ..
-                    } => Err(CallError::Panicked(message)),
-                    Outcome::Err { kind, code, message } => Err(CallError::Plugin { kind, code, message }),
+                    } => Err(SandboxError::Panicked(message)),
+                    Outcome::Err { kind, code, message } => Err(SandboxError::Plugin { kind, code, message }),
                 }
             }
             Err(Failure::TimedOut) => {
                 self.timeouts.fetch_add(1, Ordering::Relaxed);
-                crate::metrics::METRICS.sandbox_call_timeouts.inc();
+                self.sandbox.observer.call_timed_out();
                 tracing::warn!(module = %self.module, tenant = self.owner.as_deref().unwrap_or("-"), "a sandboxed call passed its deadline; its worker was killed");
-                Err(CallError::Timeout(limits.call_timeout))
+                Err(SandboxError::Timeout(limits.call_timeout))
             }
-            Err(Failure::TooLarge(size)) => Err(CallError::ResponseTooLarge(size)),
+            Err(Failure::TooLarge(size)) => Err(SandboxError::ResponseTooLarge(size)),
             Err(Failure::Broken(why)) => {
                 self.record_crash(&why);
-                Err(CallError::WorkerFailed(why))
+                Err(SandboxError::WorkerFailed(why))
             }
             Err(Failure::Crashed { status, out_of_memory }) => {
                 self.record_crash(&status);
                 if out_of_memory {
-                    Err(CallError::OutOfMemory(limits.memory_bytes >> 20))
+                    Err(SandboxError::OutOfMemory(limits.memory_bytes >> 20))
                 } else {
-                    Err(CallError::Crashed(status))
+                    Err(SandboxError::Crashed(status))
                 }
             }
         }
@@ -916,7 +944,7 @@ impl Pool {
 
     fn record_crash(&self, why: &str) {
         self.crashes.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::METRICS.sandbox_worker_crashes.inc();
+        self.sandbox.observer.worker_crashed();
         let settings = &self.sandbox.settings;
         let now = Instant::now();
         let mut health = lock(&self.health);
@@ -944,7 +972,7 @@ impl Pool {
                 settings.quarantine_window.as_secs()
             );
             tracing::error!(module = %self.module, tenant = self.owner.as_deref().unwrap_or("-"), "module quarantined: {reason}");
-            crate::metrics::METRICS.sandbox_quarantines.inc();
+            self.sandbox.observer.module_quarantined();
             health.quarantined = Some(reason);
             drop(health);
             let idle = std::mem::take(&mut *lock(&self.idle));
@@ -1089,6 +1117,7 @@ struct Worker {
     cgroup: Option<cgroup::WorkerCgroup>,
     uid: Option<UidLease>,
     log_budget: LogBudget,
+    observer: Arc<dyn Observer>,
 }
 
 impl Worker {
@@ -1146,8 +1175,7 @@ impl Worker {
             .name("sandbox-output".into())
             .spawn(move || log_output(stderr, &label.0, &label.1))
             .ok();
-        crate::metrics::METRICS.sandbox_worker_starts.inc();
-        crate::metrics::METRICS.sandbox_workers.inc();
+        sandbox.observer.worker_spawned();
         let mut worker = Worker {
             child,
             channel: Channel::Blocking {
@@ -1167,6 +1195,7 @@ impl Worker {
             cgroup,
             uid: sandbox.allocate_uid(),
             log_budget: LogBudget::default(),
+            observer: Arc::clone(&sandbox.observer),
         };
         let load = HostMsg::Load {
             protocol: PROTOCOL_VERSION,
@@ -1204,7 +1233,7 @@ impl Worker {
             Ok((WorkerMsg::Loaded { mut layers, manifest, .. }, _)) => {
                 layers.push(cgroup_layer);
                 let took = started.elapsed();
-                crate::metrics::METRICS.sandbox_worker_start.observe(took.as_secs_f64());
+                sandbox.observer.worker_loaded(took);
                 tracing::debug!(module, pid, elapsed_ms = took.as_secs_f64() * 1000.0, "sandbox worker ready");
                 Ok((worker, layers, manifest))
             }
@@ -1391,7 +1420,7 @@ impl Drop for Worker {
             let _ = handle.join();
         }
         let _ = fs::remove_dir_all(&self.dir);
-        crate::metrics::METRICS.sandbox_workers.dec();
+        self.observer.worker_gone();
     }
 }
 

@@ -104,7 +104,7 @@ fn run() -> Result<(), String> {
         });
     };
     let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
-    let root = match crate::loader::open_plugin(Path::new(&path), services()) {
+    let root = match plughost_runtime::library::open_plugin(Path::new(&path), services()) {
         Ok((root, manifest)) => {
             send(&WorkerMsg::Loaded {
                 protocol: PROTOCOL_VERSION,
@@ -186,7 +186,7 @@ fn in_memory(path: &str, module: &str) -> std::io::Result<File> {
 
 fn call(root: plugin_api::abi::PluginModRef, head: &CallHead<'_>, body: &[u8]) -> (Outcome, Vec<u8>) {
     set_request_id(&head.request_id);
-    let parts = crate::loader::CallParts {
+    let parts = plughost_runtime::call::CallParts {
         method: &head.method,
         module: &head.module,
         function: &head.function_name,
@@ -197,9 +197,9 @@ fn call(root: plugin_api::abi::PluginModRef, head: &CallHead<'_>, body: &[u8]) -
         content_type: &head.content_type,
         request_id: &head.request_id,
     };
-    let result = match crate::loader::invoke(root, head.function, &parts) {
+    let result = match plughost_runtime::call::invoke(root, head.function, &parts) {
         RResult::ROk(response) => {
-            let reply = crate::dispatch::PluginReply::from(response);
+            let reply = plughost_runtime::call::PluginReply::from(response);
             (
                 Outcome::Ok {
                     status: reply.status,
