@@ -202,7 +202,7 @@ mod tests {
         Entry {
             request_id: "abc-1",
             method: "GET",
-            route: "/rest/services/{module}/{function}/",
+            route: crate::route::SERVICES,
             module: "hello",
             function: "greet",
             caller: "none",

@@ -7,13 +7,11 @@ use anyhow::Context;
 use clap::Subcommand;
 use qrcode::{render::unicode, QrCode};
 
-use crate::{
-    config::Config,
-    tenancy::{
-        secrets::SecretKey,
-        tenants::{Enrolment, Tenancy},
-        totp,
-    },
+use crate::config::Config;
+use plughost_tenancy::{
+    secrets::SecretKey,
+    tenants::{Enrolment, Tenancy},
+    totp,
 };
 
 #[derive(Subcommand, Clone)]
@@ -136,7 +134,7 @@ pub fn unpublish(config: &Config, name: &str, tenant: Option<&str>) -> anyhow::R
     runtime()?.block_on(async {
         let tenancy = open(config).await?;
         crate::publish::unpublish(tenancy.store.as_ref(), tenant, name).await?;
-        println!("unpublished {}", crate::tenancy::PublishedPlugin::key_of(tenant, name));
+        println!("unpublished {}", plughost_tenancy::PublishedPlugin::key_of(tenant, name));
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -193,7 +191,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn open(config: &Config) -> anyhow::Result<Tenancy> {
-    let tenancy = Tenancy::open(config).await.context("cannot open the identity store")?;
+    let tenancy = config.open_tenancy().await.context("cannot open the identity store")?;
     tenancy
         .record_admin(&config.admin_uuid, &config.admin_totp_secret)
         .await

@@ -23,11 +23,11 @@ pub mod plugins;
 pub mod publish;
 pub mod registry;
 pub mod reload;
+pub mod route;
 pub mod scaffold;
 pub mod server;
 pub mod signing;
 pub mod supervisor;
-pub mod tenancy;
 
 use std::sync::{atomic::AtomicBool, Arc};
 
@@ -42,7 +42,7 @@ pub enum Role {
 pub struct AppState {
     pub config: config::Config,
     pub plugins: Arc<plugins::Plugins>,
-    pub auth: Arc<tenancy::auth::Authenticator>,
+    pub auth: Arc<plughost_tenancy::auth::Authenticator>,
     pub role: Role,
     pub started_at: std::time::SystemTime,
     /// Set while shutting down: responses then carry `Connection: close`.
@@ -52,7 +52,12 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: config::Config, plugins: Arc<plugins::Plugins>, auth: Arc<tenancy::auth::Authenticator>, role: Role) -> AppState {
+    pub fn new(
+        config: config::Config,
+        plugins: Arc<plugins::Plugins>,
+        auth: Arc<plughost_tenancy::auth::Authenticator>,
+        role: Role,
+    ) -> AppState {
         AppState {
             sync_now: Arc::new(tokio::sync::Notify::new()),
             config,

@@ -260,7 +260,7 @@ impl Metrics {
             .is_some();
         if !found {
             let labels = RequestLabels {
-                route: crate::http::RouteInfo::SERVICES,
+                route: crate::route::SERVICES,
                 module: module.to_owned(),
                 function: function.to_owned(),
                 method,
@@ -277,7 +277,7 @@ impl Metrics {
             .latency
             .get_or_init(|| {
                 self.latency.get_or_create_owned(&LatencyLabels {
-                    route: crate::http::RouteInfo::SERVICES,
+                    route: crate::route::SERVICES,
                     module: module.to_owned(),
                     function: function.to_owned(),
                 })
@@ -325,6 +325,15 @@ pub fn method_label(method: &http::Method) -> &'static str {
     }
 }
 
+/// The identity store's operations, timed in [`METRICS`].
+pub struct StoreMetrics;
+
+impl plughost_tenancy::store::StoreObserver for StoreMetrics {
+    fn operation(&self, store: &'static str, operation: &'static str, ok: bool, elapsed: Duration) {
+        METRICS.store_operation(store, operation, ok, elapsed);
+    }
+}
+
 /// The sandbox's worker events, counted in [`METRICS`].
 pub struct SandboxMetrics;
 
@@ -364,7 +373,7 @@ mod tests {
         let metrics = Metrics::new();
         metrics.observe_request(
             RequestLabels {
-                route: "/rest/services/{module}/{function}/",
+                route: crate::route::SERVICES,
                 module: "module1".to_owned(),
                 function: "echo".to_owned(),
                 method: "GET",

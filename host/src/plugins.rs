@@ -619,7 +619,7 @@ pub fn timestamp(time: SystemTime) -> String {
 }
 
 /// The tenants as the sandbox needs them, from their store records.
-pub fn tenant_infos(records: Vec<crate::tenancy::PrincipalRecord>) -> std::collections::HashMap<String, plughost_sandbox::TenantInfo> {
+pub fn tenant_infos(records: Vec<plughost_tenancy::PrincipalRecord>) -> std::collections::HashMap<String, plughost_sandbox::TenantInfo> {
     records
         .into_iter()
         .map(|r| {
@@ -630,4 +630,13 @@ pub fn tenant_infos(records: Vec<crate::tenancy::PrincipalRecord>) -> std::colle
             (r.uuid, info)
         })
         .collect()
+}
+
+/// Refreshes the sandbox's view of tenants from the store.
+pub async fn refresh_tenants(sandbox: &plughost_sandbox::Sandbox, tenancy: &plughost_tenancy::tenants::Tenancy, first: bool) {
+    match tenancy.store.list("tenant").await {
+        Ok(records) => sandbox.set_tenants(tenant_infos(records)),
+        Err(err) if first => tracing::warn!("cannot list tenants ({err}); their modules load once the store answers"),
+        Err(err) => tracing::debug!("cannot refresh tenants ({err}); keeping the last known"),
+    }
 }

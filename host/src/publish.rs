@@ -21,10 +21,8 @@ use sha2::{Digest, Sha256};
 
 use plughost_sandbox::Sandbox;
 
-use crate::{
-    signing::TrustedKeys,
-    tenancy::{PublishedPlugin, Store, StoreError},
-};
+use crate::signing::TrustedKeys;
+use plughost_tenancy::{PublishedPlugin, Store, StoreError};
 
 /// Why a plugin was not published.
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +136,7 @@ pub async fn publish(
         sha256: hex::encode(Sha256::digest(&bytes)),
         size: bytes.len() as i64,
         uploader: uploader.to_owned(),
-        published_at: crate::tenancy::totp::now() as i64,
+        published_at: plughost_tenancy::totp::now() as i64,
         signature,
     };
     store.publish(&plugin, &bytes).await?;

@@ -36,7 +36,10 @@ const TENANT_REFRESH: Duration = Duration::from_secs(1);
 
 /// Starts the sandbox: learns the tenants, probes what confinement this machine enforces, and
 /// keeps the tenants up to date.
-async fn start_sandbox(config: &Config, tenancy: &Arc<crate::tenancy::tenants::Tenancy>) -> anyhow::Result<Arc<plughost_sandbox::Sandbox>> {
+async fn start_sandbox(
+    config: &Config,
+    tenancy: &Arc<plughost_tenancy::tenants::Tenancy>,
+) -> anyhow::Result<Arc<plughost_sandbox::Sandbox>> {
     let program = std::env::current_exe().context("cannot find the plughost executable for sandbox workers")?;
     let sandbox = plughost_sandbox::Sandbox::start(
         program,
@@ -46,7 +49,7 @@ async fn start_sandbox(config: &Config, tenancy: &Arc<crate::tenancy::tenants::T
         Arc::new(crate::metrics::SandboxMetrics),
     )
     .with_context(|| format!("cannot set up the sandbox under {}", config.data_dir.join("sandbox").display()))?;
-    refresh_tenants(&sandbox, tenancy, true).await;
+    crate::plugins::refresh_tenants(&sandbox, tenancy, true).await;
     let probing = sandbox.clone();
     let layers = tokio::task::spawn_blocking(move || probing.probe()).await.unwrap_or_default();
     for layer in &layers {
@@ -62,19 +65,10 @@ async fn start_sandbox(config: &Config, tenancy: &Arc<crate::tenancy::tenants::T
         loop {
             ticks.tick().await;
             let Some(sandbox) = weak.upgrade() else { return };
-            refresh_tenants(&sandbox, &tenancy, false).await;
+            crate::plugins::refresh_tenants(&sandbox, &tenancy, false).await;
         }
     });
     Ok(sandbox)
-}
-
-/// Refreshes the sandbox's view of tenants from the store.
-pub async fn refresh_tenants(sandbox: &plughost_sandbox::Sandbox, tenancy: &crate::tenancy::tenants::Tenancy, first: bool) {
-    match tenancy.store.list("tenant").await {
-        Ok(records) => sandbox.set_tenants(crate::plugins::tenant_infos(records)),
-        Err(err) if first => tracing::warn!("cannot list tenants ({err}); their modules load once the store answers"),
-        Err(err) => tracing::debug!("cannot refresh tenants ({err}); keeping the last known"),
-    }
 }
 
 /// What a connection is doing, for its idle watchdog: requests started, those not answered, and
@@ -241,11 +235,7 @@ impl App {
         keep_private(&config.data_dir, &config.plugins_dir);
         raise_file_limit();
         crate::metrics::set_enabled(config.metrics);
-        let tenancy = Arc::new(
-            crate::tenancy::tenants::Tenancy::open(&config)
-                .await
-                .context("cannot open the identity store")?,
-        );
+        let tenancy = Arc::new(config.open_tenancy().await.context("cannot open the identity store")?);
         record_admin(tenancy.clone(), config.admin_uuid.clone(), config.admin_totp_secret.clone()).await;
         let sandbox = start_sandbox(&config, &tenancy).await?;
         let plugins = Arc::new(
@@ -299,7 +289,7 @@ impl App {
             }
             None => None,
         };
-        let auth = Arc::new(crate::tenancy::auth::Authenticator::new(
+        let auth = Arc::new(plughost_tenancy::auth::Authenticator::new(
             tenancy.clone(),
             config.admin_uuid.clone(),
             config.token_ttl,
@@ -513,7 +503,7 @@ async fn serve_metrics(listener: TcpListener, state: Arc<AppState>) {
 
 /// Records the configured admin in the store; if the store is unreachable, keeps trying in the
 /// background (authentication fails closed meanwhile, public functions are served).
-async fn record_admin(tenancy: Arc<crate::tenancy::tenants::Tenancy>, uuid: String, secret: String) {
+async fn record_admin(tenancy: Arc<plughost_tenancy::tenants::Tenancy>, uuid: String, secret: String) {
     if let Err(err) = tenancy.record_admin(&uuid, &secret).await {
         tracing::warn!("the admin could not be recorded in the store yet ({err}); retrying in the background");
         tokio::spawn(async move {

@@ -146,7 +146,7 @@ pub fn read_signing_key(path: &Path) -> Result<SigningKey, String> {
 
 /// A fresh signing key: its PKCS#8 PEM text and its public key in base64 (for `PLUGIN_PUBKEYS`).
 pub fn new_signing_key() -> Result<(String, String), String> {
-    let key = SigningKey::from_bytes(&crate::tenancy::secrets::random_bytes::<32>());
+    let key = SigningKey::from_bytes(&plughost_tenancy::secrets::random_bytes::<32>());
     let pem = key
         .to_pkcs8_pem(LineEnding::LF)
         .map_err(|err| format!("cannot encode the key: {err}"))?;

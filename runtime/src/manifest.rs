@@ -1,12 +1,9 @@
 //! A plugin's manifest as the host trusts it: names checked, methods parsed, defaults coerced.
 
-use plugin_api::{
-    abi::{self, ParamKind},
-    Visibility,
-};
+use plugin_api::{abi, Visibility};
 use serde_json::Value;
 
-use crate::params;
+use crate::params::{self, ParamSpec};
 
 /// `[A-Za-z_][A-Za-z0-9_]*`: what a kwarg name (declared by a plugin, or configured) may look like.
 pub fn is_identifier(name: &str) -> bool {
@@ -63,16 +60,6 @@ impl MethodSet {
         names.push("OPTIONS");
         names.join(", ")
     }
-}
-
-/// A declared parameter.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ParamSpec {
-    pub name: String,
-    pub kind: ParamKind,
-    pub required: bool,
-    pub default: Option<Value>,
-    pub doc: String,
 }
 
 /// An exposed function.
@@ -297,17 +284,6 @@ pub fn visibility_name(visibility: Visibility) -> &'static str {
         Visibility::Public => "public",
         Visibility::Tenant => "tenant",
         Visibility::Admin => "admin",
-    }
-}
-
-/// How a parameter type is written in listings.
-pub fn kind_name(kind: ParamKind) -> &'static str {
-    match kind {
-        ParamKind::String => "string",
-        ParamKind::Integer => "integer",
-        ParamKind::Number => "number",
-        ParamKind::Boolean => "boolean",
-        ParamKind::Json => "json",
     }
 }
 

@@ -1,9 +1,29 @@
-//! Typed parameters: kwargs coerced to the types a function declared, or a 422 naming the parameter.
+//! Typed parameters: a function's declared parameters, and kwargs coerced to their types (or an
+//! error naming the parameter).
 
 use plugin_api::abi::ParamKind;
 use serde_json::{Map, Number, Value};
 
-use crate::manifest::{kind_name, ParamSpec};
+/// A declared parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamSpec {
+    pub name: String,
+    pub kind: ParamKind,
+    pub required: bool,
+    pub default: Option<Value>,
+    pub doc: String,
+}
+
+/// How a parameter type is written in listings.
+pub fn kind_name(kind: ParamKind) -> &'static str {
+    match kind {
+        ParamKind::String => "string",
+        ParamKind::Integer => "integer",
+        ParamKind::Number => "number",
+        ParamKind::Boolean => "boolean",
+        ParamKind::Json => "json",
+    }
+}
 
 /// A kwarg that does not fit its declared parameter.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,7 +11,8 @@ use super::{
     error::{json_response, ApiError},
     path,
 };
-use crate::{tenancy::tenants::TenantError, AppState};
+use crate::AppState;
+use plughost_tenancy::tenants::TenantError;
 
 /// Serves one admin request; `tail` is the path after `/rest/admin/`.
 pub async fn handle(state: &AppState, tail: &str, method: &Method, headers: &HeaderMap, body: Bytes) -> Result<Response, ApiError> {
@@ -27,7 +28,7 @@ pub async fn handle(state: &AppState, tail: &str, method: &Method, headers: &Hea
     if changes_tenants && segments.first() == Some(&"tenants") && result.is_ok() {
         // The sandbox learns at once, so that a tenant's modules load or unload on the next rescan.
         if let Some(sandbox) = state.plugins.sandbox() {
-            crate::server::refresh_tenants(sandbox, tenancy, false).await;
+            crate::plugins::refresh_tenants(sandbox, tenancy, false).await;
         }
     }
     result
@@ -100,8 +101,8 @@ async fn route(state: &AppState, tail: &str, method: &Method, segments: &[&str],
     }
 }
 
-fn store_error(err: crate::tenancy::StoreError) -> ApiError {
-    auth::auth_error(crate::tenancy::auth::AuthError::StoreUnavailable(err.to_string()))
+fn store_error(err: plughost_tenancy::StoreError) -> ApiError {
+    auth::auth_error(plughost_tenancy::auth::AuthError::StoreUnavailable(err.to_string()))
 }
 
 fn tenant_error(err: TenantError) -> ApiError {

@@ -6,17 +6,50 @@ use serde_json::json;
 use warp::reply::Response;
 
 use super::error::{json_response, ApiError};
-use crate::{
-    tenancy::{
-        auth::{AuthError, Caller},
-        throttle::Source,
-    },
-    AppState,
+use crate::AppState;
+use plughost_tenancy::{
+    auth::{AuthError, Caller, Credentials},
+    throttle::Source,
 };
 
 /// The caller the request proves, if it carries credentials.
 pub async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Option<Caller>, ApiError> {
-    state.auth.authenticate(headers, source()).await.map_err(refused)
+    let credentials = credentials(headers).map_err(refused)?;
+    state.auth.authenticate(credentials, source()).await.map_err(refused)
+}
+
+/// What the request presents: a bearer token, or a UUID and a TOTP code, or nothing.
+fn credentials(headers: &HeaderMap) -> Result<Credentials<'_>, AuthError> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let text = value.to_str().unwrap_or("").trim();
+        if text.is_empty() {
+            return Err(AuthError::Missing(
+                "the Authorization header is empty; send `Authorization: Bearer <token>`".to_owned(),
+            ));
+        }
+        let mut words = text.split_ascii_whitespace();
+        return match (words.next(), words.next(), words.next()) {
+            (Some(scheme), Some(token), None) if scheme.eq_ignore_ascii_case("bearer") => Ok(Credentials::Bearer(token)),
+            (Some(scheme), None, None) if scheme.eq_ignore_ascii_case("bearer") => {
+                Err(AuthError::TokenInvalid("`Bearer` is not followed by a token".to_owned()))
+            }
+            _ => Err(AuthError::TokenInvalid(
+                "the Authorization header must be `Bearer <token>`".to_owned(),
+            )),
+        };
+    }
+    fn text(value: &HeaderValue) -> &str {
+        value.to_str().unwrap_or("").trim()
+    }
+    let uuid = headers.get(&super::names::X_PLUGHOST_UUID).map(text);
+    let code = headers.get(&super::names::X_PLUGHOST_TOTP).map(text);
+    match (uuid, code) {
+        (None, None) => Ok(Credentials::None),
+        (Some(uuid), Some(code)) => Ok(Credentials::Code { uuid, code }),
+        _ => Err(AuthError::Missing(
+            "send both X-Plughost-UUID and X-Plughost-TOTP, or `Authorization: Bearer <token>`".to_owned(),
+        )),
+    }
 }
 
 /// The client the request in progress comes from, for the credentials' failure budget.

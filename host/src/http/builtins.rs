@@ -50,7 +50,7 @@ pub async fn health(state: &AppState, headers: &http::HeaderMap) -> Response {
     // Credentials that do not check out are an anonymous look, not an error: probes send none.
     let admin = matches!(
         super::auth::caller(state, headers).await,
-        Ok(Some(crate::tenancy::auth::Caller::Admin { .. }))
+        Ok(Some(plughost_tenancy::auth::Caller::Admin { .. }))
     );
     if !admin {
         return json_response(status, &json!({"status": verdict, "version": env!("CARGO_PKG_VERSION")}));

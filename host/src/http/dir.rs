@@ -2,7 +2,10 @@
 
 use serde_json::{json, Value};
 
-use plughost_runtime::manifest::{kind_name, visibility_name, FunctionSpec};
+use plughost_runtime::{
+    manifest::{visibility_name, FunctionSpec},
+    params::kind_name,
+};
 
 use crate::{
     loader::LoadedModule,

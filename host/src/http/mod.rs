@@ -30,12 +30,6 @@ pub struct RouteInfo {
     pub caller: &'static str,
 }
 
-impl RouteInfo {
-    pub const SERVICES: &'static str = "/rest/services/{module}/{function}/";
-    pub const DIR: &'static str = "/rest/services/__dir__/";
-    pub const UNRESOLVED: &'static str = "/rest/services/…";
-}
-
 /// All routes but `/rest/services/…`, which the server hands to [`services::handle`] directly
 /// (the hot path skips the walk down these filters).
 pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {

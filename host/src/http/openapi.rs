@@ -7,7 +7,8 @@ use serde_json::{json, Map, Value};
 use super::auth::{may_call, may_use};
 use plughost_runtime::manifest::{FunctionSpec, ModuleSpec};
 
-use crate::{registry::Registry, tenancy::auth::Caller};
+use crate::registry::Registry;
+use plughost_tenancy::auth::Caller;
 
 /// What the document depends on besides the registry.
 pub struct Context<'a> {
@@ -152,7 +153,7 @@ fn query_schema_of(kind: ParamKind) -> Value {
     }
 }
 
-fn param_schema(param: &plughost_runtime::manifest::ParamSpec) -> Value {
+fn param_schema(param: &plughost_runtime::params::ParamSpec) -> Value {
     let mut schema = schema_of(param.kind);
     if !param.doc.is_empty() {
         schema["description"] = json!(param.doc);
@@ -163,7 +164,7 @@ fn param_schema(param: &plughost_runtime::manifest::ParamSpec) -> Value {
     schema
 }
 
-fn query_parameter(param: &plughost_runtime::manifest::ParamSpec) -> Value {
+fn query_parameter(param: &plughost_runtime::params::ParamSpec) -> Value {
     let mut schema = query_schema_of(param.kind);
     if let Some(default) = &param.default {
         schema["default"] = default.clone();
@@ -180,7 +181,7 @@ fn query_parameter(param: &plughost_runtime::manifest::ParamSpec) -> Value {
     parameter
 }
 
-fn body_of(params: &[plughost_runtime::manifest::ParamSpec]) -> Value {
+fn body_of(params: &[plughost_runtime::params::ParamSpec]) -> Value {
     let properties: Map<String, Value> = params.iter().map(|p| (p.name.clone(), param_schema(p))).collect();
     let required: Vec<&str> = params
         .iter()

@@ -18,9 +18,9 @@ use super::{
 };
 use crate::{
     publish::{self, PublishError},
-    tenancy::auth::Caller,
     AppState,
 };
+use plughost_tenancy::auth::Caller;
 
 /// The namespace and name an admin publishing route names, if `segments` is one.
 pub fn admin_target<'a>(method: &Method, segments: &'a [String]) -> Option<(Option<&'a str>, &'a str)> {
@@ -192,6 +192,6 @@ fn publish_error(err: PublishError) -> ApiError {
     }
 }
 
-fn store_error(err: crate::tenancy::StoreError) -> ApiError {
-    auth::auth_error(crate::tenancy::auth::AuthError::StoreUnavailable(err.to_string()))
+fn store_error(err: plughost_tenancy::StoreError) -> ApiError {
+    auth::auth_error(plughost_tenancy::auth::AuthError::StoreUnavailable(err.to_string()))
 }

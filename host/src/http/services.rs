@@ -14,9 +14,9 @@ use crate::{
     kwargs::{self, BodyKind},
     loader::LoadedModule,
     registry::{Endpoint, Everything, Resolution},
-    tenancy::auth::Caller,
     AppState,
 };
+use plughost_tenancy::auth::Caller;
 
 /// Serves one request under `/rest/services/`.
 pub async fn handle<S, B, E>(state: Arc<AppState>, tail: String, method: Method, query: String, headers: HeaderMap, body: S) -> Response
@@ -26,7 +26,7 @@ where
     E: std::fmt::Display,
 {
     let mut info = RouteInfo {
-        route: RouteInfo::UNRESOLVED,
+        route: crate::route::UNRESOLVED,
         endpoint: None,
         caller: "none",
     };
@@ -79,7 +79,7 @@ where
     let (endpoint, rest) = match resolution {
         Resolution::Call { endpoint, rest } => (endpoint, rest.to_vec()),
         Resolution::Dir(module) => {
-            info.route = RouteInfo::DIR;
+            info.route = crate::route::DIR;
             if method != Method::GET && method != Method::HEAD {
                 return Err(ApiError::method_not_allowed(&method, "__dir__", "GET, HEAD".to_owned()));
             }
@@ -141,7 +141,7 @@ where
         Resolution::NotFound { name } => return Err(not_found(&name)),
     };
     drop(registry);
-    info.route = RouteInfo::SERVICES;
+    info.route = crate::route::SERVICES;
     info.endpoint = Some(endpoint.clone());
     let function = endpoint.function();
     // Public functions of the admin's modules never touch the identity store.

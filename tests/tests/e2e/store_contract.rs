@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use plughost::tenancy::{mongo::MongoStore, sqlite::SqliteStore, AuditEntry, PrincipalRecord, PublishedPlugin, Store, StoreError};
+use plughost_tenancy::{mongo::MongoStore, sqlite::SqliteStore, AuditEntry, PrincipalRecord, PublishedPlugin, Store, StoreError};
 use serde_json::json;
 
 use crate::mongo_server::MongoServer;
@@ -44,7 +44,7 @@ async fn contract(store: Arc<dyn Store>) {
     store.put(&admin).await.unwrap();
     assert_eq!(store.get("admin").await.unwrap().unwrap().secret, "beef", "put replaces");
 
-    let far = plughost::tenancy::totp::now() as i64 + 600;
+    let far = plughost_tenancy::totp::now() as i64 + 600;
     assert!(store.use_code("a", 100, far).await.unwrap());
     assert!(!store.use_code("a", 100, far).await.unwrap(), "a step is used once");
     assert!(store.use_code("a", 101, far).await.unwrap());
@@ -133,7 +133,7 @@ async fn the_sqlite_store_keeps_the_contract() {
     let again = SqliteStore::open(&dir.path().join("store.sqlite3")).unwrap();
     assert_eq!(again.get("b").await.unwrap().unwrap().name, "name of b");
     assert!(
-        !again.use_code("a", 101, plughost::tenancy::totp::now() as i64 + 600).await.unwrap(),
+        !again.use_code("a", 101, plughost_tenancy::totp::now() as i64 + 600).await.unwrap(),
         "used codes are shared"
     );
 }
@@ -146,7 +146,7 @@ async fn the_mongodb_store_keeps_the_contract() {
     let again = MongoStore::connect(&server.uri(), "contract").await.unwrap();
     assert_eq!(again.get("b").await.unwrap().unwrap().name, "name of b");
     assert!(
-        !again.use_code("a", 101, plughost::tenancy::totp::now() as i64 + 600).await.unwrap(),
+        !again.use_code("a", 101, plughost_tenancy::totp::now() as i64 + 600).await.unwrap(),
         "used codes are shared"
     );
 }

@@ -1,6 +1,8 @@
 //! Configuration: `.env` (dotenvy) under the process environment, parsed and validated into
 //! [`Config`], whose fields cannot hold invalid values. Every problem is reported at once.
 
+pub mod cors;
+
 use std::{
     collections::HashMap,
     fmt,
@@ -218,13 +220,13 @@ pub struct Config {
     pub log_filter: String,
     pub admin_uuid: String,
     pub admin_totp_secret: String,
-    pub secret_key: crate::tenancy::secrets::SecretKey,
+    pub secret_key: plughost_tenancy::secrets::SecretKey,
     pub token_ttl: Duration,
     pub auth_max_failures: u32,
     pub auth_lockout: Duration,
     /// `(uri, database)` when MongoDB is the store.
     pub mongodb: Option<(String, String)>,
-    pub cors: Option<crate::http::cors::Cors>,
+    pub cors: Option<cors::Cors>,
     /// `PLUGHOST_STAGE`, when set.
     pub stage: Option<String>,
     /// Whether request metrics are recorded and `/metrics` answers (`METRICS`).
@@ -266,6 +268,29 @@ fn sandbox_settings(errors: &mut Vec<String>, var: &dyn Fn(&str, &str) -> String
 }
 
 impl Config {
+    /// Where the identities are stored: MongoDB when `MONGODB_URI` is set, else the embedded file.
+    pub fn store_place(&self) -> plughost_tenancy::tenants::StorePlace {
+        match &self.mongodb {
+            Some((uri, database)) => plughost_tenancy::tenants::StorePlace::Mongo {
+                uri: uri.clone(),
+                database: database.clone(),
+            },
+            None => plughost_tenancy::tenants::StorePlace::Embedded(self.data_dir.join("plughost.sqlite3")),
+        }
+    }
+
+    /// The identity store, opened, with its timings in the metrics and tenants' limits checked
+    /// by the sandbox's rules.
+    pub async fn open_tenancy(&self) -> Result<plughost_tenancy::tenants::Tenancy, plughost_tenancy::StoreError> {
+        plughost_tenancy::tenants::Tenancy::open(
+            &self.store_place(),
+            self.secret_key.clone(),
+            std::sync::Arc::new(crate::metrics::StoreMetrics),
+            plughost_sandbox::check_overrides,
+        )
+        .await
+    }
+
     /// The limits a sandboxed module runs under when its tenant overrides none.
     pub fn sandbox_limits(&self) -> plughost_sandbox::Limits {
         plughost_sandbox::Limits {
@@ -532,11 +557,11 @@ impl Config {
         let admin_totp_secret = var("ADMIN_TOTP_SECRET", "");
         if admin_totp_secret.is_empty() {
             errors.push("ADMIN_TOTP_SECRET is missing: set it to a base32 TOTP secret (`plughost keygen --env` prints one)".to_owned());
-        } else if let Err(why) = crate::tenancy::totp::check_secret(&admin_totp_secret) {
+        } else if let Err(why) = plughost_tenancy::totp::check_secret(&admin_totp_secret) {
             errors.push(format!("ADMIN_TOTP_SECRET {why}"));
         }
         let secret_key_text = var("SECRET_KEY", "");
-        let secret_key = match crate::tenancy::secrets::SecretKey::from_hex(&secret_key_text) {
+        let secret_key = match plughost_tenancy::secrets::SecretKey::from_hex(&secret_key_text) {
             Ok(key) => Some(key),
             Err(_) if secret_key_text.is_empty() => {
                 errors.push("SECRET_KEY is missing: set it to 64 hexadecimal characters (`plughost keygen` prints a fresh one)".to_owned());
@@ -586,7 +611,7 @@ impl Config {
             }
         };
         let cors_max_age = parse_number(&mut errors, "CORS_MAX_AGE", &var("CORS_MAX_AGE", "600"), 0, 86_400);
-        let cors = crate::http::cors::Cors::parse(
+        let cors = cors::Cors::parse(
             &var("CORS_ALLOW_ORIGIN", ""),
             &var(
                 "CORS_ALLOW_HEADERS",
@@ -806,7 +831,7 @@ mod tests {
 
     #[test]
     fn env_example_documents_every_variable() {
-        let example = include_str!("../../.env.example");
+        let example = include_str!("../../../.env.example");
         for (key, _, _) in KNOWN_VARS {
             let key = key.replace("<n>", "1");
             assert!(example.contains(&format!("{key}=")), ".env.example lacks {key}");

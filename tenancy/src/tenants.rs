@@ -5,8 +5,11 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::json;
 
-use super::{secrets::SecretKey, store::Timed, totp, AuditEntry, PrincipalRecord, Store, StoreError};
-use crate::config::Config;
+use super::{
+    secrets::SecretKey,
+    store::{StoreObserver, Timed},
+    totp, AuditEntry, PrincipalRecord, Store, StoreError,
+};
 
 /// What enrolling an authenticator app needs; shown once, when a tenant is added or rotated.
 #[derive(Debug, Clone, Serialize)]
@@ -32,7 +35,7 @@ pub struct PrincipalView {
 
 impl From<&PrincipalRecord> for PrincipalView {
     fn from(r: &PrincipalRecord) -> Self {
-        let at = |secs: i64| crate::plugins::timestamp(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64));
+        let at = |secs: i64| crate::clock::timestamp(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64));
         PrincipalView {
             uuid: r.uuid.clone(),
             kind: r.kind.clone(),
@@ -60,21 +63,35 @@ pub enum TenantError {
 pub struct Tenancy {
     pub store: Arc<dyn Store>,
     pub key: SecretKey,
+    /// Checks a tenant's sandbox limits before they are stored (the sandbox knows which fit).
+    check_limits: LimitsCheck,
+}
+
+/// A check of a tenant's limits object: `Err` says what is wrong with it.
+pub type LimitsCheck = fn(&serde_json::Value) -> Result<(), String>;
+
+/// Which store holds the identities.
+#[derive(Debug, Clone)]
+pub enum StorePlace {
+    /// The embedded SQLite file.
+    Embedded(std::path::PathBuf),
+    /// A MongoDB database shared by every replica.
+    Mongo { uri: String, database: String },
 }
 
 impl Tenancy {
-    /// Opens the store the configuration names.
-    pub async fn open(config: &Config) -> Result<Tenancy, StoreError> {
-        let store: Arc<dyn Store> = match &config.mongodb {
-            Some((uri, database)) => Arc::new(Timed(super::mongo::MongoStore::connect(uri, database).await?)),
-            None => Arc::new(Timed(super::sqlite::SqliteStore::open_lazily(
-                &config.data_dir.join("plughost.sqlite3"),
-            ))),
+    /// Opens the store at `place`, with `key` for its secrets.
+    pub async fn open(
+        place: &StorePlace,
+        key: SecretKey,
+        observer: Arc<dyn StoreObserver>,
+        check_limits: LimitsCheck,
+    ) -> Result<Tenancy, StoreError> {
+        let store: Arc<dyn Store> = match place {
+            StorePlace::Mongo { uri, database } => Arc::new(Timed(super::mongo::MongoStore::connect(uri, database).await?, observer)),
+            StorePlace::Embedded(path) => Arc::new(Timed(super::sqlite::SqliteStore::open_lazily(path), observer)),
         };
-        Ok(Tenancy {
-            store,
-            key: config.secret_key.clone(),
-        })
+        Ok(Tenancy { store, key, check_limits })
     }
 
     /// Records the admin from the configuration, touching no other record. A changed secret
@@ -193,7 +210,7 @@ impl Tenancy {
     /// Replaces a tenant's sandbox limits: a JSON object with any of `call_timeout_ms`,
     /// `memory_mb`, `max_concurrency`, `max_response_bytes` (`{}`: the defaults).
     pub async fn set_limits(&self, uuid: &str, limits: serde_json::Value, actor: &str) -> Result<PrincipalView, TenantError> {
-        plughost_sandbox::check_overrides(&limits).map_err(TenantError::Invalid)?;
+        (self.check_limits)(&limits).map_err(TenantError::Invalid)?;
         let mut record = self.tenant(uuid).await?;
         record.limits = limits;
         record.updated_at = totp::now() as i64;

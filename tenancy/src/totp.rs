@@ -51,13 +51,7 @@ pub fn otpauth_uri(secret: &str, account: &str) -> Result<String, String> {
         .map_err(|err| format!("cannot build the otpauth URI: {err}"))
 }
 
-/// Seconds since the Unix epoch.
-pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use crate::clock::now;
 
 #[cfg(test)]
 mod tests {

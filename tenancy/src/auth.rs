@@ -10,7 +10,6 @@ use std::{
 };
 
 use base64ct::{Base64UrlUnpadded, Encoding};
-use http::HeaderMap;
 
 use super::{tenants::Tenancy, totp, PrincipalRecord, StoreError};
 
@@ -41,6 +40,17 @@ impl Caller {
     pub fn is_admin(&self) -> bool {
         matches!(self, Caller::Admin { .. })
     }
+}
+
+/// What a request presented to prove who it is, as the host parsed it from its headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credentials<'a> {
+    /// Nothing: an anonymous call.
+    None,
+    /// `Authorization: Bearer <token>`.
+    Bearer(&'a str),
+    /// A UUID and one of its single-use TOTP codes.
+    Code { uuid: &'a str, code: &'a str },
 }
 
 /// Why a caller was not authenticated; each maps to one HTTP error.
@@ -176,39 +186,13 @@ impl Authenticator {
         &self.tenancy
     }
 
-    /// The caller the headers prove, `None` when they carry no credentials; `source` is where
-    /// they come from, for the failure budget (see [`Throttle`]).
-    pub async fn authenticate(&self, headers: &HeaderMap, source: Source) -> Result<Option<Caller>, AuthError> {
-        if let Some(value) = headers.get(http::header::AUTHORIZATION) {
-            let text = value.to_str().unwrap_or("").trim();
-            if text.is_empty() {
-                return Err(AuthError::Missing(
-                    "the Authorization header is empty; send `Authorization: Bearer <token>`".to_owned(),
-                ));
-            }
-            let mut words = text.split_ascii_whitespace();
-            return match (words.next(), words.next(), words.next()) {
-                (Some(scheme), Some(token), None) if scheme.eq_ignore_ascii_case("bearer") => self.check_token(token).await.map(Some),
-                (Some(scheme), None, None) if scheme.eq_ignore_ascii_case("bearer") => {
-                    Err(AuthError::TokenInvalid("`Bearer` is not followed by a token".to_owned()))
-                }
-                _ => Err(AuthError::TokenInvalid(
-                    "the Authorization header must be `Bearer <token>`".to_owned(),
-                )),
-            };
-        }
-        let uuid = headers
-            .get(&crate::http::names::X_PLUGHOST_UUID)
-            .map(|v| v.to_str().unwrap_or("").trim().to_owned());
-        let code = headers
-            .get(&crate::http::names::X_PLUGHOST_TOTP)
-            .map(|v| v.to_str().unwrap_or("").trim().to_owned());
-        match (uuid, code) {
-            (None, None) => Ok(None),
-            (Some(uuid), Some(code)) => self.check_code(&uuid, &code, source).await.map(Some),
-            _ => Err(AuthError::Missing(
-                "send both X-Plughost-UUID and X-Plughost-TOTP, or `Authorization: Bearer <token>`".to_owned(),
-            )),
+    /// The caller `credentials` prove (`None` for none); `source` is the client address they
+    /// come from, for the failure budget (see [`Throttle`]).
+    pub async fn authenticate(&self, credentials: Credentials<'_>, source: Source) -> Result<Option<Caller>, AuthError> {
+        match credentials {
+            Credentials::None => Ok(None),
+            Credentials::Bearer(token) => self.check_token(token).await.map(Some),
+            Credentials::Code { uuid, code } => self.check_code(uuid, code, source).await.map(Some),
         }
     }
 

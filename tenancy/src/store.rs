@@ -68,7 +68,7 @@ impl PublishedPlugin {
             "size_bytes": self.size,
             "uploader": self.uploader,
             "signed": self.signature.is_some(),
-            "published_at": crate::plugins::timestamp(std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.published_at.max(0) as u64)),
+            "published_at": crate::clock::timestamp(std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.published_at.max(0) as u64)),
         })
     }
 }
@@ -131,8 +131,13 @@ pub trait Store: Send + Sync {
     async fn published_version(&self) -> Result<u64, StoreError>;
 }
 
-/// Wraps a store and records how long each operation takes in the metrics.
-pub struct Timed<S>(pub S);
+/// Told how long each store operation took, and whether it succeeded (the host's metrics).
+pub trait StoreObserver: Send + Sync {
+    fn operation(&self, store: &'static str, operation: &'static str, ok: bool, elapsed: std::time::Duration);
+}
+
+/// Wraps a store and reports how long each operation takes to an observer.
+pub struct Timed<S>(pub S, pub std::sync::Arc<dyn StoreObserver>);
 
 impl<S: Store> Timed<S> {
     async fn time<T>(
@@ -142,7 +147,7 @@ impl<S: Store> Timed<S> {
     ) -> Result<T, StoreError> {
         let started = std::time::Instant::now();
         let result = work.await;
-        crate::metrics::METRICS.store_operation(self.0.kind(), operation, result.is_ok(), started.elapsed());
+        self.1.operation(self.0.kind(), operation, result.is_ok(), started.elapsed());
         result
     }
 }
