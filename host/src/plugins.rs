@@ -383,7 +383,7 @@ impl Plugins {
             let size = candidate.bytes.len() as u64;
             let owner = tenant_of_file(file);
             if let (Some(uuid), None, Some(sandbox)) = (&owner, served, &self.sandbox) {
-                let cap = sandbox.settings.tenant_max_modules;
+                let cap = sandbox.settings().tenant_max_modules;
                 let count = modules.iter().filter(|m| m.owner.as_ref() == Some(uuid)).count();
                 if count >= cap {
                     let reason = format!(

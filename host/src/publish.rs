@@ -111,12 +111,12 @@ pub async fn publish(
             .iter()
             .filter(|p| p.tenant.as_deref() == Some(uuid) && p.key != key)
             .collect();
-        if others.len() >= sandbox.settings.tenant_max_modules {
+        if others.len() >= sandbox.settings().tenant_max_modules {
             return Err(PublishError::TooManyPlugins(uuid.to_owned(), others.len()));
         }
         let stored: u64 = others.iter().map(|p| p.size.max(0) as u64).sum();
         let total = stored + bytes.len() as u64;
-        let limit = sandbox.settings.tenant_max_stored_bytes;
+        let limit = sandbox.settings().tenant_max_stored_bytes;
         if total > limit {
             return Err(PublishError::TenantFull(uuid.to_owned(), total, limit));
         }

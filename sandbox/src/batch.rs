@@ -1,26 +1,19 @@
-//! Batching and requeue: quick calls queue and are sent to one worker together; when one call of
-//! a batch fails, the calls after it (not started) go back to the queue.
+//! Batching and requeue: quick calls queue, and a runner sends what is queued to one worker in
+//! one write; when one call of a batch fails, the calls after it (not started) go back to the
+//! front of the queue. The queue's bookkeeping is here; the pool runs the runners.
 
 use std::{
     collections::VecDeque,
     sync::{
-        atomic::{AtomicU32, Ordering},
-        Arc,
+        atomic::{AtomicU32, AtomicU64, Ordering},
+        Mutex,
     },
     time::{Duration, Instant},
 };
 
-use plughost_runtime::call::PluginReply;
-use plugin_api::ErrorKind;
-use tokio::sync::oneshot;
-
 use crate::{
+    job::{Failure, Job},
     lock,
-    output::response_headers,
-    pool::{Failure, Pool},
-    protocol::{encode_frame, CallHead, HostMsg, Outcome},
-    settings::Limits,
-    SandboxError,
 };
 
 /// How quick a function has been, which decides how it is called: a function whose latest
@@ -40,76 +33,62 @@ pub(crate) const MAX_BATCH: usize = 64;
 /// replies to be read.
 pub(crate) const MAX_BATCH_BYTES: usize = 60 * 1024;
 
-/// What a worker answered to one call: the outcome, the body, and how long the plugin took (µs).
-pub(crate) type Answered = Result<(Outcome, Vec<u8>, u64), Failure>;
-
-/// A quick call waiting in its pool's queue for a worker.
-pub(crate) struct Job {
-    pub(crate) id: u64,
-    /// The host's request id, which the plugin's log lines for this call carry.
-    pub(crate) request_id: String,
-    pub(crate) frame: Vec<u8>,
-    pub(crate) deadline: Instant,
-    pub(crate) answer: oneshot::Sender<Answered>,
-}
-
-/// The answer a runner sends back for a job.
-pub(crate) async fn answer_of(answered: oneshot::Receiver<Answered>) -> Answered {
-    answered
-        .await
-        .unwrap_or_else(|_| Err(Failure::Broken("the worker's runner ended without an answer".to_owned())))
-}
-
-impl Pool {
-    /// A call as a job: its frame, under an id unique in this host, and where its answer goes.
-    pub(crate) fn job(
-        &self,
-        mut head: CallHead<'_>,
-        body: &[u8],
-        deadline: Instant,
-    ) -> Result<(Job, oneshot::Receiver<Answered>), Failure> {
-        let id = self.sandbox.sequence.fetch_add(1, Ordering::Relaxed);
-        head.id = id;
-        let request_id = head.request_id.clone().into_owned();
-        let frame =
-            encode_frame(&HostMsg::Call(head), body).map_err(|err| Failure::Broken(format!("the request could not be encoded: {err}")))?;
-        let (answer, answered) = oneshot::channel();
-        Ok((
-            Job {
-                id,
-                request_id,
-                frame,
-                deadline,
-                answer,
-            },
-            answered,
-        ))
+impl Pace<'_> {
+    /// Whether this call may join a batch.
+    pub(crate) fn is_quick(&self) -> bool {
+        self.quick_max.is_some() && self.streak.load(Ordering::Relaxed) >= QUICK_STREAK
     }
 
-    /// Queues a quick call and waits for a runner to answer it.
-    pub(crate) async fn queued(self: &Arc<Self>, job: Job, answered: oneshot::Receiver<Answered>, limits: &Limits) -> Answered {
-        self.batched.fetch_add(1, Ordering::Relaxed);
-        lock(&self.queue).push_back(job);
-        if self.claim_runner(limits) {
-            tokio::spawn(Arc::clone(self).run_queue());
+    /// Counts a call that took `micros` in its worker (`None`: it failed).
+    pub(crate) fn record(&self, micros: Option<u64>) {
+        match (micros, self.quick_max) {
+            (Some(micros), Some(max)) if Duration::from_micros(micros) <= max => {
+                let _ = self
+                    .streak
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_add(1)));
+            }
+            _ => self.streak.store(0, Ordering::Relaxed),
         }
-        answer_of(answered).await
+    }
+}
+
+/// A pool's quick calls waiting for a runner, and the runners feeding them to workers.
+#[derive(Default)]
+pub(crate) struct Queue {
+    pub(crate) jobs: Mutex<VecDeque<Job>>,
+    pub(crate) runners: AtomicU32,
+    /// Calls that went through the queue, and those sent again after a failure before them.
+    pub(crate) batched: AtomicU64,
+    pub(crate) requeued: AtomicU64,
+}
+
+impl Queue {
+    pub(crate) fn push(&self, job: Job) {
+        self.batched.fetch_add(1, Ordering::Relaxed);
+        lock(&self.jobs).push_back(job);
     }
 
-    /// Counts one more runner if there are fewer than the CPUs this process may use.
-    pub(crate) fn claim_runner(&self, limits: &Limits) -> bool {
-        let most = self.sandbox.cpus.min(limits.max_concurrency.max(1));
+    pub(crate) fn is_empty(&self) -> bool {
+        lock(&self.jobs).is_empty()
+    }
+
+    /// Counts one more runner if there are fewer than `most`.
+    pub(crate) fn claim_runner(&self, most: u32) -> bool {
         self.runners
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < most).then_some(n + 1))
             .is_ok()
     }
 
-    /// Takes queued calls for one write; answers those whose deadline passed while they waited.
-    pub(crate) fn take_batch(&self) -> VecDeque<Job> {
-        let mut queue = lock(&self.queue);
+    pub(crate) fn end_runner(&self) {
+        self.runners.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Takes queued calls for one write: at most [`MAX_BATCH`] calls and [`MAX_BATCH_BYTES`]
+    /// (the first call goes whatever its size); answers those whose deadline passed at `now`.
+    pub(crate) fn take_batch(&self, now: Instant) -> VecDeque<Job> {
+        let mut queue = lock(&self.jobs);
         let mut batch = VecDeque::new();
         let mut bytes = 0;
-        let now = Instant::now();
         while batch.len() < MAX_BATCH {
             let Some(next) = queue.front() else { break };
             if !batch.is_empty() && bytes + next.frame.len() > MAX_BATCH_BYTES {
@@ -126,119 +105,139 @@ impl Pool {
         batch
     }
 
-    /// A runner: takes a worker and feeds it batches until the queue is empty.
-    pub(crate) async fn run_queue(self: Arc<Self>) {
-        loop {
-            let mut batch = self.take_batch();
-            if batch.is_empty() {
-                self.runners.fetch_sub(1, Ordering::AcqRel);
-                // A call queued after the batch was taken but before the count dropped would
-                // otherwise wait for the next call to start a runner.
-                if lock(&self.queue).is_empty() || !self.claim_runner(&self.limits()) {
-                    return;
-                }
-                continue;
-            }
-            let deadline = batch.front().map_or_else(Instant::now, |job| job.deadline);
-            let mut worker = match self.checkout(deadline).await {
-                Ok(worker) => worker,
-                Err(why) => {
-                    for job in batch {
-                        let _ = job.answer.send(Err(Failure::Broken(format!("no worker could start: {why}"))));
-                    }
-                    continue;
-                }
-            };
-            let limits = self.limits();
-            match worker.run_batch(&mut batch, &limits, &self).await {
-                // Checked in after every batch, so that the call budget and the growth check
-                // apply; the next batch takes the same (last idle) worker back.
-                Ok(()) => self.checkin(worker),
-                Err((job, failure)) => {
-                    // The worker answers in order: the calls after the failed one never started
-                    // when it hung, died, or is stuck writing a reply too large to be read (over
-                    // a pipe's size, so it cannot have moved on); after a protocol error nothing
-                    // is known.
-                    let requeue = matches!(failure, Failure::TimedOut | Failure::Crashed { .. } | Failure::TooLarge(_));
-                    let _ = job.answer.send(Err(failure));
-                    if requeue {
-                        self.requeued.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                        // They have not started: a full deadline from now, as anywhere else.
-                        let fresh = Instant::now() + limits.call_timeout;
-                        let mut queue = lock(&self.queue);
-                        while let Some(mut job) = batch.pop_back() {
-                            job.deadline = job.deadline.max(fresh);
-                            queue.push_front(job);
-                        }
-                    } else {
-                        for job in batch.drain(..) {
-                            let _ = job.answer.send(Err(Failure::Broken(
-                                "the worker failed on an earlier call of the same batch".to_owned(),
-                            )));
-                        }
-                    }
-                    drop(worker);
-                }
-            }
+    /// Puts the calls of a batch that never started back at the front of the queue, in their
+    /// order, each with at least a full deadline from now (`fresh`).
+    pub(crate) fn requeue(&self, batch: &mut VecDeque<Job>, fresh: Instant) {
+        self.requeued.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let mut queue = lock(&self.jobs);
+        while let Some(mut job) = batch.pop_back() {
+            job.deadline = job.deadline.max(fresh);
+            queue.push_front(job);
         }
     }
+}
 
-    /// A call's result, as the caller sees it; crashes and timeouts are counted.
-    pub(crate) fn settle(&self, result: Answered, limits: &Limits) -> Result<PluginReply, SandboxError> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        match result {
-            Ok((outcome, body, _)) => {
-                if self.troubled.load(Ordering::Acquire) {
-                    let mut health = lock(&self.health);
-                    health.consecutive = 0;
-                    if health.quarantined.is_none() {
-                        self.troubled.store(false, Ordering::Release);
-                    }
-                }
-                match outcome {
-                    Outcome::Ok {
-                        status,
-                        content_type,
-                        headers,
-                    } => Ok(PluginReply {
-                        status,
-                        content_type,
-                        // A tenant's code answers on the host's origin: only headers that concern
-                        // its own response pass.
-                        headers: if self.owner.is_some() {
-                            response_headers(headers, &self.module)
-                        } else {
-                            headers
-                        },
-                        body,
-                    }),
-                    Outcome::Err {
-                        kind: ErrorKind::Panicked,
-                        message,
-                        ..
-                    } => Err(SandboxError::Panicked(message)),
-                    Outcome::Err { kind, code, message } => Err(SandboxError::Plugin { kind, code, message }),
-                }
-            }
-            Err(Failure::TimedOut) => {
-                self.timeouts.fetch_add(1, Ordering::Relaxed);
-                self.sandbox.observer.call_timed_out();
-                tracing::warn!(module = %self.module, tenant = self.owner.as_deref().unwrap_or("-"), "a sandboxed call passed its deadline; its worker was killed");
-                Err(SandboxError::Timeout(limits.call_timeout))
-            }
-            Err(Failure::TooLarge(size)) => Err(SandboxError::ResponseTooLarge(size)),
-            Err(Failure::Broken(why)) => {
-                self.record_crash(&why);
-                Err(SandboxError::WorkerFailed(why))
-            }
-            Err(Failure::Crashed { status, out_of_memory }) => {
-                self.record_crash(&status);
-                if out_of_memory {
-                    Err(SandboxError::OutOfMemory(limits.memory_bytes >> 20))
-                } else {
-                    Err(SandboxError::Crashed(status))
-                }
-            }
+#[cfg(test)]
+mod tests {
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::job::Answered;
+
+    fn job(id: u64, bytes: usize, deadline: Instant) -> (Job, oneshot::Receiver<Answered>) {
+        let (answer, answered) = oneshot::channel();
+        let job = Job {
+            id,
+            request_id: format!("r{id}"),
+            frame: vec![0; bytes],
+            deadline,
+            answer,
+        };
+        (job, answered)
+    }
+
+    fn ids(batch: &VecDeque<Job>) -> Vec<u64> {
+        batch.iter().map(|j| j.id).collect()
+    }
+
+    #[test]
+    fn a_batch_stops_at_the_call_count_and_at_the_byte_budget() {
+        let later = Instant::now() + Duration::from_secs(10);
+        let queue = Queue::default();
+        let mut answers = Vec::new();
+        for id in 0..100 {
+            let (job, answered) = job(id, 10, later);
+            queue.push(job);
+            answers.push(answered);
         }
+        assert_eq!(ids(&queue.take_batch(Instant::now())), (0..64).collect::<Vec<_>>());
+        assert_eq!(queue.take_batch(Instant::now()).len(), 36);
+        assert!(queue.is_empty());
+        assert_eq!(queue.batched.load(Ordering::Relaxed), 100);
+
+        // 25 KiB calls: two fit under 60 KiB, the third waits; one call over the budget goes alone.
+        for id in 0..3 {
+            let (job, answered) = job(id, 25 * 1024, later);
+            queue.push(job);
+            answers.push(answered);
+        }
+        assert_eq!(ids(&queue.take_batch(Instant::now())), [0, 1]);
+        let (big, _answered) = job(9, 100 * 1024, later);
+        queue.push(big);
+        assert_eq!(ids(&queue.take_batch(Instant::now())), [2]);
+        assert_eq!(ids(&queue.take_batch(Instant::now())), [9]);
+    }
+
+    #[test]
+    fn calls_past_their_deadline_are_answered_with_a_timeout_and_left_out() {
+        let now = Instant::now();
+        let queue = Queue::default();
+        let (late, mut late_answer) = job(1, 10, now);
+        let (fine, _fine_answer) = job(2, 10, now + Duration::from_secs(5));
+        queue.push(late);
+        queue.push(fine);
+        assert_eq!(ids(&queue.take_batch(now)), [2]);
+        assert!(matches!(late_answer.try_recv(), Ok(Err(Failure::TimedOut))));
+    }
+
+    #[test]
+    fn a_requeued_batch_goes_back_in_front_in_order_with_a_fresh_deadline() {
+        let now = Instant::now();
+        let queue = Queue::default();
+        let mut answers = Vec::new();
+        for id in [7, 8] {
+            let (job, answered) = job(id, 10, now + Duration::from_secs(1));
+            queue.push(job);
+            answers.push(answered);
+        }
+        let mut failed = VecDeque::new();
+        for id in [3, 4] {
+            let (job, answered) = job(id, 10, now + Duration::from_millis(1));
+            failed.push_back(job);
+            answers.push(answered);
+        }
+        let fresh = now + Duration::from_secs(30);
+        queue.requeue(&mut failed, fresh);
+        assert!(failed.is_empty());
+        assert_eq!(queue.requeued.load(Ordering::Relaxed), 2);
+        let batch = queue.take_batch(now);
+        assert_eq!(ids(&batch), [3, 4, 7, 8]);
+        assert!(batch.iter().all(|j| j.deadline >= now + Duration::from_secs(1)));
+        assert_eq!(batch[0].deadline, fresh);
+    }
+
+    #[test]
+    fn runners_are_capped() {
+        let queue = Queue::default();
+        assert!(queue.claim_runner(2));
+        assert!(queue.claim_runner(2));
+        assert!(!queue.claim_runner(2));
+        queue.end_runner();
+        assert!(queue.claim_runner(2));
+    }
+
+    #[test]
+    fn the_pace_batches_a_function_after_its_quick_streak_and_a_slow_call_ends_it() {
+        let streak = AtomicU32::new(0);
+        let pace = Pace {
+            streak: &streak,
+            quick_max: Some(Duration::from_micros(500)),
+        };
+        for _ in 0..QUICK_STREAK {
+            assert!(!pace.is_quick());
+            pace.record(Some(100));
+        }
+        assert!(pace.is_quick());
+        pace.record(Some(501));
+        assert!(!pace.is_quick());
+        pace.record(Some(100));
+        pace.record(None);
+        assert_eq!(streak.load(Ordering::Relaxed), 0);
+        let never = Pace {
+            streak: &streak,
+            quick_max: None,
+        };
+        streak.store(QUICK_STREAK, Ordering::Relaxed);
+        assert!(!never.is_quick(), "no quick_max: never batched");
     }
 }

@@ -10,21 +10,27 @@
 //!
 //! The parts, from the host's side down to the worker's:
 //! - `settings`: [`Settings`] and [`Limits`], with a tenant's overrides.
-//! - `sandbox`: the [`Sandbox`] (spawner, folders, uids, tenants, loading, maintenance).
-//! - `pool`: a module's [`Pool`]: checkout, settlement, retirement, status.
-//! - `batch`: quick calls queued and sent together; requeue after a failure.
-//! - `health`: crashes, restart delays and quarantine.
-//! - `process`: one worker process and its channel, as the host drives it.
+//! - `sandbox`: the [`Sandbox`] (folders, tenants, loading, probing, maintenance).
+//! - `pool`: a module's [`Pool`]: a call's way through it, checkout, crashes, status.
+//! - `batch`: the queue of quick calls, sent together, and requeue after a failure; [`Pace`].
+//! - `health`: crashes in a window, restart delays and quarantine.
+//! - `buffers`: each tenant's budget of response bytes held for slow clients.
+//! - `process`: one worker process and its channel, as the host drives it, and its retirement.
+//! - `launcher`: where workers come from (spawner thread, folders, uids, cgroups).
+//! - `job`: a call on its way through a worker, and how it can fail.
 //! - `output`: a worker's log lines, stdout and stderr, and the headers a tenant may set.
 //! - `observer`: what the sandbox reports to the host ([`Observer`]); [`SandboxError`].
 //! - [`protocol`]: the frames between host and worker; [`confine`] and [`cgroup`]: the layers.
 //! - [`worker`]: the worker process itself (`plughost worker`).
 
 mod batch;
+mod buffers;
 pub mod cgroup;
 pub mod confine;
 mod error;
 mod health;
+mod job;
+mod launcher;
 mod observer;
 mod output;
 mod pool;

@@ -3,8 +3,6 @@
 
 use std::io::{BufRead, BufReader, Read};
 
-use crate::pool::Pool;
-
 /// Plugin output logged per worker before the rest is dropped (counted).
 pub(crate) const OUTPUT_BUDGET: usize = 64 * 1024;
 
@@ -84,13 +82,12 @@ impl LogBudget {
     }
 
     /// A call was answered: says how many of its lines were dropped, and starts the next call's budget.
-    pub(crate) fn end_call(&mut self, pool: &Pool, request_id: &str) {
+    pub(crate) fn end_call(&mut self, label: Label<'_>, request_id: &str) {
         if self.dropped > 0 {
-            let tenant = pool.owner.as_deref().unwrap_or("admin");
             tracing::warn!(
                 target: "plugin",
-                tenant,
-                module = pool.module.as_str(),
+                tenant = label.tenant,
+                module = label.module,
                 request_id,
                 dropped_lines = self.dropped,
                 "the plugin logged more than {LOG_BUDGET_PER_CALL} bytes in one call or {LOG_BUDGET_PER_WORKER} bytes in its worker's life; the rest was dropped"
@@ -118,11 +115,17 @@ pub fn escape_control(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(escaped)
 }
 
+/// Whose worker a line comes from: its tenant (`admin` for the admin's modules) and module.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Label<'a> {
+    pub(crate) tenant: &'a str,
+    pub(crate) module: &'a str,
+}
+
 /// Writes a plugin's log line, tagged with its tenant and module.
-pub(crate) fn log_line(level: u8, message: &str, request_id: &str, pool: &Pool) {
+pub(crate) fn log_line(level: u8, message: &str, request_id: &str, label: Label<'_>) {
     use plugin_api::abi::LogLevel;
-    let tenant = pool.owner.as_deref().unwrap_or("admin");
-    let module = pool.module.as_str();
+    let Label { tenant, module } = label;
     let request_id = if request_id.is_empty() { "-" } else { request_id };
     let message = escape_control(message);
     match crate::worker::level_from_wire(level) {

@@ -7,19 +7,19 @@ use std::{
     io::{BufReader, Read},
     path::{Path, PathBuf},
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
-    sync::{atomic::Ordering, Arc},
+    sync::{atomic::Ordering, Arc, Mutex},
     thread,
     time::{Duration, Instant},
 };
 
 use crate::{
-    batch::Job,
     cgroup,
+    job::{Failure, Job},
+    launcher::{Launcher, UidLease},
+    lock,
     observer::Observer,
-    output::{log_line, log_output, LogBudget},
-    pool::{Failure, Pool},
+    output::{log_line, log_output, Label, LogBudget},
     protocol::{encode_frame, read_frame, read_frame_async, write_frame, FrameError, HostMsg, Layer, Rlimits, WorkerMsg, PROTOCOL_VERSION},
-    sandbox::{Sandbox, UidLease},
     settings::Limits,
 };
 
@@ -27,6 +27,29 @@ use crate::{
 pub(crate) const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Room for headers beyond a response body in a reply frame.
 pub(crate) const FRAME_OVERHEAD: u64 = 1 << 20;
+
+/// How long a worker told goodbye may take to exit before it is killed.
+pub(crate) const GOODBYE_GRACE: Duration = Duration::from_secs(1);
+
+/// Workers told goodbye, and when: reaped once they exit, killed after [`GOODBYE_GRACE`].
+#[derive(Default)]
+pub(crate) struct Retiring {
+    workers: Mutex<Vec<(Worker, Instant)>>,
+}
+
+impl Retiring {
+    /// Says goodbye to a healthy worker; the maintenance thread reaps it.
+    pub(crate) fn retire(&self, mut worker: Worker) {
+        worker.goodbye();
+        lock(&self.workers).push((worker, Instant::now()));
+    }
+
+    /// Reaps retired workers that have exited; kills those that outstay [`GOODBYE_GRACE`].
+    pub(crate) fn reap(&self) {
+        let mut retiring = lock(&self.workers);
+        retiring.retain_mut(|(worker, since)| !matches!(worker.child.try_wait(), Ok(Some(_))) && since.elapsed() < GOODBYE_GRACE);
+    }
+}
 
 /// A worker's two pipes: blocking while it loads (on a thread of its own), then driven by tokio
 /// for calls.
@@ -75,17 +98,17 @@ impl Worker {
     /// Starts a worker, has it confine itself and load `library`; returns it with the layers it
     /// reported and the plugin's manifest.
     pub(crate) fn spawn(
-        sandbox: &Sandbox,
+        launcher: &Launcher,
         library: Option<&Path>,
         limits: &Limits,
         tenant: Option<&str>,
         module: &str,
     ) -> Result<(Worker, Vec<Layer>, Option<plugin_api::abi::Manifest>), String> {
         let started = Instant::now();
-        let id = sandbox.sequence.fetch_add(1, Ordering::Relaxed);
-        let dir = sandbox.run_dir.join(format!("w{id}"));
+        let id = launcher.sequence.fetch_add(1, Ordering::Relaxed);
+        let dir = launcher.run_dir.join(format!("w{id}"));
         fs::create_dir_all(&dir).map_err(|e| format!("cannot create its working folder {}: {e}", dir.display()))?;
-        let mut command = Command::new(&sandbox.program);
+        let mut command = Command::new(&launcher.program);
         command
             .arg("worker")
             .env_clear()
@@ -93,13 +116,13 @@ impl Worker {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = sandbox.spawner.spawn(command).map_err(|e| {
+        let mut child = launcher.spawner.spawn(command).map_err(|e| {
             let _ = fs::remove_dir(&dir);
-            format!("cannot start {} worker: {e}", sandbox.program.display())
+            format!("cannot start {} worker: {e}", launcher.program.display())
         })?;
         let pid = child.id();
         // Into its memory cgroup before it is told what to load.
-        let (cgroup, cgroup_layer) = match &sandbox.cgroups {
+        let (cgroup, cgroup_layer) = match &launcher.cgroups {
             Ok(cgroups) => match cgroups.place(id, pid, limits.memory_bytes) {
                 Ok(cgroup) => (
                     Some(cgroup),
@@ -126,7 +149,7 @@ impl Worker {
             .name("sandbox-output".into())
             .spawn(move || log_output(stderr, &label.0, &label.1))
             .ok();
-        sandbox.observer.worker_spawned();
+        launcher.observer.worker_spawned();
         let mut worker = Worker {
             child,
             channel: Channel::Blocking {
@@ -144,9 +167,9 @@ impl Worker {
             output_log,
             dir,
             cgroup,
-            uid: sandbox.allocate_uid(),
+            uid: launcher.allocate_uid(),
             log_budget: LogBudget::default(),
-            observer: Arc::clone(&sandbox.observer),
+            observer: Arc::clone(&launcher.observer),
         };
         let load = HostMsg::Load {
             protocol: PROTOCOL_VERSION,
@@ -154,8 +177,8 @@ impl Worker {
             module: module.to_owned(),
             rlimits: Rlimits {
                 address_space_bytes: limits.memory_bytes,
-                cpu_seconds: sandbox.settings.cpu_seconds,
-                open_files: sandbox.settings.open_files,
+                cpu_seconds: launcher.settings.cpu_seconds,
+                open_files: launcher.settings.open_files,
                 uid: worker.uid.as_ref().map(|lease| lease.uid),
             },
         };
@@ -184,7 +207,7 @@ impl Worker {
             Ok((WorkerMsg::Loaded { mut layers, manifest, .. }, _)) => {
                 layers.push(cgroup_layer);
                 let took = started.elapsed();
-                sandbox.observer.worker_loaded(took);
+                launcher.observer.worker_loaded(took);
                 tracing::debug!(module, pid, elapsed_ms = took.as_secs_f64() * 1000.0, "sandbox worker ready");
                 Ok((worker, layers, manifest))
             }
@@ -202,7 +225,7 @@ impl Worker {
     ///
     /// A call's deadline counts from when the worker could start it (the reply before it), not
     /// from when it was queued: a call queued behind one that turned slow is delayed, not failed.
-    pub(crate) async fn run_batch(&mut self, batch: &mut VecDeque<Job>, limits: &Limits, pool: &Pool) -> Result<(), (Job, Failure)> {
+    pub(crate) async fn run_batch(&mut self, batch: &mut VecDeque<Job>, limits: &Limits, label: Label<'_>) -> Result<(), (Job, Failure)> {
         let (limit, timeout) = (limits.max_response_bytes as u64 + FRAME_OVERHEAD, limits.call_timeout);
         let Some(first_deadline) = batch.front().map(|job| job.deadline) else {
             return Ok(());
@@ -239,7 +262,7 @@ impl Worker {
                     // the call's in progress, the first unanswered one.
                     Ok(Ok((WorkerMsg::Log { level, message, .. }, _))) => self
                         .log_budget
-                        .spend(message.len(), || log_line(level, &message, &job.request_id, pool)),
+                        .spend(message.len(), || log_line(level, &message, &job.request_id, label)),
                     Ok(Ok((
                         WorkerMsg::Reply {
                             id: answered,
@@ -249,7 +272,7 @@ impl Worker {
                         raw,
                     ))) if answered == job.id => {
                         startable = Instant::now();
-                        self.log_budget.end_call(pool, &job.request_id);
+                        self.log_budget.end_call(label, &job.request_id);
                         if let Some(job) = batch.pop_front() {
                             let _ = job.answer.send(Ok((outcome, raw, micros)));
                         }

@@ -357,7 +357,7 @@ fn to_response(reply: plughost_runtime::call::PluginReply, endpoint: &Endpoint, 
     let content_type = HeaderValue::from_str(&reply.content_type).map_err(|_| bad("an invalid Content-Type".to_owned()))?;
     // A tenant's responses held for slow clients are bounded per tenant.
     let body: Bytes = match (&endpoint.module.owner, endpoint.module.sandbox()) {
-        (Some(tenant), Some(pool)) => pool.sandbox().hold_response(tenant, reply.body).map_err(|budget| {
+        (Some(tenant), Some(pool)) => pool.hold_response(tenant, reply.body).map_err(|budget| {
             let mut err = ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "TENANT_BUFFER_FULL",
