@@ -3,6 +3,7 @@
 //!
 //! Calls run on the blocking pool, never on the async runtime's threads, with one exception that
 //! saves two thread hand-offs per request: a function whose latest `QUICK_STREAK` calls each
+//! (the one rule of [`plughost_runtime::pace`], which the sandbox also batches by)
 //! returned within `INLINE_CALL_MAX_US` is called directly on the async thread. The first call
 //! that takes longer sends the function back to the pool until it has proven quick again, so a
 //! function that turns slow costs at most one late answer.
@@ -14,7 +15,7 @@
 
 use std::{
     borrow::Cow,
-    sync::{atomic::Ordering, Arc},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -22,7 +23,10 @@ use abi_stable::std_types::RResult;
 use bytes::Bytes;
 use plugin_api::ErrorKind;
 
-use plughost_runtime::call::{CallParts, PluginReply};
+use plughost_runtime::{
+    call::{CallParts, PluginReply},
+    pace::Pace,
+};
 
 use crate::registry::Endpoint;
 
@@ -80,9 +84,6 @@ impl From<plughost_sandbox::SandboxError> for CallError {
     }
 }
 
-/// Quick calls in a row before a function is called inline.
-const QUICK_STREAK: u32 = 32;
-
 /// Calls `endpoint` with `input`, waiting at most `deadline`; inline when the function has been
 /// quick (`inline_max`, `None`: never inline).
 pub async fn call(
@@ -94,33 +95,33 @@ pub async fn call(
     if let Some(pool) = endpoint.module.sandbox() {
         return call_sandboxed(Arc::clone(pool), endpoint, input, inline_max).await;
     }
-    if let Some(max) = inline_max {
-        if endpoint.quick_streak().load(Ordering::Relaxed) >= QUICK_STREAK {
-            let started = Instant::now();
-            let result = run(&endpoint, &input);
-            let took = started.elapsed();
-            if took > max {
-                endpoint.quick_streak().store(0, Ordering::Relaxed);
-                tracing::debug!(function = %endpoint.function().name, ?took, "an inline call was slow; back to the blocking pool");
-            }
-            return if took > deadline {
-                Err(CallError::Timeout(deadline))
-            } else {
-                result
-            };
+    let pace = Pace {
+        streak: endpoint.quick_streak(),
+        quick_max: inline_max,
+    };
+    if pace.is_quick() {
+        let started = Instant::now();
+        let result = run(&endpoint, &input);
+        let took = started.elapsed();
+        pace.record(Some(took));
+        if !pace.is_quick() {
+            tracing::debug!(function = %endpoint.function().name, ?took, "an inline call was slow; back to the blocking pool");
         }
+        return if took > deadline {
+            Err(CallError::Timeout(deadline))
+        } else {
+            result
+        };
     }
     let task = tokio::task::spawn_blocking(move || {
         let started = Instant::now();
         let result = crate::access::on_thread(&input.request_id, || run(&endpoint, &input));
-        if let Some(max) = inline_max {
-            let streak = endpoint.quick_streak();
-            if started.elapsed() <= max {
-                let _ = streak.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_add(1)));
-            } else {
-                streak.store(0, Ordering::Relaxed);
-            }
-        }
+        let pace = Pace {
+            streak: endpoint.quick_streak(),
+            quick_max: inline_max,
+        };
+        // A plugin's error answer was quick too: only the time counts here.
+        pace.record(Some(started.elapsed()));
         result
     });
     match tokio::time::timeout(deadline, task).await {
@@ -159,7 +160,7 @@ async fn call_sandboxed(
             content_type: Cow::Borrowed(&input.content_type),
             request_id: Cow::Borrowed(&input.request_id),
         };
-        let pace = plughost_sandbox::Pace {
+        let pace = Pace {
             streak: endpoint.quick_streak(),
             quick_max,
         };

@@ -7,9 +7,11 @@
 //! - [`manifest`]: the plugin's manifest as the host trusts it ([`manifest::ModuleSpec`]).
 //! - [`params`]: kwargs coerced to the parameter types a function declares.
 //! - [`call`]: one call through the stable ABI and the plugin's reply.
+//! - [`pace`]: the quick-call policy both tiers follow.
 
 pub mod call;
 pub mod elf;
 pub mod library;
 pub mod manifest;
+pub mod pace;
 pub mod params;

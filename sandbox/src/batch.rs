@@ -1,6 +1,7 @@
 //! Batching and requeue: quick calls queue, and a runner sends what is queued to one worker in
 //! one write; when one call of a batch fails, the calls after it (not started) go back to the
-//! front of the queue. The queue's bookkeeping is here; the pool runs the runners.
+//! front of the queue. The queue's bookkeeping is here; the pool runs the runners. Which calls
+//! are quick is [`plughost_runtime::pace`]'s rule.
 
 use std::{
     collections::VecDeque,
@@ -8,7 +9,7 @@ use std::{
         atomic::{AtomicU32, AtomicU64, Ordering},
         Mutex,
     },
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use crate::{
@@ -16,41 +17,12 @@ use crate::{
     lock,
 };
 
-/// How quick a function has been, which decides how it is called: a function whose latest
-/// calls each ran within `quick_max` (as its worker measured them) may share a worker with other
-/// quick calls.
-pub struct Pace<'a> {
-    pub streak: &'a AtomicU32,
-    pub quick_max: Option<Duration>,
-}
-
-/// Quick calls in a row before a function's calls are batched.
-pub(crate) const QUICK_STREAK: u32 = 32;
 /// Most calls sent to a worker in one write.
 pub(crate) const MAX_BATCH: usize = 64;
 /// Most request bytes sent to a worker in one write (a call larger than this goes alone). Below
 /// a pipe's 64 KiB, so that the write never waits for the worker, which may be waiting for its
 /// replies to be read.
 pub(crate) const MAX_BATCH_BYTES: usize = 60 * 1024;
-
-impl Pace<'_> {
-    /// Whether this call may join a batch.
-    pub(crate) fn is_quick(&self) -> bool {
-        self.quick_max.is_some() && self.streak.load(Ordering::Relaxed) >= QUICK_STREAK
-    }
-
-    /// Counts a call that took `micros` in its worker (`None`: it failed).
-    pub(crate) fn record(&self, micros: Option<u64>) {
-        match (micros, self.quick_max) {
-            (Some(micros), Some(max)) if Duration::from_micros(micros) <= max => {
-                let _ = self
-                    .streak
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_add(1)));
-            }
-            _ => self.streak.store(0, Ordering::Relaxed),
-        }
-    }
-}
 
 /// A pool's quick calls waiting for a runner, and the runners feeding them to workers.
 #[derive(Default)]
@@ -119,6 +91,8 @@ impl Queue {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use tokio::sync::oneshot;
 
     use super::*;
@@ -214,30 +188,5 @@ mod tests {
         assert!(!queue.claim_runner(2));
         queue.end_runner();
         assert!(queue.claim_runner(2));
-    }
-
-    #[test]
-    fn the_pace_batches_a_function_after_its_quick_streak_and_a_slow_call_ends_it() {
-        let streak = AtomicU32::new(0);
-        let pace = Pace {
-            streak: &streak,
-            quick_max: Some(Duration::from_micros(500)),
-        };
-        for _ in 0..QUICK_STREAK {
-            assert!(!pace.is_quick());
-            pace.record(Some(100));
-        }
-        assert!(pace.is_quick());
-        pace.record(Some(501));
-        assert!(!pace.is_quick());
-        pace.record(Some(100));
-        pace.record(None);
-        assert_eq!(streak.load(Ordering::Relaxed), 0);
-        let never = Pace {
-            streak: &streak,
-            quick_max: None,
-        };
-        streak.store(QUICK_STREAK, Ordering::Relaxed);
-        assert!(!never.is_quick(), "no quick_max: never batched");
     }
 }

@@ -12,7 +12,7 @@
 //! - `settings`: [`Settings`] and [`Limits`], with a tenant's overrides.
 //! - `sandbox`: the [`Sandbox`] (folders, tenants, loading, probing, maintenance).
 //! - `pool`: a module's [`Pool`]: a call's way through it, checkout, crashes, status.
-//! - `batch`: the queue of quick calls, sent together, and requeue after a failure; [`Pace`].
+//! - `batch`: the queue of quick calls, sent together, and requeue after a failure.
 //! - `health`: crashes in a window, restart delays and quarantine.
 //! - `buffers`: each tenant's budget of response bytes held for slow clients.
 //! - `process`: one worker process and its channel, as the host drives it, and its retirement.
@@ -43,7 +43,6 @@ pub mod worker;
 use std::sync::{Mutex, MutexGuard};
 
 pub use self::{
-    batch::Pace,
     error::SandboxError,
     observer::{Observer, Unobserved},
     output::escape_control,

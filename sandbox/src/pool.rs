@@ -13,13 +13,13 @@ use std::{
     time::Instant,
 };
 
-use plughost_runtime::call::PluginReply;
+use plughost_runtime::{call::PluginReply, pace::Pace};
 use plugin_api::ErrorKind;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::{
-    batch::{Pace, Queue},
+    batch::Queue,
     buffers::TenantBuffers,
     health::Health,
     job::{answer_of, Answered, Failure, Job},
@@ -136,7 +136,7 @@ impl Pool {
                 }
             }
         };
-        pace.record(result.as_ref().ok().map(|(_, _, micros)| *micros));
+        pace.record(result.as_ref().ok().map(|(_, _, micros)| std::time::Duration::from_micros(*micros)));
         self.settle(result, &limits)
     }
 

@@ -2,7 +2,10 @@
 //! [`Config`], whose fields cannot hold invalid values. Every problem is reported at once.
 
 pub mod cors;
+mod sections;
+mod vars;
 
+use self::vars::Vars;
 use std::{
     collections::HashMap,
     fmt,
@@ -248,22 +251,21 @@ pub struct Config {
 }
 
 /// `SANDBOX_*`, from `var` (key, default → value).
-fn sandbox_settings(errors: &mut Vec<String>, var: &dyn Fn(&str, &str) -> String) -> plughost_sandbox::Settings {
-    let mut number = |key: &str, default: &str, min: u64, max: u64| parse_number(errors, key, &var(key, default), min, max);
+fn sandbox_settings(v: &mut Vars<'_>) -> plughost_sandbox::Settings {
     plughost_sandbox::Settings {
-        memory_bytes: number("SANDBOX_MEMORY_MB", "512", 32, 1 << 20) << 20,
-        cpu_seconds: number("SANDBOX_CPU_SECS", "300", 1, 86_400 * 365),
-        open_files: number("SANDBOX_OPEN_FILES", "64", 16, 1 << 20),
-        max_concurrency: number("SANDBOX_MAX_CONCURRENCY", "4", 1, 1024) as u32,
-        warm_workers: number("SANDBOX_WARM_WORKERS", "1", 0, 1024) as u32,
-        idle_timeout: Duration::from_secs(number("SANDBOX_IDLE_SECS", "60", 1, 86_400)),
-        max_calls: number("SANDBOX_MAX_CALLS", "10000", 1, u64::from(u32::MAX)),
-        max_growth_bytes: number("SANDBOX_MAX_GROWTH_MB", "64", 1, 1 << 20) << 20,
-        quarantine_crashes: number("SANDBOX_QUARANTINE_CRASHES", "5", 1, 1_000_000) as u32,
-        quarantine_window: Duration::from_secs(number("SANDBOX_QUARANTINE_WINDOW_SECS", "60", 1, 86_400)),
-        tenant_max_modules: number("TENANT_MAX_MODULES", "16", 1, 100_000) as usize,
-        tenant_max_stored_bytes: number("TENANT_MAX_STORED_MB", "256", 1, 1 << 20) << 20,
-        tenant_max_buffered_bytes: number("TENANT_MAX_BUFFERED_MB", "256", 1, 1 << 20) << 20,
+        memory_bytes: v.number("SANDBOX_MEMORY_MB", 32, 1 << 20) << 20,
+        cpu_seconds: v.number("SANDBOX_CPU_SECS", 1, 86_400 * 365),
+        open_files: v.number("SANDBOX_OPEN_FILES", 16, 1 << 20),
+        max_concurrency: v.number("SANDBOX_MAX_CONCURRENCY", 1, 1024) as u32,
+        warm_workers: v.number("SANDBOX_WARM_WORKERS", 0, 1024) as u32,
+        idle_timeout: v.secs("SANDBOX_IDLE_SECS", 1, 86_400),
+        max_calls: v.number("SANDBOX_MAX_CALLS", 1, u64::from(u32::MAX)),
+        max_growth_bytes: v.number("SANDBOX_MAX_GROWTH_MB", 1, 1 << 20) << 20,
+        quarantine_crashes: v.number("SANDBOX_QUARANTINE_CRASHES", 1, 1_000_000) as u32,
+        quarantine_window: v.secs("SANDBOX_QUARANTINE_WINDOW_SECS", 1, 86_400),
+        tenant_max_modules: v.number("TENANT_MAX_MODULES", 1, 100_000) as usize,
+        tenant_max_stored_bytes: v.number("TENANT_MAX_STORED_MB", 1, 1 << 20) << 20,
+        tenant_max_buffered_bytes: v.number("TENANT_MAX_BUFFERED_MB", 1, 1 << 20) << 20,
     }
 }
 
@@ -305,18 +307,13 @@ impl Config {
 /// The sandbox settings of a process with no `.env` (`plughost check`): the defaults, or the
 /// `SANDBOX_*` of the environment when they are all valid.
 pub fn sandbox_defaults() -> plughost_sandbox::Settings {
-    let from_env = |key: &str, default: &str| {
-        std::env::var(key)
-            .ok()
-            .filter(|v| !v.trim().is_empty())
-            .unwrap_or_else(|| default.to_owned())
-    };
-    let mut errors = Vec::new();
-    let settings = sandbox_settings(&mut errors, &from_env);
-    if errors.is_empty() {
+    let from_env = |key: &str| std::env::var(key).ok();
+    let mut vars = Vars::new(&from_env);
+    let settings = sandbox_settings(&mut vars);
+    if vars.errors.is_empty() {
         settings
     } else {
-        sandbox_settings(&mut errors, &|_, default| default.to_owned())
+        sandbox_settings(&mut Vars::new(&|_| None))
     }
 }
 
@@ -382,333 +379,60 @@ impl Config {
 
     /// Builds a configuration from a variable lookup; pure, so that it can be unit tested.
     pub fn from_vars(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
-        let mut errors = Vec::new();
-        let var = |key: &str, default: &str| {
-            get(key)
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-                .unwrap_or_else(|| default.to_owned())
+        let mut v = Vars::new(get);
+        let server = sections::server(&mut v);
+        let url_params = sections::url_params(&mut v);
+        let limits = sections::limits(&mut v);
+        let reload = sections::reload(&mut v);
+        let log_format = sections::log_format(&mut v);
+        let identity = sections::identity(&mut v);
+        let cors = sections::cors(&mut v);
+        let admin_isolation = sections::admin_isolation(&mut v);
+        let sandbox = sandbox_settings(&mut v);
+        let watch_poll = sections::watch_poll(&mut v);
+        let publishing = sections::publishing(&mut v);
+        let stage = sections::stage(&mut v);
+        let log_filter = sections::log_filter(&mut v);
+        let Some(secret_key) = identity.secret_key.filter(|_| v.errors.is_empty()) else {
+            return Err(ConfigErrors(v.errors));
         };
-
-        let plugins_dir = PathBuf::from(var("PLUGINS_DIR", "./plugins"));
-        // Absolute, so that paths from the watcher and from directory listings compare equal.
-        let plugins_dir = match std::fs::canonicalize(&plugins_dir) {
-            Ok(path) if path.is_dir() => path,
-            _ => {
-                errors.push(format!(
-                    "PLUGINS_DIR={} is not a folder: create it, or point PLUGINS_DIR at the folder holding your plugin .so files",
-                    plugins_dir.display()
-                ));
-                plugins_dir
-            }
-        };
-        let bind_text = var("BIND", "127.0.0.1:8080");
-        let bind = bind_text.parse::<SocketAddr>().unwrap_or_else(|_| {
-            errors.push(format!(
-                "BIND={bind_text} is not an address and port such as 127.0.0.1:8080 or 0.0.0.0:80"
-            ));
-            SocketAddr::from(([127, 0, 0, 1], 8080))
-        });
-        let data_dir = PathBuf::from(var("DATA_DIR", "./data"));
-        let metrics = match var("METRICS", "admin").to_ascii_lowercase().as_str() {
-            "admin" | "on" => true,
-            "off" => false,
-            other => {
-                errors.push(format!("METRICS={other} is not a metrics mode: use admin or off"));
-                true
-            }
-        };
-        let metrics_text = var("METRICS_BIND", "");
-        let metrics_bind = match metrics_text.trim() {
-            "" => None,
-            text => match text.parse::<SocketAddr>() {
-                Ok(addr) if !metrics => {
-                    errors.push(format!("METRICS_BIND={addr} is set but METRICS=off: unset one of them"));
-                    None
-                }
-                Ok(addr) if addr == bind && addr.port() != 0 => {
-                    errors.push(format!(
-                        "METRICS_BIND={addr} is the same address as BIND: give metrics their own port"
-                    ));
-                    None
-                }
-                Ok(addr) => Some(addr),
-                Err(_) => {
-                    errors.push(format!("METRICS_BIND={text} is not an address and port such as 127.0.0.1:9100"));
-                    None
-                }
-            },
-        };
-
-        let num_url_parms = parse_number(&mut errors, "NUM_URL_PARMS", &var("NUM_URL_PARMS", "10"), 0, MAX_URL_PARMS as u64) as usize;
-        let mut url_params: Vec<String> = Vec::with_capacity(num_url_parms);
-        for i in 1..=num_url_parms {
-            let key = format!("URL_PARM{i}");
-            let name = var(&key, &format!("parm_{i}"));
-            if !plughost_runtime::manifest::is_identifier(&name) {
-                errors.push(format!(
-                    "{key}={name} is not a valid parameter name: use letters, digits and '_' (no dashes), not starting with a digit"
-                ));
-            } else if name == "__map__" {
-                errors.push(format!(
-                    "{key}=__map__ is reserved for renaming URL parameters: choose another name"
-                ));
-            } else if let Some(first) = url_params.iter().position(|n| *n == name) {
-                errors.push(format!(
-                    "{key}={name} repeats URL_PARM{}: every URL parameter needs its own name",
-                    first + 1
-                ));
-            }
-            url_params.push(name);
-        }
-        for i in (num_url_parms + 1)..=(num_url_parms + 20) {
-            if get(&format!("URL_PARM{i}")).is_some() {
-                errors.push(format!(
-                    "URL_PARM{i} is set but NUM_URL_PARMS={num_url_parms}: raise NUM_URL_PARMS to at least {i} or remove URL_PARM{i}"
-                ));
-            }
-        }
-
-        let max_body_bytes = parse_number(&mut errors, "MAX_BODY_BYTES", &var("MAX_BODY_BYTES", "1048576"), 0, 1 << 34) as usize;
-        let max_response_bytes = parse_number(
-            &mut errors,
-            "MAX_RESPONSE_BYTES",
-            &var("MAX_RESPONSE_BYTES", "67108864"),
-            1,
-            1 << 34,
-        ) as usize;
-        let max_header_bytes = parse_number(&mut errors, "MAX_HEADER_BYTES", &var("MAX_HEADER_BYTES", "65536"), 1024, 1 << 20) as usize;
-        let call_timeout = Duration::from_millis(parse_number(
-            &mut errors,
-            "CALL_TIMEOUT_MS",
-            &var("CALL_TIMEOUT_MS", "30000"),
-            1,
-            3_600_000,
-        ));
-        let inline_us = parse_number(&mut errors, "INLINE_CALL_MAX_US", &var("INLINE_CALL_MAX_US", "200"), 0, 100_000);
-        let inline_call_max = (inline_us > 0).then(|| Duration::from_micros(inline_us));
-        let shutdown_grace = Duration::from_millis(parse_number(
-            &mut errors,
-            "SHUTDOWN_GRACE_MS",
-            &var("SHUTDOWN_GRACE_MS", "30000"),
-            0,
-            3_600_000,
-        ));
-        let header_read_timeout = Duration::from_millis(parse_number(
-            &mut errors,
-            "HEADER_READ_TIMEOUT_MS",
-            &var("HEADER_READ_TIMEOUT_MS", "15000"),
-            100,
-            3_600_000,
-        ));
-        let body_read_timeout = Duration::from_millis(parse_number(
-            &mut errors,
-            "BODY_READ_TIMEOUT_MS",
-            &var("BODY_READ_TIMEOUT_MS", "30000"),
-            100,
-            3_600_000,
-        ));
-        let max_connections = parse_number(&mut errors, "MAX_CONNECTIONS", &var("MAX_CONNECTIONS", "0"), 0, 1_000_000);
-        let max_connections = (max_connections > 0).then_some(max_connections as usize);
-        let reload_debounce = Duration::from_millis(parse_number(
-            &mut errors,
-            "RELOAD_DEBOUNCE_MS",
-            &var("RELOAD_DEBOUNCE_MS", "50"),
-            0,
-            60_000,
-        ));
-        let rescan_interval = Duration::from_millis(parse_number(
-            &mut errors,
-            "RESCAN_INTERVAL_MS",
-            &var("RESCAN_INTERVAL_MS", "2000"),
-            100,
-            3_600_000,
-        ));
-        let budget_mb = parse_number(
-            &mut errors,
-            "RELOAD_LEAK_BUDGET_MB",
-            &var("RELOAD_LEAK_BUDGET_MB", "256"),
-            0,
-            1 << 20,
-        );
-        let leak_budget_bytes = (budget_mb > 0).then_some(budget_mb * 1024 * 1024);
-        let log_format = match var("LOG_FORMAT", "pretty").to_ascii_lowercase().as_str() {
-            "pretty" => LogFormat::Pretty,
-            "json" => LogFormat::Json,
-            other => {
-                errors.push(format!("LOG_FORMAT={other} is not a log format: use pretty or json"));
-                LogFormat::Pretty
-            }
-        };
-        let admin_uuid = var("ADMIN_UUID", "");
-        let admin_uuid = match uuid::Uuid::parse_str(&admin_uuid) {
-            Ok(uuid) => uuid.hyphenated().to_string(),
-            Err(_) if admin_uuid.is_empty() => {
-                errors.push("ADMIN_UUID is missing: set it to a UUID (`plughost keygen --env` prints a fresh admin identity)".to_owned());
-                admin_uuid
-            }
-            Err(_) => {
-                errors.push(format!(
-                    "ADMIN_UUID={admin_uuid} is not a UUID such as 0b6f6b8e-4b3a-4f8e-9a57-3f1a2c9d7e10"
-                ));
-                admin_uuid
-            }
-        };
-        let admin_totp_secret = var("ADMIN_TOTP_SECRET", "");
-        if admin_totp_secret.is_empty() {
-            errors.push("ADMIN_TOTP_SECRET is missing: set it to a base32 TOTP secret (`plughost keygen --env` prints one)".to_owned());
-        } else if let Err(why) = plughost_tenancy::totp::check_secret(&admin_totp_secret) {
-            errors.push(format!("ADMIN_TOTP_SECRET {why}"));
-        }
-        let secret_key_text = var("SECRET_KEY", "");
-        let secret_key = match plughost_tenancy::secrets::SecretKey::from_hex(&secret_key_text) {
-            Ok(key) => Some(key),
-            Err(_) if secret_key_text.is_empty() => {
-                errors.push("SECRET_KEY is missing: set it to 64 hexadecimal characters (`plughost keygen` prints a fresh one)".to_owned());
-                None
-            }
-            Err(why) => {
-                errors.push(format!("SECRET_KEY {why}: `plughost keygen` prints a fresh one"));
-                None
-            }
-        };
-        let token_ttl = Duration::from_secs(parse_number(
-            &mut errors,
-            "TOKEN_TTL_SECS",
-            &var("TOKEN_TTL_SECS", "900"),
-            1,
-            86_400 * 30,
-        ));
-        let auth_max_failures = parse_number(&mut errors, "AUTH_MAX_FAILURES", &var("AUTH_MAX_FAILURES", "5"), 1, 1_000_000) as u32;
-        let auth_lockout = Duration::from_secs(parse_number(
-            &mut errors,
-            "AUTH_LOCKOUT_SECS",
-            &var("AUTH_LOCKOUT_SECS", "60"),
-            1,
-            86_400,
-        ));
-        let mongodb_uri = var("MONGODB_URI", "");
-        let mongodb = if mongodb_uri.is_empty() {
-            None
-        } else if !(mongodb_uri.starts_with("mongodb://") || mongodb_uri.starts_with("mongodb+srv://")) {
-            errors.push(format!(
-                "MONGODB_URI={mongodb_uri} is not a MongoDB URI: it starts with mongodb:// or mongodb+srv://"
-            ));
-            None
-        } else {
-            let database = var("MONGODB_DATABASE", "plughost");
-            if database.is_empty() || database.contains(['/', '.', ' ', '$', '\\', '"']) {
-                errors.push(format!("MONGODB_DATABASE={database} is not a valid database name"));
-            }
-            Some((mongodb_uri, database))
-        };
-        let credentials = match var("CORS_ALLOW_CREDENTIALS", "false").to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" => true,
-            "false" | "0" | "no" => false,
-            other => {
-                errors.push(format!("CORS_ALLOW_CREDENTIALS={other} is not true or false"));
-                false
-            }
-        };
-        let cors_max_age = parse_number(&mut errors, "CORS_MAX_AGE", &var("CORS_MAX_AGE", "600"), 0, 86_400);
-        let cors = cors::Cors::parse(
-            &var("CORS_ALLOW_ORIGIN", ""),
-            &var(
-                "CORS_ALLOW_HEADERS",
-                "authorization,content-type,x-plughost-uuid,x-plughost-totp,x-request-id",
-            ),
-            &var("CORS_EXPOSE_HEADERS", "x-request-id"),
-            cors_max_age,
-            credentials,
-        )
-        .unwrap_or_else(|problems| {
-            errors.extend(problems);
-            None
-        });
-        let admin_isolation = match var("ADMIN_ISOLATION", "inprocess").to_ascii_lowercase().as_str() {
-            "inprocess" | "in-process" => false,
-            "process" => true,
-            other => {
-                errors.push(format!("ADMIN_ISOLATION={other} is not an isolation: use inprocess or process"));
-                false
-            }
-        };
-        let sandbox = sandbox_settings(&mut errors, &var);
-        let watch_poll = match var("WATCH_MODE", "inotify").to_ascii_lowercase().as_str() {
-            "inotify" | "events" => false,
-            "poll" => true,
-            other => {
-                errors.push(format!("WATCH_MODE={other} is not a watch mode: use inotify or poll"));
-                false
-            }
-        };
-        let publish_max_bytes = parse_number(
-            &mut errors,
-            "PUBLISH_MAX_BYTES",
-            &var("PUBLISH_MAX_BYTES", "67108864"),
-            1024,
-            512 << 20,
-        ) as usize;
-        let sync_ms = parse_number(&mut errors, "PUBLISH_SYNC_MS", &var("PUBLISH_SYNC_MS", "2000"), 0, 3_600_000);
-        let publish_sync = (sync_ms > 0).then(|| Duration::from_millis(sync_ms.max(100)));
-        let trusted_keys = match crate::signing::TrustedKeys::parse(&var("PLUGIN_PUBKEYS", "")) {
-            Ok(keys) => keys.map(std::sync::Arc::new),
-            Err(why) => {
-                errors.push(format!(
-                    "PLUGIN_PUBKEYS has a bad {why}: list base64 ed25519 public keys, comma-separated"
-                ));
-                None
-            }
-        };
-        let stage = Some(var("PLUGHOST_STAGE", "")).filter(|s| !s.is_empty());
-        let log_filter = var("RUST_LOG", "info");
-        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&log_filter) {
-            errors.push(format!(
-                "RUST_LOG={log_filter} is not a log filter ({err}): try info or info,plughost=debug"
-            ));
-        }
-
-        if let (true, Some(secret_key)) = (errors.is_empty(), secret_key) {
-            Ok(Config {
-                plugins_dir,
-                bind,
-                data_dir,
-                url_params,
-                max_body_bytes,
-                max_response_bytes,
-                max_header_bytes,
-                call_timeout,
-                inline_call_max,
-                shutdown_grace,
-                header_read_timeout,
-                body_read_timeout,
-                max_connections,
-                reload_debounce,
-                rescan_interval,
-                leak_budget_bytes,
-                log_format,
-                log_filter,
-                admin_uuid,
-                admin_totp_secret,
-                secret_key,
-                token_ttl,
-                auth_max_failures,
-                auth_lockout,
-                mongodb,
-                cors,
-                stage,
-                metrics,
-                metrics_bind,
-                admin_isolation,
-                sandbox,
-                watch_poll,
-                publish_max_bytes,
-                publish_sync,
-                trusted_keys,
-            })
-        } else {
-            Err(ConfigErrors(errors))
-        }
+        Ok(Config {
+            plugins_dir: server.plugins_dir,
+            bind: server.bind,
+            data_dir: server.data_dir,
+            url_params,
+            max_body_bytes: limits.max_body_bytes,
+            max_response_bytes: limits.max_response_bytes,
+            max_header_bytes: limits.max_header_bytes,
+            call_timeout: limits.call_timeout,
+            inline_call_max: limits.inline_call_max,
+            shutdown_grace: limits.shutdown_grace,
+            header_read_timeout: limits.header_read_timeout,
+            body_read_timeout: limits.body_read_timeout,
+            max_connections: limits.max_connections,
+            reload_debounce: reload.reload_debounce,
+            rescan_interval: reload.rescan_interval,
+            leak_budget_bytes: reload.leak_budget_bytes,
+            log_format,
+            log_filter,
+            admin_uuid: identity.admin_uuid,
+            admin_totp_secret: identity.admin_totp_secret,
+            secret_key,
+            token_ttl: identity.token_ttl,
+            auth_max_failures: identity.auth_max_failures,
+            auth_lockout: identity.auth_lockout,
+            mongodb: identity.mongodb,
+            cors,
+            stage,
+            metrics: server.metrics,
+            metrics_bind: server.metrics_bind,
+            admin_isolation,
+            sandbox,
+            watch_poll,
+            publish_max_bytes: publishing.publish_max_bytes,
+            publish_sync: publishing.publish_sync,
+            trusted_keys: publishing.trusted_keys,
+        })
     }
 }
 
@@ -728,16 +452,6 @@ fn read_env_file(file: &Path, required: bool, vars: &mut HashMap<String, String>
         }
         Err(err) if required || !err.not_found() => Err(ConfigErrors(vec![format!("cannot read env file {}: {err}", file.display())])),
         Err(_) => Ok(()),
-    }
-}
-
-fn parse_number(errors: &mut Vec<String>, key: &str, text: &str, min: u64, max: u64) -> u64 {
-    match text.replace('_', "").parse::<u64>() {
-        Ok(n) if (min..=max).contains(&n) => n,
-        _ => {
-            errors.push(format!("{key}={text} is not a whole number from {min} to {max}"));
-            min
-        }
     }
 }
 
