@@ -161,6 +161,6 @@ fn process(state: &AppState) -> Value {
             Role::Worker => rustix::process::getppid().map(|p| p.as_raw_nonzero().get()),
             Role::Standalone => None,
         },
-        "started_at": crate::plugins::timestamp(state.started_at),
+        "started_at": plughost_tenancy::clock::timestamp(state.started_at),
     })
 }

@@ -9,7 +9,6 @@ use plughost_runtime::{
 
 use crate::{
     loader::LoadedModule,
-    plugins::timestamp,
     registry::{Registry, Viewer},
 };
 
@@ -84,7 +83,7 @@ fn module_entry(
         "tenant": module.owner,
         "isolation": if module.sandbox().is_some() { "sandbox" } else { "in-process" },
         "sha256": module.sha256,
-        "loaded_at": timestamp(module.loaded_at),
+        "loaded_at": plughost_tenancy::clock::timestamp(module.loaded_at),
         "functions": functions,
     })
 }

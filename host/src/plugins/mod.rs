@@ -5,6 +5,9 @@
 //! atomically only if it loaded and its names are free; otherwise the old version keeps serving.
 //! Requests in flight hold their module and finish on the version they started with.
 
+mod tenants;
+pub use tenants::{refresh_tenants, tenant_infos, tenant_of_file, tenant_of_folder, TENANTS};
+
 use std::{
     collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
@@ -345,7 +348,7 @@ impl Plugins {
                 status.error = Some(format!(
                     "tenant {owner} is unknown or disabled: its modules are served once it is active"
                 ));
-                status.failed_at = Some(timestamp(SystemTime::now()));
+                status.failed_at = Some(plughost_tenancy::clock::timestamp(SystemTime::now()));
                 status.failed_sha256 = None;
                 applied.failed.push(file.clone());
                 continue;
@@ -466,9 +469,6 @@ impl Plugins {
     }
 }
 
-/// The sub-folder of the plugins folder that holds tenants' folders.
-pub const TENANTS: &str = "tenants";
-
 /// The plugin files directly in `dir`, oldest first.
 fn sorted_plugins(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files: Vec<(SystemTime, PathBuf)> = std::fs::read_dir(dir)?
@@ -486,21 +486,6 @@ fn sorted_plugins(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         .collect();
     files.sort();
     Ok(files.into_iter().map(|(_, path)| path).collect())
-}
-
-/// The tenant a folder `…/tenants/<uuid>` belongs to.
-pub fn tenant_of_folder(folder: &Path) -> Option<String> {
-    let parent = folder.parent()?;
-    if parent.file_name()? != TENANTS {
-        return None;
-    }
-    let name = folder.file_name()?.to_str()?;
-    uuid::Uuid::parse_str(name).ok().map(|u| u.hyphenated().to_string())
-}
-
-/// The tenant a plugin file belongs to, when it sits in a tenant's folder.
-pub fn tenant_of_file(file: &Path) -> Option<String> {
-    tenant_of_folder(file.parent()?)
 }
 
 /// This process's own shadow folder, `DATA_DIR/shadow/<pid>`. While a worker is recycled, two
@@ -538,7 +523,7 @@ fn unroute(inner: &mut Inner, lost: &LoadedModule, winner: &LoadedModule) {
     let status = status_entry(inner, &lost.file);
     status.state = FileState::Unrouted;
     status.error = Some(reason);
-    status.failed_at = Some(timestamp(SystemTime::now()));
+    status.failed_at = Some(plughost_tenancy::clock::timestamp(SystemTime::now()));
     status.collided = true;
     status.failed_sha256 = None;
 }
@@ -575,7 +560,7 @@ fn fail(inner: &mut Inner, file: &Path, still_served: bool, sha: Option<String>,
     let status = status_entry(inner, file);
     status.state = if still_served { FileState::Loaded } else { FileState::Failed };
     status.error = Some(error);
-    status.failed_at = Some(timestamp(SystemTime::now()));
+    status.failed_at = Some(plughost_tenancy::clock::timestamp(SystemTime::now()));
     status.collided = collided;
     status.failed_sha256 = sha;
 }
@@ -587,7 +572,7 @@ fn record_loaded(inner: &mut Inner, module: &LoadedModule, replaced: bool) {
     status.version = Some(module.spec.version.clone());
     status.sha256 = Some(module.sha256.clone());
     status.size_bytes = Some(module.size);
-    status.loaded_at = Some(timestamp(module.loaded_at));
+    status.loaded_at = Some(plughost_tenancy::clock::timestamp(module.loaded_at));
     status.error = None;
     status.collided = false;
     status.failed_sha256 = None;
@@ -611,32 +596,4 @@ fn fingerprint(path: &Path) -> Option<Fingerprint> {
 
 fn file_name(path: &Path) -> String {
     path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-}
-
-/// RFC 3339, to the second, in UTC.
-pub fn timestamp(time: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(time).to_string()
-}
-
-/// The tenants as the sandbox needs them, from their store records.
-pub fn tenant_infos(records: Vec<plughost_tenancy::PrincipalRecord>) -> std::collections::HashMap<String, plughost_sandbox::TenantInfo> {
-    records
-        .into_iter()
-        .map(|r| {
-            let info = plughost_sandbox::TenantInfo {
-                active: r.is_active(),
-                limits: r.limits,
-            };
-            (r.uuid, info)
-        })
-        .collect()
-}
-
-/// Refreshes the sandbox's view of tenants from the store.
-pub async fn refresh_tenants(sandbox: &plughost_sandbox::Sandbox, tenancy: &plughost_tenancy::tenants::Tenancy, first: bool) {
-    match tenancy.store.list("tenant").await {
-        Ok(records) => sandbox.set_tenants(tenant_infos(records)),
-        Err(err) if first => tracing::warn!("cannot list tenants ({err}); their modules load once the store answers"),
-        Err(err) => tracing::debug!("cannot refresh tenants ({err}); keeping the last known"),
-    }
 }

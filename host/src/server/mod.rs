@@ -1,15 +1,19 @@
 //! The server: binds its listener (port 0 in tests), serves connections with hyper, gives every
 //! request an id and an access-log line, and shuts down gracefully.
 
+mod connection;
+pub use connection::raise_file_limit;
+mod request;
+
 use std::{
     convert::Infallible,
     future::Future,
     net::SocketAddr,
     sync::{atomic::Ordering, Arc},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use ::http::{HeaderValue, Request, StatusCode};
+use ::http::{HeaderValue, Request};
 use anyhow::Context;
 use hyper::body::Incoming;
 use hyper_util::{
@@ -17,11 +21,10 @@ use hyper_util::{
     server::{conn::auto, graceful::GracefulShutdown},
 };
 use tokio::net::TcpListener;
-use tower_service::Service;
 
 use crate::{
     config::Config,
-    http::{self, RouteInfo},
+    http::{self},
     plugins::Plugins,
     reload::{self, ReloadSettings},
     AppState, Role,
@@ -71,145 +74,6 @@ async fn start_sandbox(
     Ok(sandbox)
 }
 
-/// What a connection is doing, for its idle watchdog: requests started, those not answered, and
-/// writes (a long response to a slow reader is not idleness).
-#[derive(Default)]
-struct Activity {
-    requests: std::sync::atomic::AtomicU64,
-    in_flight: std::sync::atomic::AtomicU32,
-    writes: std::sync::atomic::AtomicU64,
-}
-
-/// A connection's socket, counting its writes for the watchdog.
-struct Watched {
-    stream: tokio::net::TcpStream,
-    activity: Arc<Activity>,
-}
-
-impl tokio::io::AsyncRead for Watched {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for Watched {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let written = std::pin::Pin::new(&mut self.stream).poll_write(cx, buf);
-        if matches!(written, std::task::Poll::Ready(Ok(_))) {
-            self.activity.writes.fetch_add(1, Ordering::Relaxed);
-        }
-        written
-    }
-
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let written = std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
-        if matches!(written, std::task::Poll::Ready(Ok(_))) {
-            self.activity.writes.fetch_add(1, Ordering::Relaxed);
-        }
-        written
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-}
-
-/// A request in progress on its connection; counted out when dropped.
-struct Busy(Arc<Activity>);
-
-impl Activity {
-    /// Requests started and writes made: what changes while a connection is in use.
-    fn progress(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed) + self.writes.load(Ordering::Relaxed)
-    }
-
-    fn begin(self: &Arc<Self>) -> Busy {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        Busy(self.clone())
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// The methods a path answers, for a CORS preflight (which carries no credentials): a function
-/// of the admin's modules, or a built-in; `None` for anything else, whose methods an anonymous
-/// caller is not told.
-fn route_methods(state: &AppState, path: &str) -> Option<String> {
-    if let Some(tail) = services_tail(path) {
-        let segments = http::path::segments(tail).ok()?;
-        let registry = state.plugins.registry();
-        return match registry.resolve(&segments, &crate::registry::Everything) {
-            crate::registry::Resolution::Call { endpoint, .. } if endpoint.module.owner.is_none() => {
-                Some(endpoint.function().methods.allow_header())
-            }
-            _ => None,
-        };
-    }
-    match path.trim_end_matches('/') {
-        "/ping" | "/version" | "/health" | "/openapi.json" | "/metrics" => Some("GET, HEAD, OPTIONS".to_owned()),
-        "/rest/auth/token" => Some("POST, OPTIONS".to_owned()),
-        _ => None,
-    }
-}
-
-/// Raises this process's soft limit on open files to its hard limit, so that a default soft limit
-/// (1024, or 256 on some systems) does not cap connections; returns the limit in force.
-pub fn raise_file_limit() -> u64 {
-    use rustix::process::{getrlimit, setrlimit, Resource};
-    let limit = getrlimit(Resource::Nofile);
-    let (Some(soft), hard) = (limit.current, limit.maximum) else {
-        return u64::MAX;
-    };
-    let target = hard.unwrap_or(u64::MAX).min(1 << 20);
-    if target > soft
-        && setrlimit(
-            Resource::Nofile,
-            rustix::process::Rlimit {
-                current: Some(target),
-                maximum: hard,
-            },
-        )
-        .is_ok()
-    {
-        return target;
-    }
-    soft
-}
-
-/// Connections to serve at once when MAX_CONNECTIONS is 0: three quarters of the file limit
-/// (the rest is for the store, plugins, sandbox workers' pipes), at most 65,536.
-fn connections_for_file_limit() -> usize {
-    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-        .current
-        .unwrap_or(1 << 16);
-    ((limit / 4 * 3).clamp(16, 1 << 16)) as usize
-}
-
 /// Keeps the store, the shadow copies and the tenants' folders out of reach of sandbox workers,
 /// which run under uids of their own when the host is root: Landlock governs opens, not `stat`,
 /// so a folder a worker may not search is what keeps it from probing file names. (When the host
@@ -233,7 +97,7 @@ impl App {
     pub async fn build(config: Config, listener: Option<std::net::TcpListener>, role: Role) -> anyhow::Result<App> {
         std::fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create DATA_DIR {}", config.data_dir.display()))?;
         keep_private(&config.data_dir, &config.plugins_dir);
-        raise_file_limit();
+        connection::raise_file_limit();
         crate::metrics::set_enabled(config.metrics);
         let tenancy = Arc::new(config.open_tenancy().await.context("cannot open the identity store")?);
         record_admin(tenancy.clone(), config.admin_uuid.clone(), config.admin_totp_secret.clone()).await;
@@ -336,7 +200,11 @@ impl App {
         let mut shutdown = std::pin::pin!(shutdown);
         let max_header_bytes = self.state.config.max_header_bytes;
         let header_read_timeout = self.state.config.header_read_timeout;
-        let max_connections = self.state.config.max_connections.unwrap_or_else(connections_for_file_limit);
+        let max_connections = self
+            .state
+            .config
+            .max_connections
+            .unwrap_or_else(connection::connections_for_file_limit);
         tracing::info!(
             max_connections,
             header_read_timeout_ms = header_read_timeout.as_millis() as u64,
@@ -372,7 +240,7 @@ impl App {
             // Written once per connection, not once per request.
             let peer_text: Arc<str> = peer.to_string().into();
             let peer_ip = peer.ip();
-            let activity = Arc::new(Activity::default());
+            let activity = Arc::new(connection::Activity::default());
             let seen = activity.clone();
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let mut filtered = filtered.clone();
@@ -380,7 +248,7 @@ impl App {
                 let peer_text = peer_text.clone();
                 let busy = seen.begin();
                 async move {
-                    let mut response = handle(&mut filtered, request, &peer_text, peer_ip, &state).await;
+                    let mut response = request::handle(&mut filtered, request, &peer_text, peer_ip, &state).await;
                     if state.draining.load(Ordering::Relaxed) {
                         response
                             .headers_mut()
@@ -411,7 +279,7 @@ impl App {
                     tracing::debug!(%peer, "connection sent nothing within HEADER_READ_TIMEOUT_MS; closed");
                     return;
                 }
-                let stream = Watched { stream, activity };
+                let stream = connection::Watched { stream, activity };
                 let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                 if let Err(err) = watcher.watch(connection).await {
                     tracing::debug!(%peer, "connection ended with an error: {err}");
@@ -518,220 +386,5 @@ async fn record_admin(tenancy: Arc<plughost_tenancy::tenants::Tenancy>, uuid: St
                 }
             }
         });
-    }
-}
-
-/// Wraps every request: a sane request id (the client's, or a new one), a header-size check,
-/// the routes, `X-Request-Id` on the response, and one access-log line.
-async fn handle<S>(
-    routes: &mut S,
-    mut request: Request<Incoming>,
-    peer: &str,
-    peer_ip: std::net::IpAddr,
-    state: &Arc<AppState>,
-) -> warp::reply::Response
-where
-    S: Service<Request<Incoming>, Response = warp::reply::Response, Error = Infallible>,
-{
-    let max_header_bytes = state.config.max_header_bytes;
-    let cors = state.config.cors.as_ref();
-    let log_format = state.config.log_format;
-    let started = Instant::now();
-    let request_id = request
-        .headers()
-        .get(&crate::http::names::X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|id| is_sane_request_id(id))
-        .map(str::to_owned)
-        .unwrap_or_else(new_request_id);
-    let id_value = HeaderValue::from_str(&request_id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
-    request
-        .headers_mut()
-        .insert(crate::http::names::X_REQUEST_ID.clone(), id_value.clone());
-    let method = request.method().clone();
-    let measure = crate::metrics::enabled();
-    let _in_flight = measure.then(InFlight::enter);
-    let scoped_id: Arc<str> = Arc::from(request_id.as_str());
-
-    let header_bytes: usize = request.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
-    let origin = request.headers().get(::http::header::ORIGIN).cloned();
-    let preflight = cors.and_then(|c| c.preflight(request.method(), request.headers(), || route_methods(state, request.uri().path())));
-    let answered_preflight = preflight.is_some();
-    let fallback_route = route_template(request.uri().path());
-    let mut response = if let Some(answer) = preflight {
-        answer
-    } else if header_bytes > max_header_bytes {
-        http::error::ApiError::new(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "HEADERS_TOO_LARGE",
-            format!("the request headers take {header_bytes} bytes; the limit is {max_header_bytes} (MAX_HEADER_BYTES)"),
-        )
-        .into_response()
-    } else {
-        match services_tail(request.uri().path()) {
-            // The hot path goes straight to its handler: no walk down the other routes' filters,
-            // and the headers move rather than being cloned.
-            Some(tail) => {
-                let tail = tail.to_owned();
-                let (parts, body) = request.into_parts();
-                let query = parts.uri.query().unwrap_or("").to_owned();
-                let body = http_body_util::BodyDataStream::new(body);
-                let work = http::services::handle(state.clone(), tail, parts.method, query, parts.headers, body);
-                crate::access::scope(scoped_id, peer_ip, work).await
-            }
-            None => match crate::access::scope(scoped_id, peer_ip, routes.call(request)).await {
-                Ok(response) => response,
-                Err(never) => match never {},
-            },
-        }
-    };
-    if let Some(cors) = cors.filter(|_| !answered_preflight) {
-        cors.decorate(origin.as_ref(), &mut response);
-    }
-    response.headers_mut().insert(crate::http::names::X_REQUEST_ID.clone(), id_value);
-    let status = response.status().as_u16();
-    let info = response.extensions_mut().remove::<RouteInfo>();
-    let (route, module, function, caller) = match &info {
-        Some(info) => (
-            info.route,
-            info.endpoint.as_ref().map_or("", |e| e.module.spec.route_name()),
-            info.endpoint.as_ref().map_or("", |e| e.function().route_name()),
-            info.caller,
-        ),
-        None => (fallback_route, "", "", "none"),
-    };
-    let elapsed = started.elapsed();
-    if measure {
-        let method = crate::metrics::method_label(&method);
-        match info.as_ref().and_then(|i| i.endpoint.as_ref()) {
-            Some(endpoint) => crate::metrics::METRICS.observe_call(endpoint.metrics(), module, function, method, status, elapsed),
-            None => crate::metrics::METRICS.observe_request(
-                crate::metrics::RequestLabels {
-                    route,
-                    module: module.to_owned(),
-                    function: function.to_owned(),
-                    method,
-                    status,
-                },
-                elapsed,
-            ),
-        }
-    }
-    if crate::access::enabled() {
-        crate::access::log(
-            log_format,
-            &crate::access::Entry {
-                request_id: &request_id,
-                method: method.as_str(),
-                route,
-                module,
-                function,
-                caller,
-                status,
-                duration: elapsed,
-                peer,
-            },
-        );
-    }
-    response
-}
-
-/// What follows `/rest/services/` (or `""` for `/rest/services` itself), as warp's `path::tail`
-/// would give it.
-fn services_tail(path: &str) -> Option<&str> {
-    match path.strip_prefix("/rest/services") {
-        Some("") => Some(""),
-        Some(rest) => rest.strip_prefix('/').map(|tail| tail.trim_start_matches('/')),
-        None => None,
-    }
-}
-
-/// Counts a request in flight for as long as it lives (also when its client goes away).
-struct InFlight;
-
-impl InFlight {
-    fn enter() -> InFlight {
-        crate::metrics::METRICS.in_flight.inc();
-        InFlight
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        crate::metrics::METRICS.in_flight.dec();
-    }
-}
-
-/// The route template of a path the router did not describe (built-ins, and requests refused
-/// before routing): a bounded label, never the raw path.
-fn route_template(path: &str) -> &'static str {
-    let trimmed = path.trim_end_matches('/');
-    match trimmed {
-        "/ping" => "/ping",
-        "/version" => "/version",
-        "/health" => "/health",
-        "/metrics" => "/metrics",
-        "/openapi.json" => "/openapi.json",
-        "/rest/auth/token" => "/rest/auth/token",
-        _ if trimmed.starts_with("/rest/admin") => "/rest/admin/…",
-        _ if trimmed.starts_with("/rest/services") => "/rest/services/…",
-        _ => "unmatched",
-    }
-}
-
-/// A fresh request id shaped like a random UUID: a random 128-bit base drawn once per process,
-/// plus a counter. Unique within the process, unpredictable across processes, and free of the
-/// `getrandom` system call that `Uuid::new_v4` makes for every request.
-fn new_request_id() -> String {
-    static BASE: std::sync::LazyLock<u128> = std::sync::LazyLock::new(|| uuid::Uuid::new_v4().as_u128());
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    // splitmix64 spreads consecutive counters over all the bits (a bijection: no repeats).
-    let mut z = n.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    let mixed = (u128::from(z) << 64) | u128::from(z.rotate_left(32) ^ n);
-    let bytes = (*BASE ^ mixed).to_be_bytes();
-    uuid::Builder::from_random_bytes(bytes).into_uuid().to_string()
-}
-
-/// 1–128 characters of letters, digits and `-_.:/+=@`.
-fn is_sane_request_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(&b))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fresh_request_ids_are_distinct_uuids() {
-        let ids: std::collections::HashSet<String> = (0..1000).map(|_| new_request_id()).collect();
-        assert_eq!(ids.len(), 1000);
-        for id in ids.iter().take(5) {
-            let parsed = uuid::Uuid::parse_str(id).unwrap();
-            assert_eq!(parsed.get_version_num(), 4);
-            assert!(is_sane_request_id(id));
-        }
-    }
-
-    #[test]
-    fn services_paths_are_recognised_as_warp_would() {
-        assert_eq!(services_tail("/rest/services/v1/echo/a/"), Some("v1/echo/a/"));
-        assert_eq!(services_tail("/rest/services/"), Some(""));
-        assert_eq!(services_tail("/rest/services"), Some(""));
-        assert_eq!(services_tail("/rest/servicesX/a"), None);
-        assert_eq!(services_tail("/rest/admin/plugins"), None);
-    }
-
-    #[test]
-    fn request_ids() {
-        assert!(is_sane_request_id("abc-123_x.y"));
-        assert!(is_sane_request_id("3f2a9c1e-0000-4000-8000-000000000000"));
-        assert!(!is_sane_request_id(""));
-        assert!(!is_sane_request_id("has space"));
-        assert!(!is_sane_request_id("<script>"));
-        assert!(!is_sane_request_id(&"x".repeat(129)));
     }
 }

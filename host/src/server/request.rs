@@ -1,0 +1,254 @@
+//! One request's wrapping: its id (the client's, if sane, or a fresh one), the header-size check,
+//! CORS, the routes (the services fast path first), `X-Request-Id` on the response, the metrics
+//! and one access-log line.
+
+use std::{
+    convert::Infallible,
+    sync::{atomic::Ordering, Arc},
+    time::Instant,
+};
+
+use ::http::{HeaderValue, Request, StatusCode};
+use hyper::body::Incoming;
+use tower_service::Service;
+
+use crate::{
+    http::{self, RouteInfo},
+    AppState,
+};
+
+/// The methods a path answers, for a CORS preflight (which carries no credentials): a function
+/// of the admin's modules, or a built-in; `None` for anything else, whose methods an anonymous
+/// caller is not told.
+pub(crate) fn route_methods(state: &AppState, path: &str) -> Option<String> {
+    if let Some(tail) = services_tail(path) {
+        let segments = http::path::segments(tail).ok()?;
+        let registry = state.plugins.registry();
+        return match registry.resolve(&segments, &crate::registry::Everything) {
+            crate::registry::Resolution::Call { endpoint, .. } if endpoint.module.owner.is_none() => {
+                Some(endpoint.function().methods.allow_header())
+            }
+            _ => None,
+        };
+    }
+    match path.trim_end_matches('/') {
+        "/ping" | "/version" | "/health" | "/openapi.json" | "/metrics" => Some("GET, HEAD, OPTIONS".to_owned()),
+        "/rest/auth/token" => Some("POST, OPTIONS".to_owned()),
+        _ => None,
+    }
+}
+
+/// Wraps every request: a sane request id (the client's, or a new one), a header-size check,
+/// the routes, `X-Request-Id` on the response, and one access-log line.
+pub(crate) async fn handle<S>(
+    routes: &mut S,
+    mut request: Request<Incoming>,
+    peer: &str,
+    peer_ip: std::net::IpAddr,
+    state: &Arc<AppState>,
+) -> warp::reply::Response
+where
+    S: Service<Request<Incoming>, Response = warp::reply::Response, Error = Infallible>,
+{
+    let max_header_bytes = state.config.max_header_bytes;
+    let cors = state.config.cors.as_ref();
+    let log_format = state.config.log_format;
+    let started = Instant::now();
+    let request_id = request
+        .headers()
+        .get(&crate::http::names::X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| is_sane_request_id(id))
+        .map(str::to_owned)
+        .unwrap_or_else(new_request_id);
+    let id_value = HeaderValue::from_str(&request_id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+    request
+        .headers_mut()
+        .insert(crate::http::names::X_REQUEST_ID.clone(), id_value.clone());
+    let method = request.method().clone();
+    let measure = crate::metrics::enabled();
+    let _in_flight = measure.then(InFlight::enter);
+    let scoped_id: Arc<str> = Arc::from(request_id.as_str());
+
+    let header_bytes: usize = request.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    let origin = request.headers().get(::http::header::ORIGIN).cloned();
+    let preflight = cors.and_then(|c| c.preflight(request.method(), request.headers(), || route_methods(state, request.uri().path())));
+    let answered_preflight = preflight.is_some();
+    let fallback_route = route_template(request.uri().path());
+    let mut response = if let Some(answer) = preflight {
+        answer
+    } else if header_bytes > max_header_bytes {
+        http::error::ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "HEADERS_TOO_LARGE",
+            format!("the request headers take {header_bytes} bytes; the limit is {max_header_bytes} (MAX_HEADER_BYTES)"),
+        )
+        .into_response()
+    } else {
+        match services_tail(request.uri().path()) {
+            // The hot path goes straight to its handler: no walk down the other routes' filters,
+            // and the headers move rather than being cloned.
+            Some(tail) => {
+                let tail = tail.to_owned();
+                let (parts, body) = request.into_parts();
+                let query = parts.uri.query().unwrap_or("").to_owned();
+                let body = http_body_util::BodyDataStream::new(body);
+                let work = http::services::handle(state.clone(), tail, parts.method, query, parts.headers, body);
+                crate::access::scope(scoped_id, peer_ip, work).await
+            }
+            None => match crate::access::scope(scoped_id, peer_ip, routes.call(request)).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            },
+        }
+    };
+    if let Some(cors) = cors.filter(|_| !answered_preflight) {
+        cors.decorate(origin.as_ref(), &mut response);
+    }
+    response.headers_mut().insert(crate::http::names::X_REQUEST_ID.clone(), id_value);
+    let status = response.status().as_u16();
+    let info = response.extensions_mut().remove::<RouteInfo>();
+    let (route, module, function, caller) = match &info {
+        Some(info) => (
+            info.route,
+            info.endpoint.as_ref().map_or("", |e| e.module.spec.route_name()),
+            info.endpoint.as_ref().map_or("", |e| e.function().route_name()),
+            info.caller,
+        ),
+        None => (fallback_route, "", "", "none"),
+    };
+    let elapsed = started.elapsed();
+    if measure {
+        let method = crate::metrics::method_label(&method);
+        match info.as_ref().and_then(|i| i.endpoint.as_ref()) {
+            Some(endpoint) => crate::metrics::METRICS.observe_call(endpoint.metrics(), module, function, method, status, elapsed),
+            None => crate::metrics::METRICS.observe_request(
+                crate::metrics::RequestLabels {
+                    route,
+                    module: module.to_owned(),
+                    function: function.to_owned(),
+                    method,
+                    status,
+                },
+                elapsed,
+            ),
+        }
+    }
+    if crate::access::enabled() {
+        crate::access::log(
+            log_format,
+            &crate::access::Entry {
+                request_id: &request_id,
+                method: method.as_str(),
+                route,
+                module,
+                function,
+                caller,
+                status,
+                duration: elapsed,
+                peer,
+            },
+        );
+    }
+    response
+}
+
+/// What follows `/rest/services/` (or `""` for `/rest/services` itself), as warp's `path::tail`
+/// would give it.
+pub(crate) fn services_tail(path: &str) -> Option<&str> {
+    match path.strip_prefix("/rest/services") {
+        Some("") => Some(""),
+        Some(rest) => rest.strip_prefix('/').map(|tail| tail.trim_start_matches('/')),
+        None => None,
+    }
+}
+
+/// Counts a request in flight for as long as it lives (also when its client goes away).
+pub(crate) struct InFlight;
+
+impl InFlight {
+    fn enter() -> InFlight {
+        crate::metrics::METRICS.in_flight.inc();
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        crate::metrics::METRICS.in_flight.dec();
+    }
+}
+
+/// The route template of a path the router did not describe (built-ins, and requests refused
+/// before routing): a bounded label, never the raw path.
+pub(crate) fn route_template(path: &str) -> &'static str {
+    let trimmed = path.trim_end_matches('/');
+    match trimmed {
+        "/ping" => "/ping",
+        "/version" => "/version",
+        "/health" => "/health",
+        "/metrics" => "/metrics",
+        "/openapi.json" => "/openapi.json",
+        "/rest/auth/token" => "/rest/auth/token",
+        _ if trimmed.starts_with("/rest/admin") => "/rest/admin/…",
+        _ if trimmed.starts_with("/rest/services") => "/rest/services/…",
+        _ => "unmatched",
+    }
+}
+
+/// A fresh request id shaped like a random UUID: a random 128-bit base drawn once per process,
+/// plus a counter. Unique within the process, unpredictable across processes, and free of the
+/// `getrandom` system call that `Uuid::new_v4` makes for every request.
+pub(crate) fn new_request_id() -> String {
+    static BASE: std::sync::LazyLock<u128> = std::sync::LazyLock::new(|| uuid::Uuid::new_v4().as_u128());
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    // splitmix64 spreads consecutive counters over all the bits (a bijection: no repeats).
+    let mut z = n.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    let mixed = (u128::from(z) << 64) | u128::from(z.rotate_left(32) ^ n);
+    let bytes = (*BASE ^ mixed).to_be_bytes();
+    uuid::Builder::from_random_bytes(bytes).into_uuid().to_string()
+}
+
+/// 1–128 characters of letters, digits and `-_.:/+=@`.
+pub(crate) fn is_sane_request_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_request_ids_are_distinct_uuids() {
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| new_request_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        for id in ids.iter().take(5) {
+            let parsed = uuid::Uuid::parse_str(id).unwrap();
+            assert_eq!(parsed.get_version_num(), 4);
+            assert!(is_sane_request_id(id));
+        }
+    }
+
+    #[test]
+    fn services_paths_are_recognised_as_warp_would() {
+        assert_eq!(services_tail("/rest/services/v1/echo/a/"), Some("v1/echo/a/"));
+        assert_eq!(services_tail("/rest/services/"), Some(""));
+        assert_eq!(services_tail("/rest/services"), Some(""));
+        assert_eq!(services_tail("/rest/servicesX/a"), None);
+        assert_eq!(services_tail("/rest/admin/plugins"), None);
+    }
+
+    #[test]
+    fn request_ids() {
+        assert!(is_sane_request_id("abc-123_x.y"));
+        assert!(is_sane_request_id("3f2a9c1e-0000-4000-8000-000000000000"));
+        assert!(!is_sane_request_id(""));
+        assert!(!is_sane_request_id("has space"));
+        assert!(!is_sane_request_id("<script>"));
+        assert!(!is_sane_request_id(&"x".repeat(129)));
+    }
+}
