@@ -202,7 +202,7 @@ mod tests {
         Entry {
             request_id: "abc-1",
             method: "GET",
-            route: crate::route::SERVICES,
+            route: "/rest/services/{module}/{function}/",
             module: "hello",
             function: "greet",
             caller: "none",

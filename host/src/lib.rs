@@ -23,7 +23,6 @@ pub mod plugins;
 pub mod publish;
 pub mod registry;
 pub mod reload;
-pub mod route;
 pub mod scaffold;
 pub mod server;
 pub mod signing;

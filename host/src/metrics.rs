@@ -113,6 +113,16 @@ fn store_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_1, 2.0, 16))
 }
 
+/// The labels of one call of a plugin function, borrowed: they are copied only the first time a
+/// function sees a method and status.
+pub struct CallLabels<'a> {
+    pub route: &'static str,
+    pub module: &'a str,
+    pub function: &'a str,
+    pub method: &'static str,
+    pub status: u16,
+}
+
 impl Metrics {
     fn new() -> Metrics {
         let mut registry = Registry::with_prefix("plughost");
@@ -241,15 +251,14 @@ impl Metrics {
     }
 
     /// Records one call of a plugin function, through its resolved series.
-    pub fn observe_call(
-        &self,
-        resolved: &FunctionMetrics,
-        module: &str,
-        function: &str,
-        method: &'static str,
-        status: u16,
-        elapsed: Duration,
-    ) {
+    pub fn observe_call(&self, resolved: &FunctionMetrics, call: CallLabels<'_>, elapsed: Duration) {
+        let CallLabels {
+            route,
+            module,
+            function,
+            method,
+            status,
+        } = call;
         let found = resolved
             .counters
             .read()
@@ -260,7 +269,7 @@ impl Metrics {
             .is_some();
         if !found {
             let labels = RequestLabels {
-                route: crate::route::SERVICES,
+                route,
                 module: module.to_owned(),
                 function: function.to_owned(),
                 method,
@@ -277,7 +286,7 @@ impl Metrics {
             .latency
             .get_or_init(|| {
                 self.latency.get_or_create_owned(&LatencyLabels {
-                    route: crate::route::SERVICES,
+                    route,
                     module: module.to_owned(),
                     function: function.to_owned(),
                 })
@@ -368,12 +377,22 @@ impl plughost_sandbox::Observer for SandboxMetrics {
 mod tests {
     use super::*;
 
+    fn call(method: &'static str, status: u16) -> CallLabels<'static> {
+        CallLabels {
+            route: "/rest/services/{module}/{function}/",
+            module: "m",
+            function: "f",
+            method,
+            status,
+        }
+    }
+
     #[test]
     fn renders_the_series_it_recorded() {
         let metrics = Metrics::new();
         metrics.observe_request(
             RequestLabels {
-                route: crate::route::SERVICES,
+                route: "/rest/services/{module}/{function}/",
                 module: "module1".to_owned(),
                 function: "echo".to_owned(),
                 method: "GET",
@@ -400,10 +419,10 @@ mod tests {
         let metrics = Metrics::new();
         let first = FunctionMetrics::default();
         let after_reload = FunctionMetrics::default();
-        metrics.observe_call(&first, "m", "f", "GET", 200, Duration::from_micros(10));
-        metrics.observe_call(&first, "m", "f", "GET", 200, Duration::from_micros(10));
-        metrics.observe_call(&after_reload, "m", "f", "GET", 200, Duration::from_micros(10));
-        metrics.observe_call(&after_reload, "m", "f", "POST", 422, Duration::from_micros(10));
+        metrics.observe_call(&first, call("GET", 200), Duration::from_micros(10));
+        metrics.observe_call(&first, call("GET", 200), Duration::from_micros(10));
+        metrics.observe_call(&after_reload, call("GET", 200), Duration::from_micros(10));
+        metrics.observe_call(&after_reload, call("POST", 422), Duration::from_micros(10));
         let text = metrics.render();
         assert!(text.contains(r#"plughost_http_requests_total{route="/rest/services/{module}/{function}/",module="m",function="f",method="GET",status="200"} 3"#), "{text}");
         assert!(text.contains(r#"method="POST",status="422"} 1"#));

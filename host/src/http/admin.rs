@@ -14,8 +14,28 @@ use super::{
 use crate::AppState;
 use plughost_tenancy::tenants::TenantError;
 
-/// Serves one admin request; `tail` is the path after `/rest/admin/`.
-pub async fn handle(state: &AppState, tail: &str, method: &Method, headers: &HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+/// Serves one admin request; `tail` is the path after `/rest/admin/`. Publishing takes large
+/// bodies: its credentials are checked before its body is read.
+pub(super) async fn serve(
+    state: &AppState,
+    tail: &str,
+    method: &Method,
+    headers: &HeaderMap,
+    body: super::Body,
+) -> Result<Response, ApiError> {
+    let segments = path::segments(tail).unwrap_or_default();
+    if let Some((tenant, name)) = super::publish::admin_target(method, &segments) {
+        return super::publish::admin(state, tenant, name, method, headers, body).await;
+    }
+    let body = if method == Method::POST || method == Method::PUT {
+        super::small_body(state, headers, body).await?
+    } else {
+        Bytes::new()
+    };
+    handle(state, tail, method, headers, body).await
+}
+
+async fn handle(state: &AppState, tail: &str, method: &Method, headers: &HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     let caller = auth::caller(state, headers).await?;
     auth::require(Visibility::Admin, caller.as_ref(), "/rest/admin/")?;
     let actor = caller.as_ref().map(|c| c.uuid().to_owned()).unwrap_or_default();

@@ -1,20 +1,11 @@
 //! `/ping`, `/version` and `/health`.
 
-use http::{Method, StatusCode};
+use http::StatusCode;
 use serde_json::{json, Value};
 use warp::reply::Response;
 
 use super::error::{json_response, ApiError};
 use crate::{plugins::FileState, AppState, Role};
-
-/// Answers a built-in for `GET` and `HEAD`; 405 otherwise.
-pub fn answer(method: &Method, path: &str, body: impl FnOnce() -> Value) -> Response {
-    if method == Method::GET || method == Method::HEAD {
-        json_response(StatusCode::OK, &body())
-    } else {
-        ApiError::method_not_allowed(method, path, "GET, HEAD".to_owned()).into_response()
-    }
-}
 
 pub fn ping() -> Value {
     json!({})
@@ -84,10 +75,7 @@ fn health_body(state: &AppState) -> Value {
 }
 
 /// `GET /metrics`, for the admin.
-pub async fn metrics(state: &AppState, method: &Method, headers: &http::HeaderMap) -> Result<Response, ApiError> {
-    if method != Method::GET && method != Method::HEAD {
-        return Err(ApiError::method_not_allowed(method, "/metrics", "GET, HEAD".to_owned()));
-    }
+pub async fn metrics(state: &AppState, headers: &http::HeaderMap) -> Result<Response, ApiError> {
     if !state.config.metrics {
         return Err(ApiError::not_found("METRICS_OFF", "metrics are off on this server (METRICS=off)"));
     }
@@ -113,10 +101,7 @@ pub fn metrics_response(state: &AppState) -> Response {
 }
 
 /// `GET /openapi.json`: what this caller may call.
-pub async fn openapi(state: &AppState, method: &Method, headers: &http::HeaderMap) -> Result<Response, ApiError> {
-    if method != Method::GET && method != Method::HEAD {
-        return Err(ApiError::method_not_allowed(method, "/openapi.json", "GET, HEAD".to_owned()));
-    }
+pub async fn openapi(state: &AppState, headers: &http::HeaderMap) -> Result<Response, ApiError> {
     let caller = super::auth::caller(state, headers).await?;
     let context = super::openapi::Context {
         caller: caller.as_ref(),
@@ -127,7 +112,7 @@ pub async fn openapi(state: &AppState, method: &Method, headers: &http::HeaderMa
     let document = super::openapi::document(&state.plugins.registry(), &context);
     let mut response = json_response(StatusCode::OK, &document);
     response.extensions_mut().insert(super::RouteInfo {
-        route: "/openapi.json",
+        route: super::Route::OpenApi.template(),
         endpoint: None,
         caller: caller.as_ref().map_or("none", |c| c.kind()),
     });

@@ -1,11 +1,11 @@
 //! The one place errors become HTTP: a JSON body with the status repeated inside, an `error_id`
 //! that also appears in the log line, and internal causes kept out of the response.
 
-use std::{borrow::Cow, convert::Infallible};
+use std::borrow::Cow;
 
 use http::{header, HeaderValue, StatusCode};
 use serde_json::json;
-use warp::{reply::Response, Rejection};
+use warp::reply::Response;
 
 /// An error answered to the client.
 #[derive(Debug)]
@@ -105,17 +105,4 @@ pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
-}
-
-/// Rejections reach here only when no route matched at all.
-pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
-    let err = if rejection.is_not_found() {
-        ApiError::not_found(
-            "ROUTE_NOT_FOUND",
-            "no such route: functions live under /rest/services/ (list them at /rest/services/__dir__/); built-ins are /ping, /version and /health",
-        )
-    } else {
-        ApiError::bad_request("BAD_REQUEST", "the request could not be understood").with_internal(format!("{rejection:?}"))
-    };
-    Ok(err.into_response())
 }

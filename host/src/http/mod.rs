@@ -1,4 +1,6 @@
-//! The URL space on one screen. Each route is a filter; one `recover` answers what matched none.
+//! The URL space on one screen. [`route`] says which route a path is, [`serve`] answers it: the
+//! services fast path is its first arm, and the route's [`Route::template`] labels the access log
+//! and the metrics.
 
 mod admin;
 mod auth;
@@ -12,11 +14,114 @@ pub(crate) mod path;
 mod publish;
 pub mod services;
 
-use std::{convert::Infallible, sync::Arc};
+use std::sync::Arc;
 
-use warp::{filters::BoxedFilter, reply::Response, Filter};
+use ::http::{request::Parts, Method, StatusCode};
+use warp::reply::Response;
 
 use crate::{registry::Endpoint, AppState};
+use error::ApiError;
+
+/// A request body as the connection delivers it.
+pub(crate) type Body = http_body_util::BodyDataStream<hyper::body::Incoming>;
+
+/// Every route the server answers. A `tail` is the raw path after the route's prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route<'a> {
+    /// `/rest/services/…`: a plugin function, or a `__dir__` listing.
+    Services {
+        tail: &'a str,
+    },
+    /// `/rest/admin/…`: plugins, publishing, tenants and the audit log, for the admin.
+    Admin {
+        tail: &'a str,
+    },
+    /// `/rest/tenant/…`: a tenant's own published plugins.
+    Tenant {
+        tail: &'a str,
+    },
+    /// `POST /rest/auth/token`: a UUID and a TOTP code exchanged for a token.
+    Token,
+    /// `/ping`, `/version`, `/health`: anyone's.
+    Ping,
+    Version,
+    Health,
+    /// `/metrics`: the admin's (or anyone's on `METRICS_BIND`).
+    Metrics,
+    /// `/openapi.json`: what the caller may call.
+    OpenApi,
+    /// Anything else.
+    Unmatched,
+}
+
+/// The template of a call of a plugin function, once the services path resolved to one.
+pub(crate) const CALL_TEMPLATE: &str = "/rest/services/{module}/{function}/";
+/// The template of a module's or the server's function listing.
+pub(crate) const DIR_TEMPLATE: &str = "/rest/services/__dir__/";
+
+/// Which route `path` is. Segments match whole and raw (not percent-decoded); a built-in may end
+/// in one `/`; a prefix route takes what follows it as its tail.
+pub(crate) fn route(path: &str) -> Route<'_> {
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    if let Some(tail) = under(rest, "rest/services") {
+        // Leading slashes are dropped, as `/rest/services//v1/…` always was.
+        return Route::Services {
+            tail: tail.trim_start_matches('/'),
+        };
+    }
+    if let Some(tail) = under(rest, "rest/admin") {
+        return Route::Admin { tail };
+    }
+    if let Some(tail) = under(rest, "rest/tenant") {
+        return Route::Tenant { tail };
+    }
+    match rest.strip_suffix('/').unwrap_or(rest) {
+        "rest/auth/token" => Route::Token,
+        "ping" => Route::Ping,
+        "version" => Route::Version,
+        "health" => Route::Health,
+        "metrics" => Route::Metrics,
+        "openapi.json" => Route::OpenApi,
+        _ => Route::Unmatched,
+    }
+}
+
+/// What follows `prefix` in `rest` when `prefix` ends at a segment's end.
+fn under<'a>(rest: &'a str, prefix: &str) -> Option<&'a str> {
+    match rest.strip_prefix(prefix)? {
+        "" => Some(""),
+        after => after.strip_prefix('/'),
+    }
+}
+
+impl Route<'_> {
+    /// The label of the access log and the metrics: bounded, never the raw path. A services
+    /// call that resolves is labelled [`CALL_TEMPLATE`] or [`DIR_TEMPLATE`] instead.
+    pub(crate) fn template(&self) -> &'static str {
+        match self {
+            Route::Services { .. } => "/rest/services/…",
+            Route::Admin { .. } => "/rest/admin/…",
+            Route::Tenant { .. } => "/rest/tenant/…",
+            Route::Token => "/rest/auth/token",
+            Route::Ping => "/ping",
+            Route::Version => "/version",
+            Route::Health => "/health",
+            Route::Metrics => "/metrics",
+            Route::OpenApi => "/openapi.json",
+            Route::Unmatched => "unmatched",
+        }
+    }
+
+    /// The methods of a route that answers the same ones to everybody (the built-ins and the
+    /// token exchange), for a CORS preflight and the `Allow` of a 405.
+    pub(crate) fn fixed_methods(&self) -> Option<&'static str> {
+        match self {
+            Route::Ping | Route::Version | Route::Health | Route::Metrics | Route::OpenApi => Some("GET, HEAD"),
+            Route::Token => Some("POST"),
+            _ => None,
+        }
+    }
+}
 
 /// What the router learned about a request, for the access log and the metrics; carried in the
 /// response's extensions and taken out before the response is sent.
@@ -30,150 +135,124 @@ pub struct RouteInfo {
     pub caller: &'static str,
 }
 
-/// All routes but `/rest/services/…`, which the server hands to [`services::handle`] directly
-/// (the hot path skips the walk down these filters).
-pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
-    let ping = warp::path!("ping")
-        .and(warp::method())
-        .map(|m| builtins::answer(&m, "/ping", builtins::ping));
-    let version = warp::path!("version")
-        .and(warp::method())
-        .and(with(&state))
-        .map(|m, s: Arc<AppState>| builtins::answer(&m, "/version", || builtins::version(s.config.stage.as_deref())));
-    let health = warp::path!("health")
-        .and(warp::method())
-        .and(warp::header::headers_cloned())
-        .and(with(&state))
-        .then(|m: http::Method, headers: http::HeaderMap, s: Arc<AppState>| async move {
-            if m != http::Method::GET && m != http::Method::HEAD {
-                return error::ApiError::method_not_allowed(&m, "/health", "GET, HEAD".to_owned()).into_response();
-            }
-            builtins::health(&s, &headers).await
-        });
-    let metrics = warp::path!("metrics")
-        .and(warp::method())
-        .and(warp::header::headers_cloned())
-        .and(with(&state))
-        .then(|m: http::Method, headers: http::HeaderMap, s: Arc<AppState>| async move {
-            let response = builtins::metrics(&s, &m, &headers).await;
-            as_admin(response, "/metrics")
-        });
-    let openapi = warp::path!("openapi.json")
-        .and(warp::method())
-        .and(warp::header::headers_cloned())
-        .and(with(&state))
-        .then(|m: http::Method, headers: http::HeaderMap, s: Arc<AppState>| async move {
-            builtins::openapi(&s, &m, &headers)
-                .await
-                .unwrap_or_else(error::ApiError::into_response)
-        });
-    let token = warp::path!("rest" / "auth" / "token")
-        .and(warp::method())
-        .and(warp::header::headers_cloned())
-        .and(warp::body::stream())
-        .and(with(&state))
-        .then(
-            |method: http::Method, headers: http::HeaderMap, body, state: Arc<AppState>| async move {
-                if method != http::Method::POST {
-                    return error::ApiError::method_not_allowed(&method, "/rest/auth/token", "POST".to_owned()).into_response();
-                }
-                let result = async {
-                    let body =
-                        services::read_body(&headers, body, 64 * 1024, "64 KiB for this route", state.config.body_read_timeout).await?;
-                    auth::token(&state, &body).await
-                };
-                result.await.unwrap_or_else(error::ApiError::into_response)
-            },
-        );
-    let admin = streamed("admin", &state).then(
-        |tail: warp::path::Tail, method: http::Method, headers: http::HeaderMap, body, state: Arc<AppState>| async move {
-            // Publishing takes large bodies: credentials first, then the body.
-            let segments = path::segments(tail.as_str()).unwrap_or_default();
-            if let Some((tenant, name)) = publish::admin_target(&method, &segments) {
-                let result = publish::admin(&state, tenant, name, &method, &headers, body).await;
-                return as_admin(result, "/rest/admin/…");
-            }
-            let result = async {
-                let body = if method == http::Method::POST || method == http::Method::PUT {
-                    services::read_body(&headers, body, 64 * 1024, "64 KiB for this route", state.config.body_read_timeout).await?
-                } else {
-                    bytes::Bytes::new()
-                };
-                admin::handle(&state, tail.as_str(), &method, &headers, body).await
-            };
-            as_admin(result.await, "/rest/admin/…")
-        },
-    );
-    let tenant = streamed("tenant", &state).then(
-        |tail: warp::path::Tail, method: http::Method, headers: http::HeaderMap, body, state: Arc<AppState>| async move {
-            let result = publish::tenant(&state, tail.as_str(), &method, &headers, body).await;
-            as_caller(result, "/rest/tenant/…", "tenant")
-        },
-    );
-    ping.or(version)
-        .unify()
-        .or(health)
-        .unify()
-        .or(metrics)
-        .unify()
-        .or(openapi)
-        .unify()
-        .or(token)
-        .unify()
-        .or(admin)
-        .unify()
-        .or(tenant)
-        .unify()
-        .recover(error::recover)
-        .unify()
-        .boxed()
-}
-
-/// A response of an admin-only route: a success means the admin called.
-fn as_admin(result: Result<Response, error::ApiError>, route: &'static str) -> Response {
-    as_caller(result, route, "admin")
-}
-
-/// A response of a route only `caller` (a kind of caller) may use: a success means it called.
-fn as_caller(result: Result<Response, error::ApiError>, route: &'static str, caller: &'static str) -> Response {
-    match result {
-        Ok(mut response) => {
-            response.extensions_mut().insert(RouteInfo {
-                route,
-                endpoint: None,
-                caller,
-            });
-            response
+/// Answers one request on `route`.
+pub(crate) async fn serve(state: &Arc<AppState>, route: Route<'_>, parts: &Parts, body: Body) -> Response {
+    match route {
+        Route::Services { tail } => {
+            let query = parts.uri.query().unwrap_or("");
+            services::handle(state, tail, &parts.method, query, &parts.headers, body).await
         }
-        Err(err) => err.into_response(),
+        // Off the hot path, and kept out of its future's size.
+        route => Box::pin(serve_other(state, route, parts, body)).await,
     }
 }
 
-/// `/rest/<segment>/…` with everything a handler that reads its body late needs: the tail, the
-/// method, the headers, the body as a stream, and the state.
-fn streamed(
-    segment: &'static str,
-    state: &Arc<AppState>,
-) -> impl Filter<
-    Extract = (
-        warp::path::Tail,
-        http::Method,
-        http::HeaderMap,
-        impl futures_util::Stream<Item = Result<impl bytes::Buf, warp::Error>>,
-        Arc<AppState>,
-    ),
-    Error = warp::Rejection,
-> + Clone {
-    warp::path("rest")
-        .and(warp::path(segment))
-        .and(warp::path::tail())
-        .and(warp::method())
-        .and(warp::header::headers_cloned())
-        .and(warp::body::stream())
-        .and(with(state))
+async fn serve_other(state: &AppState, route: Route<'_>, parts: &Parts, body: Body) -> Response {
+    let (method, headers) = (&parts.method, &parts.headers);
+    if let Some(allow) = route.fixed_methods() {
+        let asked = if method == Method::HEAD { &Method::GET } else { method };
+        if !allow.split(", ").any(|m| m == asked.as_str()) {
+            return ApiError::method_not_allowed(method, route.template(), allow.to_owned()).into_response();
+        }
+    }
+    let answer = match route {
+        Route::Ping => Ok(error::json_response(StatusCode::OK, &builtins::ping())),
+        Route::Version => Ok(error::json_response(StatusCode::OK, &builtins::version(state.config.stage.as_deref()))),
+        Route::Health => Ok(builtins::health(state, headers).await),
+        Route::Metrics => builtins::metrics(state, headers).await.map(|r| as_caller(r, route, "admin")),
+        Route::OpenApi => builtins::openapi(state, headers).await,
+        Route::Token => match small_body(state, headers, body).await {
+            Ok(body) => auth::token(state, &body).await,
+            Err(err) => Err(err),
+        },
+        Route::Admin { tail } => admin::serve(state, tail, method, headers, body).await.map(|r| as_caller(r, route, "admin")),
+        Route::Tenant { tail } => publish::tenant(state, tail, method, headers, body).await.map(|r| as_caller(r, route, "tenant")),
+        Route::Services { .. } => unreachable!("served by `serve`"),
+        Route::Unmatched => Err(ApiError::not_found(
+            "ROUTE_NOT_FOUND",
+            "no such route: functions live under /rest/services/ (list them at /rest/services/__dir__/); built-ins are /ping, /version and /health",
+        )),
+    };
+    answer.unwrap_or_else(ApiError::into_response)
 }
 
-fn with(state: &Arc<AppState>) -> impl Filter<Extract = (Arc<AppState>,), Error = Infallible> + Clone {
-    let state = state.clone();
-    warp::any().map(move || state.clone())
+/// The body of a route that takes small JSON documents: 64 KiB at most.
+pub(crate) async fn small_body(state: &AppState, headers: &::http::HeaderMap, body: Body) -> Result<bytes::Bytes, ApiError> {
+    services::read_body(headers, body, 64 * 1024, "64 KiB for this route", state.config.body_read_timeout).await
+}
+
+/// Marks a response of a route only `caller` (a kind of caller) may use: it succeeded, so that
+/// caller called.
+fn as_caller(mut response: Response, route: Route<'_>, caller: &'static str) -> Response {
+    response.extensions_mut().insert(RouteInfo {
+        route: route.template(),
+        endpoint: None,
+        caller,
+    });
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn services_paths_take_their_tail() {
+        assert_eq!(route("/rest/services/v1/echo/a/"), Route::Services { tail: "v1/echo/a/" });
+        assert_eq!(route("/rest/services/"), Route::Services { tail: "" });
+        assert_eq!(route("/rest/services"), Route::Services { tail: "" });
+        assert_eq!(route("/rest/services//v1/echo"), Route::Services { tail: "v1/echo" });
+        assert_eq!(route("/rest/servicesX/a"), Route::Unmatched);
+        assert_eq!(route("/rest/services/__dir__/").template(), "/rest/services/…");
+    }
+
+    #[test]
+    fn prefix_routes_keep_their_raw_tail() {
+        assert_eq!(route("/rest/admin/plugins"), Route::Admin { tail: "plugins" });
+        assert_eq!(route("/rest/admin"), Route::Admin { tail: "" });
+        assert_eq!(route("/rest/admin/"), Route::Admin { tail: "" });
+        assert_eq!(route("/rest/admin//plugins"), Route::Admin { tail: "/plugins" });
+        assert_eq!(route("/rest/tenant/plugins/a%20b"), Route::Tenant { tail: "plugins/a%20b" });
+        assert_eq!(route("/rest/adminx"), Route::Unmatched);
+        assert_eq!(route("/rest"), Route::Unmatched);
+    }
+
+    #[test]
+    fn built_ins_match_whole_with_one_optional_slash() {
+        for (path, expected) in [
+            ("/ping", Route::Ping),
+            ("/ping/", Route::Ping),
+            ("/version", Route::Version),
+            ("/health/", Route::Health),
+            ("/metrics", Route::Metrics),
+            ("/openapi.json", Route::OpenApi),
+            ("/rest/auth/token", Route::Token),
+            ("/rest/auth/token/", Route::Token),
+        ] {
+            assert_eq!(route(path), expected, "{path}");
+            assert_eq!(route(path).template(), path.trim_end_matches('/'), "{path}");
+        }
+        for path in [
+            "/",
+            "",
+            "/ping//",
+            "//ping",
+            "/p%69ng",
+            "/pingx",
+            "/rest/auth",
+            "/rest/auth/token/x",
+            "*",
+        ] {
+            assert_eq!(route(path), Route::Unmatched, "{path}");
+            assert_eq!(route(path).template(), "unmatched");
+        }
+    }
+
+    #[test]
+    fn fixed_methods_are_those_of_the_built_ins() {
+        assert_eq!(Route::Ping.fixed_methods(), Some("GET, HEAD"));
+        assert_eq!(Route::Token.fixed_methods(), Some("POST"));
+        assert_eq!(Route::Admin { tail: "" }.fixed_methods(), None);
+        assert_eq!(Route::Services { tail: "" }.fixed_methods(), None);
+    }
 }

@@ -1,6 +1,6 @@
 //! `/rest/services/…`: path → resolution → method → body → kwargs → typed params → call → reply.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
@@ -19,18 +19,18 @@ use crate::{
 use plughost_tenancy::auth::Caller;
 
 /// Serves one request under `/rest/services/`.
-pub async fn handle<S, B, E>(state: Arc<AppState>, tail: String, method: Method, query: String, headers: HeaderMap, body: S) -> Response
+pub(crate) async fn handle<S, B, E>(state: &AppState, tail: &str, method: &Method, query: &str, headers: &HeaderMap, body: S) -> Response
 where
     S: Stream<Item = Result<B, E>>,
     B: Buf,
     E: std::fmt::Display,
 {
     let mut info = RouteInfo {
-        route: crate::route::UNRESOLVED,
+        route: super::Route::Services { tail }.template(),
         endpoint: None,
         caller: "none",
     };
-    let mut response = match serve(&state, &tail, method, query, &headers, body, &mut info).await {
+    let mut response = match serve(state, tail, method, query, headers, body, &mut info).await {
         Ok(response) => response,
         Err(err) => err.into_response(),
     };
@@ -41,8 +41,8 @@ where
 async fn serve<S, B, E>(
     state: &AppState,
     tail: &str,
-    method: Method,
-    query: String,
+    method: &Method,
+    query: &str,
     headers: &HeaderMap,
     body: S,
     info: &mut RouteInfo,
@@ -79,9 +79,9 @@ where
     let (endpoint, rest) = match resolution {
         Resolution::Call { endpoint, rest } => (endpoint, rest.to_vec()),
         Resolution::Dir(module) => {
-            info.route = crate::route::DIR;
+            info.route = super::DIR_TEMPLATE;
             if method != Method::GET && method != Method::HEAD {
-                return Err(ApiError::method_not_allowed(&method, "__dir__", "GET, HEAD".to_owned()));
+                return Err(ApiError::method_not_allowed(method, "__dir__", "GET, HEAD".to_owned()));
             }
             let caller = match caller {
                 Some(known) => known,
@@ -141,7 +141,7 @@ where
         Resolution::NotFound { name } => return Err(not_found(&name)),
     };
     drop(registry);
-    info.route = crate::route::SERVICES;
+    info.route = super::CALL_TEMPLATE;
     info.endpoint = Some(endpoint.clone());
     let function = endpoint.function();
     // Public functions of the admin's modules never touch the identity store.
@@ -165,9 +165,9 @@ where
         }
         return Ok(response);
     }
-    if !function.methods.allows(&method) {
+    if !function.methods.allows(method) {
         let what = format!("function '{}'", function.route_name());
-        return Err(ApiError::method_not_allowed(&method, &what, function.methods.allow_header()));
+        return Err(ApiError::method_not_allowed(method, &what, function.methods.allow_header()));
     }
 
     let has_body = method != Method::GET && method != Method::HEAD;
@@ -191,7 +191,7 @@ where
     let from_body = kwargs::from_body(BodyKind::of(&content_type), &body).map_err(|e| ApiError::bad_request(e.code, e.message))?;
     let mut kwargs = kwargs::merge(
         from_body.kwargs,
-        kwargs::from_query(&query),
+        kwargs::from_query(query),
         &rest,
         &state.config.url_params,
         &from_body.rename,
@@ -211,7 +211,7 @@ where
             )
             .with_internal(err.to_string())
         })?,
-        query,
+        query: query.to_owned(),
         headers: auth::plugin_headers(headers, caller.as_ref(), endpoint.module.owner.is_some()),
         body,
         content_type,

@@ -192,7 +192,6 @@ impl App {
     /// Serves until `shutdown` completes, then stops accepting and lets in-flight requests finish
     /// (for at most `SHUTDOWN_GRACE_MS`).
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let routes = http::routes(self.state.clone());
         if let Some(listener) = self.metrics_listener {
             tokio::spawn(serve_metrics(listener, self.state.clone()));
         }
@@ -235,7 +234,6 @@ impl App {
                 () = &mut shutdown => break,
             };
             let _ = stream.set_nodelay(true);
-            let filtered = warp::service(routes.clone());
             let state = self.state.clone();
             // Written once per connection, not once per request.
             let peer_text: Arc<str> = peer.to_string().into();
@@ -243,12 +241,11 @@ impl App {
             let activity = Arc::new(connection::Activity::default());
             let seen = activity.clone();
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let mut filtered = filtered.clone();
                 let state = state.clone();
                 let peer_text = peer_text.clone();
                 let busy = seen.begin();
                 async move {
-                    let mut response = request::handle(&mut filtered, request, &peer_text, peer_ip, &state).await;
+                    let mut response = request::handle(request, &peer_text, peer_ip, &state).await;
                     if state.draining.load(Ordering::Relaxed) {
                         response
                             .headers_mut()
@@ -349,10 +346,9 @@ async fn serve_metrics(listener: TcpListener, state: Arc<AppState>) {
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let state = state.clone();
             async move {
-                let path = request.uri().path().trim_end_matches('/');
-                let response = match (request.method(), path) {
-                    (&::http::Method::GET | &::http::Method::HEAD, "/metrics") => http::builtins::metrics_response(&state),
-                    (_, "/metrics") => {
+                let response = match (request.method(), http::route(request.uri().path())) {
+                    (&::http::Method::GET | &::http::Method::HEAD, http::Route::Metrics) => http::builtins::metrics_response(&state),
+                    (_, http::Route::Metrics) => {
                         http::error::ApiError::method_not_allowed(request.method(), "/metrics", "GET, HEAD".to_owned()).into_response()
                     }
                     _ => http::error::ApiError::not_found("ROUTE_NOT_FOUND", "this address serves only GET /metrics (METRICS_BIND)")

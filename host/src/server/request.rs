@@ -3,25 +3,23 @@
 //! and one access-log line.
 
 use std::{
-    convert::Infallible,
     sync::{atomic::Ordering, Arc},
     time::Instant,
 };
 
 use ::http::{HeaderValue, Request, StatusCode};
 use hyper::body::Incoming;
-use tower_service::Service;
 
 use crate::{
     http::{self, RouteInfo},
     AppState,
 };
 
-/// The methods a path answers, for a CORS preflight (which carries no credentials): a function
+/// The methods `route` answers, for a CORS preflight (which carries no credentials): a function
 /// of the admin's modules, or a built-in; `None` for anything else, whose methods an anonymous
 /// caller is not told.
-pub(crate) fn route_methods(state: &AppState, path: &str) -> Option<String> {
-    if let Some(tail) = services_tail(path) {
+pub(crate) fn route_methods(state: &AppState, route: http::Route<'_>) -> Option<String> {
+    if let http::Route::Services { tail } = route {
         let segments = http::path::segments(tail).ok()?;
         let registry = state.plugins.registry();
         return match registry.resolve(&segments, &crate::registry::Everything) {
@@ -31,25 +29,17 @@ pub(crate) fn route_methods(state: &AppState, path: &str) -> Option<String> {
             _ => None,
         };
     }
-    match path.trim_end_matches('/') {
-        "/ping" | "/version" | "/health" | "/openapi.json" | "/metrics" => Some("GET, HEAD, OPTIONS".to_owned()),
-        "/rest/auth/token" => Some("POST, OPTIONS".to_owned()),
-        _ => None,
-    }
+    route.fixed_methods().map(|methods| format!("{methods}, OPTIONS"))
 }
 
 /// Wraps every request: a sane request id (the client's, or a new one), a header-size check,
 /// the routes, `X-Request-Id` on the response, and one access-log line.
-pub(crate) async fn handle<S>(
-    routes: &mut S,
-    mut request: Request<Incoming>,
+pub(crate) async fn handle(
+    request: Request<Incoming>,
     peer: &str,
     peer_ip: std::net::IpAddr,
     state: &Arc<AppState>,
-) -> warp::reply::Response
-where
-    S: Service<Request<Incoming>, Response = warp::reply::Response, Error = Infallible>,
-{
+) -> warp::reply::Response {
     let max_header_bytes = state.config.max_header_bytes;
     let cors = state.config.cors.as_ref();
     let log_format = state.config.log_format;
@@ -62,19 +52,18 @@ where
         .map(str::to_owned)
         .unwrap_or_else(new_request_id);
     let id_value = HeaderValue::from_str(&request_id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
-    request
-        .headers_mut()
-        .insert(crate::http::names::X_REQUEST_ID.clone(), id_value.clone());
-    let method = request.method().clone();
+    let (mut parts, body) = request.into_parts();
+    parts.headers.insert(crate::http::names::X_REQUEST_ID.clone(), id_value.clone());
+    let route = http::route(parts.uri.path());
+    let method = parts.method.clone();
     let measure = crate::metrics::enabled();
     let _in_flight = measure.then(InFlight::enter);
     let scoped_id: Arc<str> = Arc::from(request_id.as_str());
 
-    let header_bytes: usize = request.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
-    let origin = request.headers().get(::http::header::ORIGIN).cloned();
-    let preflight = cors.and_then(|c| c.preflight(request.method(), request.headers(), || route_methods(state, request.uri().path())));
+    let header_bytes: usize = parts.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    let origin = parts.headers.get(::http::header::ORIGIN).cloned();
+    let preflight = cors.and_then(|c| c.preflight(&parts.method, &parts.headers, || route_methods(state, route)));
     let answered_preflight = preflight.is_some();
-    let fallback_route = route_template(request.uri().path());
     let mut response = if let Some(answer) = preflight {
         answer
     } else if header_bytes > max_header_bytes {
@@ -85,22 +74,8 @@ where
         )
         .into_response()
     } else {
-        match services_tail(request.uri().path()) {
-            // The hot path goes straight to its handler: no walk down the other routes' filters,
-            // and the headers move rather than being cloned.
-            Some(tail) => {
-                let tail = tail.to_owned();
-                let (parts, body) = request.into_parts();
-                let query = parts.uri.query().unwrap_or("").to_owned();
-                let body = http_body_util::BodyDataStream::new(body);
-                let work = http::services::handle(state.clone(), tail, parts.method, query, parts.headers, body);
-                crate::access::scope(scoped_id, peer_ip, work).await
-            }
-            None => match crate::access::scope(scoped_id, peer_ip, routes.call(request)).await {
-                Ok(response) => response,
-                Err(never) => match never {},
-            },
-        }
+        let body = http_body_util::BodyDataStream::new(body);
+        crate::access::scope(scoped_id, peer_ip, http::serve(state, route, &parts, body)).await
     };
     if let Some(cors) = cors.filter(|_| !answered_preflight) {
         cors.decorate(origin.as_ref(), &mut response);
@@ -115,13 +90,23 @@ where
             info.endpoint.as_ref().map_or("", |e| e.function().route_name()),
             info.caller,
         ),
-        None => (fallback_route, "", "", "none"),
+        None => (route.template(), "", "", "none"),
     };
     let elapsed = started.elapsed();
     if measure {
         let method = crate::metrics::method_label(&method);
         match info.as_ref().and_then(|i| i.endpoint.as_ref()) {
-            Some(endpoint) => crate::metrics::METRICS.observe_call(endpoint.metrics(), module, function, method, status, elapsed),
+            Some(endpoint) => crate::metrics::METRICS.observe_call(
+                endpoint.metrics(),
+                crate::metrics::CallLabels {
+                    route,
+                    module,
+                    function,
+                    method,
+                    status,
+                },
+                elapsed,
+            ),
             None => crate::metrics::METRICS.observe_request(
                 crate::metrics::RequestLabels {
                     route,
@@ -153,16 +138,6 @@ where
     response
 }
 
-/// What follows `/rest/services/` (or `""` for `/rest/services` itself), as warp's `path::tail`
-/// would give it.
-pub(crate) fn services_tail(path: &str) -> Option<&str> {
-    match path.strip_prefix("/rest/services") {
-        Some("") => Some(""),
-        Some(rest) => rest.strip_prefix('/').map(|tail| tail.trim_start_matches('/')),
-        None => None,
-    }
-}
-
 /// Counts a request in flight for as long as it lives (also when its client goes away).
 pub(crate) struct InFlight;
 
@@ -176,23 +151,6 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         crate::metrics::METRICS.in_flight.dec();
-    }
-}
-
-/// The route template of a path the router did not describe (built-ins, and requests refused
-/// before routing): a bounded label, never the raw path.
-pub(crate) fn route_template(path: &str) -> &'static str {
-    let trimmed = path.trim_end_matches('/');
-    match trimmed {
-        "/ping" => "/ping",
-        "/version" => "/version",
-        "/health" => "/health",
-        "/metrics" => "/metrics",
-        "/openapi.json" => "/openapi.json",
-        "/rest/auth/token" => "/rest/auth/token",
-        _ if trimmed.starts_with("/rest/admin") => "/rest/admin/…",
-        _ if trimmed.starts_with("/rest/services") => "/rest/services/…",
-        _ => "unmatched",
     }
 }
 
@@ -231,15 +189,6 @@ mod tests {
             assert_eq!(parsed.get_version_num(), 4);
             assert!(is_sane_request_id(id));
         }
-    }
-
-    #[test]
-    fn services_paths_are_recognised_as_warp_would() {
-        assert_eq!(services_tail("/rest/services/v1/echo/a/"), Some("v1/echo/a/"));
-        assert_eq!(services_tail("/rest/services/"), Some(""));
-        assert_eq!(services_tail("/rest/services"), Some(""));
-        assert_eq!(services_tail("/rest/servicesX/a"), None);
-        assert_eq!(services_tail("/rest/admin/plugins"), None);
     }
 
     #[test]
