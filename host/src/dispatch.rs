@@ -14,33 +14,19 @@
 //! before the host is woken again.
 
 use std::{
-    borrow::Cow,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use abi_stable::std_types::RResult;
-use bytes::Bytes;
 use plugin_api::ErrorKind;
 
 use plughost_runtime::{
-    call::{CallParts, PluginReply},
+    call::{CallInput, PluginReply},
     pace::Pace,
 };
 
 use crate::registry::Endpoint;
-
-/// Everything a call carries, owned, so that it can move to the blocking pool.
-#[derive(Debug)]
-pub struct CallInput {
-    pub method: String,
-    pub kwargs_json: String,
-    pub query: String,
-    pub headers: Vec<(String, String)>,
-    pub body: Bytes,
-    pub content_type: String,
-    pub request_id: std::sync::Arc<str>,
-}
 
 /// Why a call produced no reply.
 #[derive(Debug, thiserror::Error)]
@@ -53,34 +39,14 @@ pub enum CallError {
     Timeout(Duration),
     #[error("the blocking pool failed the call: {0}")]
     Pool(String),
-    #[error("the sandbox worker died: {0}")]
-    Crashed(String),
-    #[error("the sandbox worker ran out of its {0} MiB of memory")]
-    OutOfMemory(u64),
-    #[error("the module is quarantined: {0}")]
-    Quarantined(String),
-    #[error("the module already runs {0} calls at once")]
-    Busy(u32),
-    #[error("the response of {0} bytes is over the limit")]
-    ResponseTooLarge(u64),
-    #[error("the sandbox worker failed: {0}")]
-    WorkerFailed(String),
+    /// What only a sandboxed call fails with (a crashed worker, quarantine, …).
+    #[error(transparent)]
+    Sandbox(plughost_sandbox::SandboxError),
 }
 
 impl From<plughost_sandbox::SandboxError> for CallError {
     fn from(err: plughost_sandbox::SandboxError) -> CallError {
-        use plughost_sandbox::SandboxError as E;
-        match err {
-            E::Plugin { kind, code, message } => CallError::Plugin { kind, code, message },
-            E::Panicked(message) => CallError::Panicked(message),
-            E::Timeout(after) => CallError::Timeout(after),
-            E::Crashed(status) => CallError::Crashed(status),
-            E::OutOfMemory(mib) => CallError::OutOfMemory(mib),
-            E::Quarantined(why) => CallError::Quarantined(why),
-            E::Busy(limit) => CallError::Busy(limit),
-            E::ResponseTooLarge(size) => CallError::ResponseTooLarge(size),
-            E::WorkerFailed(why) => CallError::WorkerFailed(why),
-        }
+        CallError::Sandbox(err)
     }
 }
 
@@ -147,24 +113,11 @@ async fn call_sandboxed(
     // deadline before its own starts: hence twice the deadline.
     let deadline = pool.limits().call_timeout * 2 + SANDBOX_GRACE;
     let task = tokio::spawn(async move {
-        let function = endpoint.function();
-        let head = plughost_sandbox::protocol::CallHead {
-            id: 0,
-            function: function.index,
-            function_name: Cow::Borrowed(&function.name),
-            module: Cow::Borrowed(&endpoint.module.spec.name),
-            method: Cow::Borrowed(&input.method),
-            kwargs_json: Cow::Borrowed(&input.kwargs_json),
-            query: Cow::Borrowed(&input.query),
-            headers: Cow::Borrowed(&input.headers),
-            content_type: Cow::Borrowed(&input.content_type),
-            request_id: Cow::Borrowed(&input.request_id),
-        };
         let pace = Pace {
             streak: endpoint.quick_streak(),
             quick_max,
         };
-        pool.call(head, &input.body, pace).await.map_err(CallError::from)
+        pool.call(endpoint.target(), &input, pace).await.map_err(CallError::from)
     });
     match tokio::time::timeout(deadline, task).await {
         Ok(Ok(result)) => result,
@@ -176,19 +129,7 @@ async fn call_sandboxed(
 /// Calls the function in this process; blocks until it answers.
 fn run(endpoint: &Endpoint, input: &CallInput) -> Result<PluginReply, CallError> {
     let module = &endpoint.module;
-    let function = endpoint.function();
-    let parts = CallParts {
-        method: &input.method,
-        module: &module.spec.name,
-        function: &function.name,
-        kwargs_json: &input.kwargs_json,
-        query: &input.query,
-        headers: &input.headers,
-        body: &input.body,
-        content_type: &input.content_type,
-        request_id: &input.request_id,
-    };
-    match module.call(function.index, &parts) {
+    match module.call(endpoint.target(), input) {
         RResult::ROk(response) => Ok(PluginReply::from(response)),
         RResult::RErr(err) if err.kind == ErrorKind::Panicked => Err(CallError::Panicked(err.message.into_string())),
         RResult::RErr(err) => Err(CallError::Plugin {

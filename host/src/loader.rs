@@ -10,7 +10,7 @@ use std::{
 
 use abi_stable::std_types::{RResult, RStr};
 use plughost_runtime::{
-    call::{invoke, CallParts},
+    call::{invoke, CallInput, Target},
     library::{open_plugin, read, write_shadow, Candidate, LoadError},
     manifest::ModuleSpec,
 };
@@ -51,13 +51,13 @@ impl std::fmt::Debug for LoadedModule {
 }
 
 impl LoadedModule {
-    /// Calls the function at `index` of the plugin's own function list. Blocks; panics inside
+    /// Calls `target`, a function of the plugin's own list. Blocks; panics inside
     /// the plugin come back as errors.
     ///
     /// A sandboxed module is not called here: the caller asks its [`Backend::Sandbox`] pool.
-    pub fn call(&self, index: u32, parts: &CallParts<'_>) -> RResult<CallResponse, CallError> {
+    pub fn call(&self, target: Target<'_>, input: &CallInput) -> RResult<CallResponse, CallError> {
         match &self.backend {
-            Backend::InProcess(root) => invoke(*root, index, parts),
+            Backend::InProcess(root) => invoke(*root, target, input),
             Backend::Sandbox(_) => RResult::RErr(CallError {
                 kind: plugin_api::ErrorKind::Internal,
                 code: "SANDBOXED".into(),

@@ -451,7 +451,7 @@ fn inspect(
         std::sync::Arc::new(plughost_sandbox::Unobserved),
     )
     .map_err(|e| format!("cannot start a sandbox worker under {}: {e}", scratch.display()))?;
-    let spec = sandbox.inspect(&candidate.bytes)?;
+    let spec = sandbox.inspect(&candidate.bytes).map_err(|err| err.to_string())?;
     Ok((spec, candidate.sha256))
 }
 

@@ -126,7 +126,7 @@ pub async fn publish(
     let (spec, bytes) = tokio::task::spawn_blocking(move || inspector.inspect(&bytes).map(|spec| (spec, bytes)))
         .await
         .map_err(|err| PublishError::Refused(format!("the check failed: {err}")))?
-        .map_err(PublishError::Refused)?;
+        .map_err(|err| PublishError::Refused(err.to_string()))?;
     let plugin = PublishedPlugin {
         key: PublishedPlugin::key_of(tenant, name),
         name: name.to_owned(),

@@ -19,6 +19,16 @@ impl Endpoint {
         &self.module.spec.functions[self.function]
     }
 
+    /// What the plugin is told a call is for.
+    pub fn target(&self) -> plughost_runtime::call::Target<'_> {
+        let function = self.function();
+        plughost_runtime::call::Target {
+            index: function.index,
+            module: &self.module.spec.name,
+            function: &function.name,
+        }
+    }
+
     /// This function's metric series.
     pub fn metrics(&self) -> &crate::metrics::FunctionMetrics {
         &self.module.metrics[self.function]

@@ -32,6 +32,17 @@ pub enum SignatureError {
 }
 
 /// The public keys plugins must be signed with.
+/// Why a key (trusted, or for signing) cannot be used, in words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct KeyError(pub String);
+
+impl From<String> for KeyError {
+    fn from(why: String) -> KeyError {
+        KeyError(why)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct TrustedKeys {
     keys: Vec<VerifyingKey>,
@@ -40,7 +51,7 @@ pub struct TrustedKeys {
 impl TrustedKeys {
     /// Parses `PLUGIN_PUBKEYS`: base64 keys separated by commas or white space. Empty text means
     /// signatures are not required (`Ok(None)`).
-    pub fn parse(text: &str) -> Result<Option<TrustedKeys>, String> {
+    pub fn parse(text: &str) -> Result<Option<TrustedKeys>, KeyError> {
         let mut keys = Vec::new();
         for (i, item) in text.split([',', ' ', '\n', '\t']).filter(|s| !s.is_empty()).enumerate() {
             keys.push(parse_public_key(item).map_err(|why| format!("key {} ({item}): {why}", i + 1))?);
@@ -134,18 +145,18 @@ pub fn sign(key: &SigningKey, bytes: &[u8]) -> String {
 }
 
 /// Reads a PKCS#8 PEM private key file.
-pub fn read_signing_key(path: &Path) -> Result<SigningKey, String> {
+pub fn read_signing_key(path: &Path) -> Result<SigningKey, KeyError> {
     let text = std::fs::read_to_string(path).map_err(|err| format!("cannot read the signing key {}: {err}", path.display()))?;
     SigningKey::from_pkcs8_pem(&text).map_err(|err| {
-        format!(
+        KeyError(format!(
             "{} is not an ed25519 private key in PKCS#8 PEM ({err}): make one with plughost keygen --signing-key",
             path.display()
-        )
+        ))
     })
 }
 
 /// A fresh signing key: its PKCS#8 PEM text and its public key in base64 (for `PLUGIN_PUBKEYS`).
-pub fn new_signing_key() -> Result<(String, String), String> {
+pub fn new_signing_key() -> Result<(String, String), KeyError> {
     let key = SigningKey::from_bytes(&plughost_tenancy::secrets::random_bytes::<32>());
     let pem = key
         .to_pkcs8_pem(LineEnding::LF)
@@ -195,8 +206,8 @@ mod tests {
     #[test]
     fn public_keys_are_parsed_with_reasons() {
         assert!(matches!(TrustedKeys::parse("  "), Ok(None)));
-        assert!(TrustedKeys::parse("not-base64!").is_err_and(|e| e.contains("key 1") && e.contains("not base64")));
-        assert!(TrustedKeys::parse("AAAA").is_err_and(|e| e.contains("3 bytes")));
+        assert!(TrustedKeys::parse("not-base64!").is_err_and(|e| e.0.contains("key 1") && e.0.contains("not base64")));
+        assert!(TrustedKeys::parse("AAAA").is_err_and(|e| e.0.contains("3 bytes")));
         // The DER SubjectPublicKeyInfo OpenSSL prints: a 12-byte prefix, then the raw key.
         let mut der = vec![0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
         der.extend_from_slice(key(3).verifying_key().as_bytes());

@@ -44,7 +44,7 @@ pub enum LoadError {
     #[error("its manifest could not be read: {0}")]
     Manifest(String),
     #[error("its manifest is invalid: {0}")]
-    InvalidManifest(String),
+    InvalidManifest(crate::manifest::ManifestError),
     #[error("the sandbox could not load it: {0}")]
     Sandbox(String),
 }

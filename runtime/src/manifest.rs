@@ -5,6 +5,39 @@ use serde_json::Value;
 
 use crate::params::{self, ParamSpec};
 
+/// Why a name cannot be a module, alias or function name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("must be 1 to 64 characters long")]
+    Length,
+    #[error("is reserved")]
+    Reserved,
+    #[error("contains '{0}': use letters, digits, '_', '-' and '.'")]
+    Character(char),
+}
+
+/// Why a list of method names is not a method set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MethodError {
+    #[error("unknown method '{0}' (use GET, POST, PUT, DELETE or PATCH)")]
+    Unknown(String),
+    #[error("declares no method")]
+    None,
+}
+
+/// Everything wrong with a plugin's manifest, each problem in words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .problems.join("; "))]
+pub struct ManifestError {
+    pub problems: Vec<String>,
+}
+
+impl From<String> for ManifestError {
+    fn from(problem: String) -> ManifestError {
+        ManifestError { problems: vec![problem] }
+    }
+}
+
 /// `[A-Za-z_][A-Za-z0-9_]*`: what a kwarg name (declared by a plugin, or configured) may look like.
 pub fn is_identifier(name: &str) -> bool {
     let mut chars = name.chars();
@@ -19,7 +52,7 @@ const METHODS: [(&str, u8); 5] = [("GET", 1), ("POST", 2), ("PUT", 4), ("DELETE"
 
 impl MethodSet {
     /// Parses the method names a plugin declared.
-    pub fn parse<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<MethodSet, String> {
+    pub fn parse<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<MethodSet, MethodError> {
         let mut bits = 0;
         for name in names {
             let upper = name.trim().to_ascii_uppercase();
@@ -28,11 +61,11 @@ impl MethodSet {
             }
             match METHODS.iter().find(|(n, _)| *n == upper) {
                 Some((_, bit)) => bits |= bit,
-                None => return Err(format!("unknown method '{name}' (use GET, POST, PUT, DELETE or PATCH)")),
+                None => return Err(MethodError::Unknown(name.to_owned())),
             }
         }
         if bits == 0 {
-            return Err("declares no method".to_owned());
+            return Err(MethodError::None);
         }
         Ok(MethodSet(bits))
     }
@@ -99,7 +132,7 @@ impl ModuleSpec {
     }
 
     /// Validates what a plugin declared; every problem is listed in the error.
-    pub fn from_abi(manifest: &abi::Manifest) -> Result<ModuleSpec, String> {
+    pub fn from_abi(manifest: &abi::Manifest) -> Result<ModuleSpec, ManifestError> {
         // Bounded before anything is copied: a manifest is served in every `__dir__` and OpenAPI
         // document, so its size is everyone's memory and bandwidth.
         check_size(manifest)?;
@@ -148,7 +181,7 @@ impl ModuleSpec {
                 functions,
             })
         } else {
-            Err(problems.join("; "))
+            Err(ManifestError { problems })
         }
     }
 }
@@ -219,7 +252,7 @@ fn function_from_abi(index: usize, decl: &abi::FunctionDecl) -> Result<FunctionS
             return Err(format!("API alias '{api}' must not start with '__'"));
         }
     }
-    let methods = MethodSet::parse(decl.methods.iter().map(|m| m.as_str()))?;
+    let methods = MethodSet::parse(decl.methods.iter().map(|m| m.as_str())).map_err(|err| err.to_string())?;
     let mut params: Vec<ParamSpec> = Vec::new();
     for p in decl.params.iter() {
         let pname = p.name.as_str().to_owned();
@@ -265,15 +298,15 @@ fn non_empty(text: &str) -> Option<String> {
 }
 
 /// Module, alias and function names: 1–64 of `A-Z a-z 0-9 _ - .`, so they need no escaping in URLs.
-pub fn check_name(name: &str) -> Result<(), String> {
+pub fn check_name(name: &str) -> Result<(), NameError> {
     if name.is_empty() || name.len() > 64 {
-        return Err("must be 1 to 64 characters long".to_owned());
+        return Err(NameError::Length);
     }
     if name == "__dir__" || name == "." || name == ".." {
-        return Err("is reserved".to_owned());
+        return Err(NameError::Reserved);
     }
     if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))) {
-        return Err(format!("contains '{c}': use letters, digits, '_', '-' and '.'"));
+        return Err(NameError::Character(c));
     }
     Ok(())
 }
@@ -307,7 +340,7 @@ mod tests {
         assert_eq!(set.allow_header(), "GET, HEAD, POST, PUT, OPTIONS");
         assert!(set.allows(&http::Method::HEAD));
         assert!(!set.allows(&http::Method::DELETE));
-        assert!(MethodSet::parse(["FETCH"]).unwrap_err().contains("FETCH"));
+        assert_eq!(MethodSet::parse(["FETCH"]).unwrap_err(), MethodError::Unknown("FETCH".to_owned()));
         assert!(MethodSet::parse([""]).is_err());
         assert_eq!(MethodSet::parse(["DELETE"]).unwrap().allow_header(), "DELETE, OPTIONS");
     }

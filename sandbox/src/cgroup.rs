@@ -7,6 +7,29 @@ use std::{
     path::{Path, PathBuf},
 };
 
+/// Why a worker gets no memory cgroup.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CgroupError {
+    /// This host has no memory cgroups to give (the reason in words).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A cgroup file could not be written.
+    #[error("cannot {action} {path} ({cause})")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        cause: String,
+    },
+}
+
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> CgroupError + 'a {
+    move |err| CgroupError::Io {
+        action,
+        path: path.to_owned(),
+        cause: err.to_string(),
+    }
+}
+
 /// Where this process creates its workers' cgroups: `<own memory cgroup>/plughost-<pid>`.
 #[derive(Debug)]
 pub struct MemoryCgroups {
@@ -15,32 +38,39 @@ pub struct MemoryCgroups {
 
 impl MemoryCgroups {
     /// Sets up the parent cgroup, or says why there can be none.
-    pub fn detect() -> Result<MemoryCgroups, String> {
-        let own = fs::read_to_string("/proc/self/cgroup").map_err(|e| format!("/proc/self/cgroup is unreadable ({e})"))?;
+    pub fn detect() -> Result<MemoryCgroups, CgroupError> {
+        let own = fs::read_to_string("/proc/self/cgroup")
+            .map_err(|e| CgroupError::Unavailable(format!("/proc/self/cgroup is unreadable ({e})")))?;
         let Some(path) = own.lines().find_map(|line| {
             let mut fields = line.splitn(3, ':');
             let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
             controllers.split(',').any(|c| c == "memory").then(|| path.to_owned())
         }) else {
-            return Err("no cgroup v1 memory controller (a cgroup v2 host needs a delegated subtree)".to_owned());
+            return Err(CgroupError::Unavailable(
+                "no cgroup v1 memory controller (a cgroup v2 host needs a delegated subtree)".to_owned(),
+            ));
         };
         let parent = Path::new("/sys/fs/cgroup/memory").join(path.trim_start_matches('/'));
         if !parent.join("memory.limit_in_bytes").exists() {
-            return Err(format!("the memory controller is not mounted at {}", parent.display()));
+            return Err(CgroupError::Unavailable(format!(
+                "the memory controller is not mounted at {}",
+                parent.display()
+            )));
         }
         remove_stale(&parent);
         let base = parent.join(format!("plughost-{}", std::process::id()));
-        fs::create_dir_all(&base).map_err(|e| format!("cannot create {} ({e})", base.display()))?;
+        fs::create_dir_all(&base).map_err(io("create", &base))?;
         Ok(MemoryCgroups { base })
     }
 
     /// A cgroup limited to `limit_bytes`, holding process `pid`.
-    pub fn place(&self, worker: u64, pid: u32, limit_bytes: u64) -> Result<WorkerCgroup, String> {
+    pub fn place(&self, worker: u64, pid: u32, limit_bytes: u64) -> Result<WorkerCgroup, CgroupError> {
         let dir = self.base.join(format!("w{worker}"));
-        fs::create_dir(&dir).map_err(|e| format!("cannot create {} ({e})", dir.display()))?;
+        fs::create_dir(&dir).map_err(io("create", &dir))?;
         let cgroup = WorkerCgroup { dir };
         let write = |file: &str, value: String| {
-            fs::write(cgroup.dir.join(file), value).map_err(|e| format!("cannot write {file} in {} ({e})", cgroup.dir.display()))
+            let path = cgroup.dir.join(file);
+            fs::write(&path, value).map_err(io("write", &path))
         };
         write("memory.limit_in_bytes", limit_bytes.to_string())?;
         write("cgroup.procs", pid.to_string())?;

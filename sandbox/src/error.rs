@@ -26,3 +26,32 @@ pub enum SandboxError {
     #[error("the sandbox worker failed: {0}")]
     WorkerFailed(String),
 }
+
+/// Why a worker could not be started, or did not load its plugin: said in words, for the log,
+/// the `/health` layers and the load error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SpawnError(pub String);
+
+impl From<String> for SpawnError {
+    fn from(why: String) -> SpawnError {
+        SpawnError(why)
+    }
+}
+
+impl From<&str> for SpawnError {
+    fn from(why: &str) -> SpawnError {
+        SpawnError(why.to_owned())
+    }
+}
+
+impl From<SpawnError> for SandboxError {
+    fn from(err: SpawnError) -> SandboxError {
+        SandboxError::WorkerFailed(err.0)
+    }
+}
+
+/// Why a tenant's limit overrides are refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct LimitsError(pub String);

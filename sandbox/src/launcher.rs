@@ -20,7 +20,7 @@ pub(crate) struct Launcher {
     /// The CPUs this process may run on: how many runners feed a pool's quick calls to workers.
     pub(crate) cpus: u32,
     /// Where workers' memory cgroups go, or why there are none.
-    pub(crate) cgroups: Result<cgroup::MemoryCgroups, String>,
+    pub(crate) cgroups: Result<cgroup::MemoryCgroups, cgroup::CgroupError>,
     pub(crate) spawner: Spawner,
     /// The uids of this process's live workers, when the host is root and gives each its own.
     pub(crate) uids: Arc<Mutex<std::collections::HashSet<u32>>>,

@@ -43,7 +43,7 @@ pub mod worker;
 use std::sync::{Mutex, MutexGuard};
 
 pub use self::{
-    error::SandboxError,
+    error::{LimitsError, SandboxError, SpawnError},
     observer::{Observer, Unobserved},
     output::escape_control,
     pool::{Pool, PoolStatus},

@@ -13,7 +13,10 @@ use std::{
     time::Instant,
 };
 
-use plughost_runtime::{call::PluginReply, pace::Pace};
+use plughost_runtime::{
+    call::{CallInput, PluginReply, Target},
+    pace::Pace,
+};
 use plugin_api::ErrorKind;
 use serde::Serialize;
 use tokio::sync::oneshot;
@@ -21,6 +24,7 @@ use tokio::sync::oneshot;
 use crate::{
     batch::Queue,
     buffers::TenantBuffers,
+    error::SpawnError,
     health::Health,
     job::{answer_of, Answered, Failure, Job},
     launcher::Launcher,
@@ -105,7 +109,7 @@ impl Pool {
     /// (deadline, crash), the calls after it have not started: they go back to the queue. Any
     /// other call takes a worker of its own and is sent as a batch of one, the same way; its
     /// deadline counts from when it is sent.
-    pub async fn call(self: &Arc<Self>, head: CallHead<'_>, body: &[u8], pace: Pace<'_>) -> Result<PluginReply, SandboxError> {
+    pub async fn call(self: &Arc<Self>, target: Target<'_>, input: &CallInput, pace: Pace<'_>) -> Result<PluginReply, SandboxError> {
         let started = Instant::now();
         if self.troubled.load(Ordering::Acquire) {
             if let Some(why) = lock(&self.health).quarantined.clone() {
@@ -120,12 +124,12 @@ impl Pool {
         let _in_flight = InFlight(&self.in_flight);
         let deadline = started + limits.call_timeout;
         let quick = pace.is_quick();
-        let result = match self.job(head, body, deadline) {
+        let result = match self.job(CallHead::of(target, input), &input.body, deadline) {
             Err(failure) => Err(failure),
             Ok((job, answered)) if quick => self.queued(job, answered, &limits).await,
             Ok((job, answered)) => {
                 // A worker of its own: a batch of one.
-                let mut worker = self.checkout(deadline).await.map_err(SandboxError::WorkerFailed)?;
+                let mut worker = self.checkout(deadline).await?;
                 let mut batch = VecDeque::from([job]);
                 match worker.run_batch(&mut batch, &limits, self.label()).await {
                     Ok(()) => {
@@ -295,7 +299,7 @@ impl Pool {
 
     /// An idle worker, or a new one once the crash backoff has passed (waiting at most until
     /// `deadline`).
-    pub(crate) async fn checkout(self: &Arc<Self>, deadline: Instant) -> Result<Worker, String> {
+    pub(crate) async fn checkout(self: &Arc<Self>, deadline: Instant) -> Result<Worker, SpawnError> {
         let idle = lock(&self.idle).pop();
         if let Some(worker) = idle {
             return Ok(worker);
@@ -313,7 +317,7 @@ impl Pool {
             .map_err(|err| format!("the worker could not be started: {err}"))?
     }
 
-    pub(crate) fn spawn_worker(&self) -> Result<Worker, String> {
+    pub(crate) fn spawn_worker(&self) -> Result<Worker, SpawnError> {
         let (worker, layers, _) = Worker::spawn(
             &self.launcher,
             Some(&self.library),

@@ -14,6 +14,7 @@ use std::{
 
 use crate::{
     cgroup,
+    error::SpawnError,
     job::{Failure, Job},
     launcher::{Launcher, UidLease},
     lock,
@@ -103,7 +104,7 @@ impl Worker {
         limits: &Limits,
         tenant: Option<&str>,
         module: &str,
-    ) -> Result<(Worker, Vec<Layer>, Option<plugin_api::abi::Manifest>), String> {
+    ) -> Result<(Worker, Vec<Layer>, Option<plugin_api::abi::Manifest>), SpawnError> {
         let started = Instant::now();
         let id = launcher.sequence.fetch_add(1, Ordering::Relaxed);
         let dir = launcher.run_dir.join(format!("w{id}"));
@@ -135,9 +136,9 @@ impl Worker {
                         ),
                     },
                 ),
-                Err(why) => (None, unavailable_cgroup(why)),
+                Err(why) => (None, unavailable_cgroup(&why)),
             },
-            Err(why) => (None, unavailable_cgroup(why.clone())),
+            Err(why) => (None, unavailable_cgroup(why)),
         };
         let (Some(input), Some(output), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take()) else {
             let _ = child.kill();
@@ -191,7 +192,7 @@ impl Worker {
         output.get_mut().deadline = None;
         match loaded {
             Ok((WorkerMsg::Loaded { protocol, .. }, _)) if protocol != PROTOCOL_VERSION => {
-                Err(format!("the worker speaks protocol {protocol}, the host {PROTOCOL_VERSION}"))
+                Err(format!("the worker speaks protocol {protocol}, the host {PROTOCOL_VERSION}").into())
             }
             Ok((
                 WorkerMsg::Loaded {
@@ -202,7 +203,7 @@ impl Worker {
                 _,
             )) => {
                 let _ = layers;
-                Err(error)
+                Err(error.into())
             }
             Ok((WorkerMsg::Loaded { mut layers, manifest, .. }, _)) => {
                 layers.push(cgroup_layer);
@@ -211,12 +212,12 @@ impl Worker {
                 tracing::debug!(module, pid, elapsed_ms = took.as_secs_f64() * 1000.0, "sandbox worker ready");
                 Ok((worker, layers, manifest))
             }
-            Ok((other, _)) => Err(format!("the worker answered its load message with {other:?}")),
-            Err(FrameError::Closed) => Err(format!("the worker died while loading: {}", worker.exit_status())),
+            Ok((other, _)) => Err(format!("the worker answered its load message with {other:?}").into()),
+            Err(FrameError::Closed) => Err(format!("the worker died while loading: {}", worker.exit_status()).into()),
             Err(FrameError::Io(err)) if err.kind() == std::io::ErrorKind::TimedOut => {
-                Err(format!("the worker did not answer within {} s", LOAD_TIMEOUT.as_secs()))
+                Err(format!("the worker did not answer within {} s", LOAD_TIMEOUT.as_secs()).into())
             }
-            Err(err) => Err(format!("the worker's answer was unreadable: {err}")),
+            Err(err) => Err(format!("the worker's answer was unreadable: {err}").into()),
         }
     }
 
@@ -398,7 +399,7 @@ impl Drop for Worker {
     }
 }
 
-pub(crate) fn unavailable_cgroup(why: String) -> Layer {
+pub(crate) fn unavailable_cgroup(why: &crate::cgroup::CgroupError) -> Layer {
     Layer {
         name: "memory_cgroup".into(),
         active: false,

@@ -8,8 +8,10 @@
 use std::{
     borrow::Cow,
     io::{self, Read, Write},
+    sync::Arc,
 };
 
+use plughost_runtime::call::{CallInput, Target};
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes; host and worker refuse to talk across versions.
@@ -59,6 +61,48 @@ pub struct CallHead<'a> {
     pub headers: Cow<'a, [(String, String)]>,
     pub content_type: Cow<'a, str>,
     pub request_id: Cow<'a, str>,
+}
+
+impl<'a> CallHead<'a> {
+    /// The header of a call of `target` with `input`, borrowing from both; the pool gives it
+    /// its id.
+    pub fn of(target: Target<'a>, input: &'a CallInput) -> CallHead<'a> {
+        CallHead {
+            id: 0,
+            function: target.index,
+            function_name: Cow::Borrowed(target.function),
+            module: Cow::Borrowed(target.module),
+            method: Cow::Borrowed(&input.method),
+            kwargs_json: Cow::Borrowed(&input.kwargs_json),
+            query: Cow::Borrowed(&input.query),
+            headers: Cow::Borrowed(&input.headers),
+            content_type: Cow::Borrowed(&input.content_type),
+            request_id: Cow::Borrowed(&input.request_id),
+        }
+    }
+
+    /// The call this header and its `body` carried, moved out (the request id is copied; the
+    /// target's names stay).
+    pub fn take_input(&mut self, body: Vec<u8>) -> CallInput {
+        CallInput {
+            method: std::mem::take(&mut self.method).into_owned(),
+            kwargs_json: std::mem::take(&mut self.kwargs_json).into_owned(),
+            query: std::mem::take(&mut self.query).into_owned(),
+            headers: std::mem::take(&mut self.headers).into_owned(),
+            body: body.into(),
+            content_type: std::mem::take(&mut self.content_type).into_owned(),
+            request_id: Arc::from(self.request_id.as_ref()),
+        }
+    }
+
+    /// The function this header names.
+    pub fn target(&self) -> Target<'_> {
+        Target {
+            index: self.function,
+            module: &self.module,
+            function: &self.function_name,
+        }
+    }
 }
 
 /// What a worker sends.

@@ -21,6 +21,7 @@ use plughost_runtime::{
 use crate::{
     batch::Queue,
     buffers::TenantBuffers,
+    error::SpawnError,
     health::Health,
     launcher::Launcher,
     lock,
@@ -138,7 +139,7 @@ impl Sandbox {
 
     /// Reads the manifest of the library `bytes` in a worker, without loading it in this process;
     /// for checking a plugin before it is published.
-    pub fn inspect(&self, bytes: &[u8]) -> Result<ModuleSpec, String> {
+    pub fn inspect(&self, bytes: &[u8]) -> Result<ModuleSpec, SpawnError> {
         let seq = self.launcher.sequence.fetch_add(1, Ordering::Relaxed);
         let library = self.lib_dir.join(format!("inspect-{seq}.so"));
         write_private(&library, bytes).map_err(|e| format!("cannot write {}: {e}", library.display()))?;
@@ -146,7 +147,7 @@ impl Sandbox {
         let _ = fs::remove_file(&library);
         let (_, _, manifest) = spawned?;
         let manifest = manifest.ok_or_else(|| "the worker sent no manifest".to_owned())?;
-        ModuleSpec::from_abi(&manifest).map_err(|why| format!("its manifest is invalid: {why}"))
+        ModuleSpec::from_abi(&manifest).map_err(|why| SpawnError(format!("its manifest is invalid: {why}")))
     }
 
     /// The layers the last probe reported.
@@ -185,7 +186,7 @@ impl Sandbox {
             Ok(spawned) => spawned,
             Err(err) => {
                 let _ = fs::remove_file(&library);
-                return Err(LoadError::Sandbox(err));
+                return Err(LoadError::Sandbox(err.to_string()));
             }
         };
         let spec = match manifest.map(|m| ModuleSpec::from_abi(&m)) {

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::error::LimitsError;
+
 /// The sandbox settings from `.env` (`SANDBOX_*`).
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -62,9 +64,11 @@ impl Limits {
 }
 
 /// Checks a tenant's limit overrides: a JSON object whose keys are known and whose values fit.
-pub fn check_overrides(overrides: &serde_json::Value) -> Result<(), String> {
+pub fn check_overrides(overrides: &serde_json::Value) -> Result<(), LimitsError> {
     if !overrides.is_object() {
-        return Err("limits are a JSON object such as {\"memory_mb\": 256, \"call_timeout_ms\": 5000}".to_owned());
+        return Err(LimitsError(
+            "limits are a JSON object such as {\"memory_mb\": 256, \"call_timeout_ms\": 5000}".to_owned(),
+        ));
     }
     let defaults = Limits {
         call_timeout: Duration::from_secs(1),
@@ -76,10 +80,10 @@ pub fn check_overrides(overrides: &serde_json::Value) -> Result<(), String> {
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(format!(
+        Err(LimitsError(format!(
             "{}; known limits: call_timeout_ms (1–3600000), memory_mb (16–1048576), max_concurrency (1–1024), max_response_bytes (1–17179869184)",
             problems.join("; ")
-        ))
+        )))
     }
 }
 

@@ -127,19 +127,13 @@ fn run() -> Result<(), String> {
         match read_frame::<HostMsg>(&mut requests, MAX_REQUEST_FRAME) {
             Ok((HostMsg::Call(head), body)) => {
                 let started = std::time::Instant::now();
-                let (outcome, body) = call(root, &head, &body);
+                let id = head.id;
+                let (outcome, body) = call(root, head, body);
                 let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                 // Each reply goes out before the next call starts, even when the host sent
                 // several at once: were that call to crash or hang, the host still has the
                 // answers to those before it, and never runs a call twice.
-                send_with(
-                    &WorkerMsg::Reply {
-                        id: head.id,
-                        outcome,
-                        micros,
-                    },
-                    &body,
-                )?;
+                send_with(&WorkerMsg::Reply { id, outcome, micros }, &body)?;
             }
             Ok((HostMsg::Goodbye, _)) | Err(FrameError::Closed) => return Ok(()),
             Ok((HostMsg::Load { .. }, _)) => return Err("a second load message: one worker loads one library".to_owned()),
@@ -184,20 +178,10 @@ fn in_memory(path: &str, module: &str) -> std::io::Result<File> {
     Ok(memory)
 }
 
-fn call(root: plugin_api::abi::PluginModRef, head: &CallHead<'_>, body: &[u8]) -> (Outcome, Vec<u8>) {
+fn call(root: plugin_api::abi::PluginModRef, mut head: CallHead<'static>, body: Vec<u8>) -> (Outcome, Vec<u8>) {
     set_request_id(&head.request_id);
-    let parts = plughost_runtime::call::CallParts {
-        method: &head.method,
-        module: &head.module,
-        function: &head.function_name,
-        kwargs_json: &head.kwargs_json,
-        query: &head.query,
-        headers: &head.headers,
-        body,
-        content_type: &head.content_type,
-        request_id: &head.request_id,
-    };
-    let result = match plughost_runtime::call::invoke(root, head.function, &parts) {
+    let input = head.take_input(body);
+    let result = match plughost_runtime::call::invoke(root, head.target(), &input) {
         RResult::ROk(response) => {
             let reply = plughost_runtime::call::PluginReply::from(response);
             (

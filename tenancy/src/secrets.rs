@@ -27,19 +27,28 @@ impl std::fmt::Debug for SecretKey {
 #[error("a stored secret cannot be decrypted: SECRET_KEY differs from the one it was written with, or the record is corrupt")]
 pub struct DecryptError;
 
+/// Why a key cannot be used (the text follows the key's name: "SECRET_KEY is not hexadecimal").
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("is not hexadecimal")]
+    NotHex,
+    #[error("must be 32 bytes (64 hexadecimal characters)")]
+    Length,
+    #[error("is not a usable key")]
+    Unusable,
+}
+
 impl SecretKey {
     /// Parses 64 hexadecimal characters.
-    pub fn from_hex(text: &str) -> Result<SecretKey, String> {
-        let bytes = hex::decode(text.trim()).map_err(|_| "is not hexadecimal".to_owned())?;
-        let key: [u8; 32] = bytes
-            .try_into()
-            .map_err(|_| "must be 32 bytes (64 hexadecimal characters)".to_owned())?;
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key).map_err(|_| "is not a usable key".to_owned())?;
+    pub fn from_hex(text: &str) -> Result<SecretKey, KeyError> {
+        let bytes = hex::decode(text.trim()).map_err(|_| KeyError::NotHex)?;
+        let key: [u8; 32] = bytes.try_into().map_err(|_| KeyError::Length)?;
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key).map_err(|_| KeyError::Unusable)?;
         mac.update(b"plughost bearer tokens v1");
         let token_key: [u8; 32] = mac.finalize().into_bytes().into();
         Ok(SecretKey {
             cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
-            token_mac: <Hmac<Sha256> as Mac>::new_from_slice(&token_key).map_err(|_| "is not a usable key".to_owned())?,
+            token_mac: <Hmac<Sha256> as Mac>::new_from_slice(&token_key).map_err(|_| KeyError::Unusable)?,
         })
     }
 

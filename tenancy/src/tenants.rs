@@ -68,7 +68,10 @@ pub struct Tenancy {
 }
 
 /// A check of a tenant's limits object: `Err` says what is wrong with it.
-pub type LimitsCheck = fn(&serde_json::Value) -> Result<(), String>;
+pub type LimitsCheck = fn(&serde_json::Value) -> Result<(), LimitsRefused>;
+
+/// What a [`LimitsCheck`] found wrong, in words (the tenant's admin reads it).
+pub type LimitsRefused = Box<dyn std::error::Error + Send + Sync>;
 
 /// Which store holds the identities.
 #[derive(Debug, Clone)]
@@ -131,7 +134,8 @@ impl Tenancy {
     }
 
     fn enrolment(&self, record: &PrincipalRecord, secret: String) -> Result<Enrolment, TenantError> {
-        let otpauth_uri = totp::otpauth_uri(&secret, &format!("{} ({})", record.name, &record.uuid[..8])).map_err(TenantError::Invalid)?;
+        let otpauth_uri = totp::otpauth_uri(&secret, &format!("{} ({})", record.name, &record.uuid[..8]))
+            .map_err(|err| TenantError::Invalid(err.to_string()))?;
         Ok(Enrolment {
             uuid: record.uuid.clone(),
             name: record.name.clone(),
@@ -210,7 +214,7 @@ impl Tenancy {
     /// Replaces a tenant's sandbox limits: a JSON object with any of `call_timeout_ms`,
     /// `memory_mb`, `max_concurrency`, `max_response_bytes` (`{}`: the defaults).
     pub async fn set_limits(&self, uuid: &str, limits: serde_json::Value, actor: &str) -> Result<PrincipalView, TenantError> {
-        (self.check_limits)(&limits).map_err(TenantError::Invalid)?;
+        (self.check_limits)(&limits).map_err(|why| TenantError::Invalid(why.to_string()))?;
         let mut record = self.tenant(uuid).await?;
         record.limits = limits;
         record.updated_at = totp::now() as i64;
@@ -251,6 +255,6 @@ impl Tenancy {
             .key
             .decrypt(uuid, &record.secret)
             .map_err(|e| TenantError::Invalid(e.to_string()))?;
-        totp::code_at(&secret, totp::now()).map_err(TenantError::Invalid)
+        totp::code_at(&secret, totp::now()).map_err(|err| TenantError::Invalid(err.to_string()))
     }
 }

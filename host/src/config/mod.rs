@@ -288,7 +288,7 @@ impl Config {
             &self.store_place(),
             self.secret_key.clone(),
             std::sync::Arc::new(crate::metrics::StoreMetrics),
-            plughost_sandbox::check_overrides,
+            |limits| Ok(plughost_sandbox::check_overrides(limits)?),
         )
         .await
     }

@@ -12,7 +12,6 @@ use super::{
     path,
 };
 use crate::AppState;
-use plughost_tenancy::tenants::TenantError;
 
 /// Serves one admin request; `tail` is the path after `/rest/admin/`. Publishing takes large
 /// bodies: its credentials are checked before its body is read.
@@ -60,7 +59,7 @@ async fn route(state: &AppState, tail: &str, method: &Method, segments: &[&str],
     match (method, segments) {
         (&Method::GET, ["plugins"]) => ok(builtins::admin_plugins(state)),
         (&Method::GET, ["published"]) => {
-            let plugins: Vec<Value> = tenancy.store.published().await.map_err(store_error)?.iter().map(|p| p.view()).collect();
+            let plugins: Vec<Value> = tenancy.store.published().await?.iter().map(|p| p.view()).collect();
             ok(json!({ "plugins": plugins }))
         }
         (&Method::POST, ["plugins", module, "release"]) => {
@@ -80,30 +79,30 @@ async fn route(state: &AppState, tail: &str, method: &Method, segments: &[&str],
             ok(json!({ "module": found.spec.name, "was_quarantined": released }))
         }
         (&Method::GET, ["audit"]) => {
-            let entries = tenancy.store.audit_log(200).await.map_err(store_error)?;
+            let entries = tenancy.store.audit_log(200).await?;
             ok(json!({ "entries": entries }))
         }
-        (&Method::GET, ["tenants"]) => ok(json!({ "tenants": tenancy.list().await.map_err(tenant_error)? })),
+        (&Method::GET, ["tenants"]) => ok(json!({ "tenants": tenancy.list().await? })),
         (&Method::POST, ["tenants"]) => {
             let parsed: Value = serde_json::from_slice(&body).map_err(|err| ApiError::bad_request("INVALID_JSON", format!("send {{\"name\": \"…\"}} ({err})")))?;
             let name = parsed["name"].as_str().ok_or_else(|| ApiError::bad_request("INVALID_REQUEST", "send {\"name\": \"…\"}"))?;
-            let enrolment = tenancy.add(name, actor).await.map_err(tenant_error)?;
+            let enrolment = tenancy.add(name, actor).await?;
             Ok(json_response(StatusCode::CREATED, &json!(enrolment)))
         }
-        (&Method::GET, ["tenants", uuid]) => ok(json!(tenancy.show(uuid).await.map_err(tenant_error)?)),
+        (&Method::GET, ["tenants", uuid]) => ok(json!(tenancy.show(uuid).await?)),
         (&Method::DELETE, ["tenants", uuid]) => {
-            tenancy.remove(uuid, actor).await.map_err(tenant_error)?;
+            tenancy.remove(uuid, actor).await?;
             ok(json!({ "removed": uuid }))
         }
-        (&Method::POST, ["tenants", uuid, "disable"]) => ok(json!(tenancy.set_active(uuid, false, actor).await.map_err(tenant_error)?)),
-        (&Method::POST, ["tenants", uuid, "enable"]) => ok(json!(tenancy.set_active(uuid, true, actor).await.map_err(tenant_error)?)),
+        (&Method::POST, ["tenants", uuid, "disable"]) => ok(json!(tenancy.set_active(uuid, false, actor).await?)),
+        (&Method::POST, ["tenants", uuid, "enable"]) => ok(json!(tenancy.set_active(uuid, true, actor).await?)),
         (&Method::PUT, ["tenants", uuid, "limits"]) => {
             let limits: Value = serde_json::from_slice(&body).map_err(|err| {
                 ApiError::bad_request("INVALID_JSON", format!("send a JSON object such as {{\"memory_mb\": 256}} ({err})"))
             })?;
-            ok(json!(tenancy.set_limits(uuid, limits, actor).await.map_err(tenant_error)?))
+            ok(json!(tenancy.set_limits(uuid, limits, actor).await?))
         }
-        (&Method::POST, ["tenants", uuid, "rotate-totp"]) => ok(json!(tenancy.rotate(uuid, actor).await.map_err(tenant_error)?)),
+        (&Method::POST, ["tenants", uuid, "rotate-totp"]) => ok(json!(tenancy.rotate(uuid, actor).await?)),
         (_, ["plugins"] | ["audit"] | ["published"]) => Err(ApiError::method_not_allowed(method, &format!("/rest/admin/{tail}"), "GET, HEAD".to_owned())),
         (_, ["tenants"]) => Err(ApiError::method_not_allowed(method, "/rest/admin/tenants", "GET, HEAD, POST".to_owned())),
         (_, ["tenants", _]) => Err(ApiError::method_not_allowed(method, &format!("/rest/admin/{tail}"), "GET, HEAD, DELETE".to_owned())),
@@ -118,17 +117,5 @@ async fn route(state: &AppState, tail: &str, method: &Method, segments: &[&str],
                 "no admin route {method} /rest/admin/{tail}: use GET plugins, PUT|DELETE plugins/<name>, POST plugins/<module>/release, GET published, GET audit, GET|POST tenants, GET|DELETE tenants/<uuid>, POST tenants/<uuid>/disable|enable|rotate-totp, PUT tenants/<uuid>/limits"
             ),
         )),
-    }
-}
-
-fn store_error(err: plughost_tenancy::StoreError) -> ApiError {
-    auth::auth_error(plughost_tenancy::auth::AuthError::StoreUnavailable(err.to_string()))
-}
-
-fn tenant_error(err: TenantError) -> ApiError {
-    match err {
-        TenantError::NotFound(uuid) => ApiError::not_found("TENANT_NOT_FOUND", format!("no tenant has UUID {uuid}")),
-        TenantError::Invalid(why) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "INVALID_TENANT", why),
-        TenantError::Store(err) => store_error(err),
     }
 }

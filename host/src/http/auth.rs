@@ -60,7 +60,7 @@ fn source() -> Source {
 /// Counts a refused credential, then answers it.
 fn refused(err: AuthError) -> ApiError {
     crate::metrics::METRICS.auth_failure(err.reason());
-    auth_error(err)
+    err.into()
 }
 
 /// Whether `caller` may call a function of this visibility.
@@ -103,30 +103,6 @@ pub fn require(visibility: Visibility, caller: Option<&Caller>, what: &str) -> R
                 format!("{what} is for the admin only"),
             ))
         }
-    }
-}
-
-/// One JSON error per authentication failure.
-pub fn auth_error(err: AuthError) -> ApiError {
-    let message = err.to_string();
-    match err {
-        AuthError::Missing(_) => ApiError::new(StatusCode::UNAUTHORIZED, "AUTHORIZATION_HEADER_MISSING", message),
-        AuthError::TokenInvalid(_) => ApiError::new(StatusCode::UNAUTHORIZED, "TOKEN_INVALID", message),
-        AuthError::TokenExpired => ApiError::new(StatusCode::UNAUTHORIZED, "TOKEN_EXPIRED", message),
-        AuthError::TotpInvalid(_) => ApiError::new(StatusCode::UNAUTHORIZED, "TOTP_INVALID", message),
-        AuthError::TotpReplayed => ApiError::new(StatusCode::UNAUTHORIZED, "TOTP_REPLAYED", message),
-        AuthError::Forbidden(_) => ApiError::new(StatusCode::FORBIDDEN, "FORBIDDEN", message),
-        AuthError::TooManyAttempts(secs) => {
-            let mut err = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_ATTEMPTS", message);
-            err.retry_after = Some(secs);
-            err
-        }
-        AuthError::StoreUnavailable(cause) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "STORE_UNAVAILABLE",
-            "the identity store is unavailable; authentication is refused until it is back",
-        )
-        .with_internal(cause),
     }
 }
 

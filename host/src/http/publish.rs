@@ -16,10 +16,7 @@ use super::{
     error::{json_response, ApiError},
     services::read_body,
 };
-use crate::{
-    publish::{self, PublishError},
-    AppState,
-};
+use crate::{publish, AppState};
 use plughost_tenancy::auth::Caller;
 
 /// The namespace and name an admin publishing route names, if `segments` is one.
@@ -87,8 +84,7 @@ where
                 .tenancy()
                 .store
                 .published()
-                .await
-                .map_err(store_error)?
+                .await?
                 .into_iter()
                 .filter(|p| p.tenant.as_deref() == Some(uuid.as_str()))
                 .map(|p| p.view())
@@ -129,9 +125,9 @@ where
     E: std::fmt::Display,
 {
     let store = state.auth.tenancy().store.clone();
-    publish::check_name(name).map_err(publish_error)?;
+    publish::check_name(name)?;
     if method == Method::DELETE {
-        publish::unpublish(store.as_ref(), tenant, name).await.map_err(publish_error)?;
+        publish::unpublish(store.as_ref(), tenant, name).await?;
         state.sync_now.notify_one();
         return Ok(json_response(StatusCode::OK, &json!({ "unpublished": name, "tenant": tenant })));
     }
@@ -172,26 +168,7 @@ where
         max_bytes: state.config.publish_max_bytes,
         trusted_keys: state.config.trusted_keys.as_deref(),
     };
-    let plugin = publish::publish(store.as_ref(), sandbox, upload, &policy)
-        .await
-        .map_err(publish_error)?;
+    let plugin = publish::publish(store.as_ref(), sandbox, upload, &policy).await?;
     state.sync_now.notify_one();
     Ok(json_response(StatusCode::CREATED, &plugin.view()))
-}
-
-fn publish_error(err: PublishError) -> ApiError {
-    let message = err.to_string();
-    match err {
-        PublishError::Invalid(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "INVALID_PLUGIN", message),
-        PublishError::TooLarge(..) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", message),
-        PublishError::TenantFull(..) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "TENANT_STORAGE_FULL", message),
-        PublishError::TooManyPlugins(..) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_PLUGINS", message),
-        PublishError::Refused(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "PLUGIN_REFUSED", message),
-        PublishError::NotFound(_) => ApiError::not_found("PLUGIN_NOT_FOUND", message),
-        PublishError::Store(err) => store_error(err),
-    }
-}
-
-fn store_error(err: plughost_tenancy::StoreError) -> ApiError {
-    auth::auth_error(plughost_tenancy::auth::AuthError::StoreUnavailable(err.to_string()))
 }

@@ -5,17 +5,17 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
-use plugin_api::ErrorKind;
 use warp::reply::Response;
 
 use super::{auth, dir, error::ApiError, path, RouteInfo};
 use crate::{
-    dispatch::{self, CallError, CallInput},
+    dispatch,
     kwargs::{self, BodyKind},
     loader::LoadedModule,
     registry::{Endpoint, Everything, Resolution},
     AppState,
 };
+use plughost_runtime::call::CallInput;
 use plughost_tenancy::auth::Caller;
 
 /// Serves one request under `/rest/services/`.
@@ -188,17 +188,15 @@ where
     } else {
         String::new()
     };
-    let from_body = kwargs::from_body(BodyKind::of(&content_type), &body).map_err(|e| ApiError::bad_request(e.code, e.message))?;
+    let from_body = kwargs::from_body(BodyKind::of(&content_type), &body)?;
     let mut kwargs = kwargs::merge(
         from_body.kwargs,
         kwargs::from_query(query),
         &rest,
         &state.config.url_params,
         &from_body.rename,
-    )
-    .map_err(|e| ApiError::bad_request(e.code, e.message))?;
-    plughost_runtime::params::apply(&function.params, &mut kwargs)
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.code, e.message))?;
+    )?;
+    plughost_runtime::params::apply(&function.params, &mut kwargs)?;
 
     let input = CallInput {
         method: method.as_str().to_owned(),
@@ -220,7 +218,11 @@ where
     let timeout = state.config.call_timeout;
     match dispatch::call(endpoint.clone(), input, timeout, state.config.inline_call_max).await {
         Ok(reply) => to_response(reply, &endpoint, state.config.max_response_bytes),
-        Err(err) => Err(call_error(err, &endpoint)),
+        Err(err) => Err(ApiError::of_call(
+            err,
+            endpoint.function().route_name(),
+            endpoint.module.spec.route_name(),
+        )),
     }
 }
 
@@ -384,92 +386,4 @@ fn to_response(reply: plughost_runtime::call::PluginReply, endpoint: &Endpoint, 
         }
     }
     Ok(response)
-}
-
-fn call_error(err: CallError, endpoint: &Endpoint) -> ApiError {
-    let function = endpoint.function().route_name();
-    let module = endpoint.module.spec.route_name();
-    match err {
-        CallError::Plugin { kind, code, message } => {
-            let (status, default_code) = match kind {
-                ErrorKind::BadRequest => (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
-                ErrorKind::Unauthorized => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
-                ErrorKind::Forbidden => (StatusCode::FORBIDDEN, "FORBIDDEN"),
-                ErrorKind::NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND"),
-                ErrorKind::Conflict => (StatusCode::CONFLICT, "CONFLICT"),
-                ErrorKind::Unprocessable => (StatusCode::UNPROCESSABLE_ENTITY, "UNPROCESSABLE_ENTITY"),
-                ErrorKind::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_REQUESTS"),
-                ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE"),
-                ErrorKind::Internal | ErrorKind::Panicked => (StatusCode::INTERNAL_SERVER_ERROR, "PLUGIN_ERROR"),
-            };
-            let code_ok =
-                !code.is_empty() && code.len() <= 64 && code.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
-            let code = if code_ok { code } else { default_code.to_owned() };
-            let message: String = message.chars().take(2000).collect();
-            ApiError::new(status, code, message)
-        }
-        CallError::Panicked(message) => ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "PLUGIN_PANICKED",
-            format!("function '{function}' of module '{module}' panicked; the server log has the details under this error_id"),
-        )
-        .with_internal(message),
-        CallError::Timeout(after) => ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "CALL_TIMEOUT",
-            format!(
-                "function '{function}' of module '{module}' did not answer within {} ms (CALL_TIMEOUT_MS)",
-                after.as_millis()
-            ),
-        ),
-        CallError::Crashed(status) => ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "WORKER_CRASHED",
-            format!("function '{function}' of module '{module}' crashed its sandbox worker ({status}); a new worker takes the next call"),
-        ),
-        CallError::OutOfMemory(mb) => ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "MEMORY_LIMIT_EXCEEDED",
-            format!("function '{function}' of module '{module}' ran out of its {mb} MiB memory limit; its worker was replaced"),
-        ),
-        CallError::Quarantined(why) => {
-            let mut err = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "MODULE_QUARANTINED",
-                format!(
-                    "module '{module}' is quarantined: {why}. It is released when its file changes, or by the admin: POST /rest/admin/plugins/{module}/release"
-                ),
-            );
-            err.retry_after = Some(60);
-            err
-        }
-        CallError::Busy(max) => {
-            let mut err = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "TOO_MANY_REQUESTS",
-                format!("module '{module}' already runs {max} calls at once, its limit; retry shortly"),
-            );
-            err.retry_after = Some(1);
-            err
-        }
-        CallError::ResponseTooLarge(size) => ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "RESPONSE_TOO_LARGE",
-            format!(
-                "function '{function}' of module '{module}' returned a response of about {size} bytes, over its limit (MAX_RESPONSE_BYTES)"
-            ),
-        ),
-        CallError::WorkerFailed(cause) => ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "WORKER_FAILED",
-            format!("the sandbox worker of module '{module}' failed; see the server log under this error_id"),
-        )
-        .with_internal(cause),
-        CallError::Pool(cause) => ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "INTERNAL_ERROR",
-            "the call could not be run; see the server log under this error_id",
-        )
-        .with_internal(cause),
-    }
 }
