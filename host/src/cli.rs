@@ -105,13 +105,13 @@ pub fn publish(config: &Config, file: &std::path::Path, name: Option<&str>, tena
         let program = std::env::current_exe()?;
         let sandbox = plughost_sandbox::Sandbox::start(
             program,
-            &config.data_dir,
+            &config.server.data_dir,
             config.sandbox.clone(),
             config.sandbox_limits(),
             std::sync::Arc::new(plughost_sandbox::Unobserved),
         )?;
         sandbox.set_tenants(crate::plugins::tenant_infos(tenancy.store.list("tenant").await?));
-        let uploader = format!("cli:{}", config.admin_uuid);
+        let uploader = format!("cli:{}", config.identity.admin_uuid);
         let upload = crate::publish::Upload {
             tenant,
             name: &name,
@@ -120,8 +120,8 @@ pub fn publish(config: &Config, file: &std::path::Path, name: Option<&str>, tena
             uploader: &uploader,
         };
         let policy = crate::publish::Policy {
-            max_bytes: config.publish_max_bytes,
-            trusted_keys: config.trusted_keys.as_deref(),
+            max_bytes: config.publishing.publish_max_bytes,
+            trusted_keys: config.publishing.trusted_keys.as_deref(),
         };
         let plugin = crate::publish::publish(tenancy.store.as_ref(), &sandbox, upload, &policy).await?;
         println!("{}", serde_json::to_string_pretty(&plugin.view())?);
@@ -193,7 +193,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 async fn open(config: &Config) -> anyhow::Result<Tenancy> {
     let tenancy = config.open_tenancy().await.context("cannot open the identity store")?;
     tenancy
-        .record_admin(&config.admin_uuid, &config.admin_totp_secret)
+        .record_admin(&config.identity.admin_uuid, &config.identity.admin_totp_secret)
         .await
         .context("cannot record the admin in the store")?;
     Ok(tenancy)
@@ -203,7 +203,7 @@ async fn open(config: &Config) -> anyhow::Result<Tenancy> {
 pub fn tenant(config: &Config, command: TenantCommand) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
         let tenancy = open(config).await?;
-        let actor = format!("cli:{}", config.admin_uuid);
+        let actor = format!("cli:{}", config.identity.admin_uuid);
         match command {
             TenantCommand::Add { name, json, png } => print_enrolment(&tenancy.add(&name, &actor).await?, json, png.as_deref())?,
             TenantCommand::RotateTotp { uuid, json, png } => print_enrolment(&tenancy.rotate(&uuid, &actor).await?, json, png.as_deref())?,

@@ -39,7 +39,8 @@ pub enum Role {
 
 /// What every request handler shares.
 pub struct AppState {
-    pub config: config::Config,
+    /// The HTTP front's settings (the app keeps the rest of the configuration).
+    pub http: config::HttpSettings,
     pub plugins: Arc<plugins::Plugins>,
     pub auth: Arc<plughost_tenancy::auth::Authenticator>,
     pub role: Role,
@@ -52,14 +53,14 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(
-        config: config::Config,
+        http: config::HttpSettings,
         plugins: Arc<plugins::Plugins>,
         auth: Arc<plughost_tenancy::auth::Authenticator>,
         role: Role,
     ) -> AppState {
         AppState {
             sync_now: Arc::new(tokio::sync::Notify::new()),
-            config,
+            http,
             plugins,
             auth,
             role,

@@ -311,7 +311,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         worker_args.push(file.clone().into_os_string());
     }
     let mut env: Vec<(String, String)> = overrides(&args).into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-    env.push(("PLUGINS_DIR".to_owned(), config.plugins_dir.display().to_string()));
+    env.push(("PLUGINS_DIR".to_owned(), config.server.plugins_dir.display().to_string()));
     let command = WorkerCommand {
         program: std::env::current_exe().context("cannot find the plughost executable")?,
         args: worker_args,
@@ -321,7 +321,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(supervisor::run(config.bind, &config.data_dir, config.shutdown_grace, command))?;
+    runtime.block_on(supervisor::run(
+        config.server.bind,
+        &config.server.data_dir,
+        config.limits.shutdown_grace,
+        command,
+    ))?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -381,7 +386,7 @@ fn recycle(env_file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         Ok(config) => config,
         Err(code) => return Ok(code),
     };
-    let pid = supervisor::send_recycle(&config.data_dir)?;
+    let pid = supervisor::send_recycle(&config.server.data_dir)?;
     println!("asked plughost (pid {pid}) to recycle its worker");
     Ok(ExitCode::SUCCESS)
 }

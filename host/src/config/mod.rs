@@ -5,13 +5,12 @@ pub mod cors;
 mod sections;
 mod vars;
 
+pub use self::sections::{Identity, Limits, Publishing, Reload, Server};
 use self::vars::Vars;
 use std::{
     collections::HashMap,
     fmt,
-    net::SocketAddr,
     path::{Path, PathBuf},
-    time::Duration,
 };
 
 /// Every variable plughost reads, with its default (empty: none) and what it is for.
@@ -193,61 +192,51 @@ pub enum LogFormat {
     Json,
 }
 
-/// The validated configuration.
+/// The validated configuration, section by section. The app hands each part its own section
+/// (or, for the HTTP front, [`HttpSettings`]); nothing below the app reads all of it.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub plugins_dir: PathBuf,
-    pub bind: SocketAddr,
-    pub data_dir: PathBuf,
+    /// Folders, addresses and metrics.
+    pub server: Server,
     /// Kwarg names of the positional URL segments, in order (`NUM_URL_PARMS` of them).
     pub url_params: Vec<String>,
-    pub max_body_bytes: usize,
-    pub max_response_bytes: usize,
-    pub max_header_bytes: usize,
-    pub call_timeout: Duration,
-    /// Quick functions are called on the async thread, or batched when sandboxed
-    /// (`INLINE_CALL_MAX_US`; `None`: never).
-    pub inline_call_max: Option<Duration>,
-    pub shutdown_grace: Duration,
-    /// How long a connection may take to send a request's headers, idle time included.
-    pub header_read_timeout: Duration,
-    /// How long a request's body may take to arrive.
-    pub body_read_timeout: Duration,
-    /// Connections served at once; `None`: derived from the file limit at start.
-    pub max_connections: Option<usize>,
-    pub reload_debounce: Duration,
-    pub rescan_interval: Duration,
-    /// `None` when recycling for leaks is off.
-    pub leak_budget_bytes: Option<u64>,
+    /// The bounds of a connection, a request and a call.
+    pub limits: Limits,
+    /// How the plugins folder is watched, and the leak budget.
+    pub reload: Reload,
     pub log_format: LogFormat,
     pub log_filter: String,
-    pub admin_uuid: String,
-    pub admin_totp_secret: String,
+    /// The admin, tokens, the failure budget and the store.
+    pub identity: Identity,
     pub secret_key: plughost_tenancy::secrets::SecretKey,
-    pub token_ttl: Duration,
-    pub auth_max_failures: u32,
-    pub auth_lockout: Duration,
-    /// `(uri, database)` when MongoDB is the store.
-    pub mongodb: Option<(String, String)>,
     pub cors: Option<cors::Cors>,
     /// `PLUGHOST_STAGE`, when set.
     pub stage: Option<String>,
-    /// Whether request metrics are recorded and `/metrics` answers (`METRICS`).
-    pub metrics: bool,
-    /// A second listener serving `/metrics` without credentials (`METRICS_BIND`).
-    pub metrics_bind: Option<SocketAddr>,
     /// Whether the admin's own plugins run in sandbox workers too (`ADMIN_ISOLATION=process`).
     pub admin_isolation: bool,
     /// `SANDBOX_*`.
     pub sandbox: plughost_sandbox::Settings,
     /// `WATCH_MODE=poll`: rescans only, no inotify.
     pub watch_poll: bool,
-    /// Largest plugin accepted for publishing.
-    pub publish_max_bytes: usize,
-    /// How often published plugins are synced into the plugins folder; `None`: never.
-    pub publish_sync: Option<Duration>,
-    /// `PLUGIN_PUBKEYS`: when set, plugins need a valid signature by one of these keys.
-    pub trusted_keys: Option<std::sync::Arc<crate::signing::TrustedKeys>>,
+    /// Publishing through the store, and signatures.
+    pub publishing: Publishing,
+}
+
+/// What the HTTP front needs: the request and call bounds, the URL parameters, publishing,
+/// and what the built-ins report.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub limits: Limits,
+    pub url_params: Vec<String>,
+    pub publishing: Publishing,
+    pub cors: Option<cors::Cors>,
+    pub log_format: LogFormat,
+    pub stage: Option<String>,
+    /// Whether `/metrics` answers (`METRICS`).
+    pub metrics: bool,
+    pub admin_isolation: bool,
+    /// `None` when recycling for leaks is off.
+    pub leak_budget_bytes: Option<u64>,
 }
 
 /// `SANDBOX_*`, from `var` (key, default → value).
@@ -272,12 +261,12 @@ fn sandbox_settings(v: &mut Vars<'_>) -> plughost_sandbox::Settings {
 impl Config {
     /// Where the identities are stored: MongoDB when `MONGODB_URI` is set, else the embedded file.
     pub fn store_place(&self) -> plughost_tenancy::tenants::StorePlace {
-        match &self.mongodb {
+        match &self.identity.mongodb {
             Some((uri, database)) => plughost_tenancy::tenants::StorePlace::Mongo {
                 uri: uri.clone(),
                 database: database.clone(),
             },
-            None => plughost_tenancy::tenants::StorePlace::Embedded(self.data_dir.join("plughost.sqlite3")),
+            None => plughost_tenancy::tenants::StorePlace::Embedded(self.server.data_dir.join("plughost.sqlite3")),
         }
     }
 
@@ -296,10 +285,10 @@ impl Config {
     /// The limits a sandboxed module runs under when its tenant overrides none.
     pub fn sandbox_limits(&self) -> plughost_sandbox::Limits {
         plughost_sandbox::Limits {
-            call_timeout: self.call_timeout,
+            call_timeout: self.limits.call_timeout,
             memory_bytes: self.sandbox.memory_bytes,
             max_concurrency: self.sandbox.max_concurrency,
-            max_response_bytes: self.max_response_bytes,
+            max_response_bytes: self.limits.max_response_bytes,
         }
     }
 }
@@ -385,7 +374,7 @@ impl Config {
         let limits = sections::limits(&mut v);
         let reload = sections::reload(&mut v);
         let log_format = sections::log_format(&mut v);
-        let identity = sections::identity(&mut v);
+        let (identity, secret_key) = sections::identity(&mut v);
         let cors = sections::cors(&mut v);
         let admin_isolation = sections::admin_isolation(&mut v);
         let sandbox = sandbox_settings(&mut v);
@@ -393,46 +382,40 @@ impl Config {
         let publishing = sections::publishing(&mut v);
         let stage = sections::stage(&mut v);
         let log_filter = sections::log_filter(&mut v);
-        let Some(secret_key) = identity.secret_key.filter(|_| v.errors.is_empty()) else {
+        let Some(secret_key) = secret_key.filter(|_| v.errors.is_empty()) else {
             return Err(ConfigErrors(v.errors));
         };
         Ok(Config {
-            plugins_dir: server.plugins_dir,
-            bind: server.bind,
-            data_dir: server.data_dir,
+            server,
             url_params,
-            max_body_bytes: limits.max_body_bytes,
-            max_response_bytes: limits.max_response_bytes,
-            max_header_bytes: limits.max_header_bytes,
-            call_timeout: limits.call_timeout,
-            inline_call_max: limits.inline_call_max,
-            shutdown_grace: limits.shutdown_grace,
-            header_read_timeout: limits.header_read_timeout,
-            body_read_timeout: limits.body_read_timeout,
-            max_connections: limits.max_connections,
-            reload_debounce: reload.reload_debounce,
-            rescan_interval: reload.rescan_interval,
-            leak_budget_bytes: reload.leak_budget_bytes,
+            limits,
+            reload,
             log_format,
             log_filter,
-            admin_uuid: identity.admin_uuid,
-            admin_totp_secret: identity.admin_totp_secret,
+            identity,
             secret_key,
-            token_ttl: identity.token_ttl,
-            auth_max_failures: identity.auth_max_failures,
-            auth_lockout: identity.auth_lockout,
-            mongodb: identity.mongodb,
             cors,
             stage,
-            metrics: server.metrics,
-            metrics_bind: server.metrics_bind,
             admin_isolation,
             sandbox,
             watch_poll,
-            publish_max_bytes: publishing.publish_max_bytes,
-            publish_sync: publishing.publish_sync,
-            trusted_keys: publishing.trusted_keys,
+            publishing,
         })
+    }
+
+    /// The HTTP front's part.
+    pub fn http_settings(&self) -> HttpSettings {
+        HttpSettings {
+            limits: self.limits.clone(),
+            url_params: self.url_params.clone(),
+            publishing: self.publishing.clone(),
+            cors: self.cors.clone(),
+            log_format: self.log_format,
+            stage: self.stage.clone(),
+            metrics: self.server.metrics,
+            admin_isolation: self.admin_isolation,
+            leak_budget_bytes: self.reload.leak_budget_bytes,
+        }
     }
 }
 
@@ -458,6 +441,7 @@ fn read_env_file(file: &Path, required: bool, vars: &mut HashMap<String, String>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
         let dir = std::env::temp_dir();
@@ -477,8 +461,8 @@ mod tests {
         assert_eq!(config.url_params.len(), 10);
         assert_eq!(config.url_params[0], "parm_1");
         assert_eq!(config.url_params[9], "parm_10");
-        assert_eq!(config.bind, "127.0.0.1:8080".parse().unwrap());
-        assert_eq!(config.call_timeout, Duration::from_secs(30));
+        assert_eq!(config.server.bind, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(config.limits.call_timeout, Duration::from_secs(30));
     }
 
     #[test]
@@ -534,7 +518,7 @@ mod tests {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
         let mongo = config(&[("MONGODB_URI", "mongodb://127.0.0.1:27017")]).unwrap();
-        assert_eq!(mongo.mongodb, Some(("mongodb://127.0.0.1:27017".to_owned(), "plughost".to_owned())));
+        assert_eq!(mongo.identity.mongodb, Some(("mongodb://127.0.0.1:27017".to_owned(), "plughost".to_owned())));
     }
 
     #[test]

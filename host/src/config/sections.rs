@@ -7,7 +7,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use super::{cors, vars::Vars, LogFormat};
 
 /// Where plughost finds its plugins and keeps its state, where it listens, and its metrics.
-pub(super) struct Server {
+#[derive(Debug, Clone)]
+pub struct Server {
     pub plugins_dir: PathBuf,
     pub bind: SocketAddr,
     pub data_dir: PathBuf,
@@ -109,7 +110,8 @@ pub(super) fn url_params(v: &mut Vars<'_>) -> Vec<String> {
 }
 
 /// The bounds of one request and one call.
-pub(super) struct Limits {
+#[derive(Debug, Clone)]
+pub struct Limits {
     pub max_body_bytes: usize,
     pub max_response_bytes: usize,
     pub max_header_bytes: usize,
@@ -148,7 +150,8 @@ pub(super) fn limits(v: &mut Vars<'_>) -> Limits {
 }
 
 /// How changes in the plugins folder are picked up.
-pub(super) struct Reload {
+#[derive(Debug, Clone)]
+pub struct Reload {
     pub reload_debounce: Duration,
     pub rescan_interval: Duration,
     pub leak_budget_bytes: Option<u64>,
@@ -180,10 +183,10 @@ pub(super) fn log_format(v: &mut Vars<'_>) -> LogFormat {
 }
 
 /// The admin's identity, the server key, tokens, the failure budget, and the store.
-pub(super) struct Identity {
+#[derive(Debug, Clone)]
+pub struct Identity {
     pub admin_uuid: String,
     pub admin_totp_secret: String,
-    pub secret_key: Option<plughost_tenancy::secrets::SecretKey>,
     pub token_ttl: Duration,
     pub auth_max_failures: u32,
     pub auth_lockout: Duration,
@@ -191,7 +194,8 @@ pub(super) struct Identity {
 }
 
 /// `ADMIN_UUID`, `ADMIN_TOTP_SECRET`, `SECRET_KEY`, `TOKEN_TTL_SECS`, `AUTH_*`, `MONGODB_*`.
-pub(super) fn identity(v: &mut Vars<'_>) -> Identity {
+/// The secret key comes apart: `None` when it is missing or bad (the problem is recorded).
+pub(super) fn identity(v: &mut Vars<'_>) -> (Identity, Option<plughost_tenancy::secrets::SecretKey>) {
     let admin_uuid = v.text("ADMIN_UUID");
     let admin_uuid = match uuid::Uuid::parse_str(&admin_uuid) {
         Ok(uuid) => uuid.hyphenated().to_string(),
@@ -242,15 +246,15 @@ pub(super) fn identity(v: &mut Vars<'_>) -> Identity {
         }
         Some((mongodb_uri, database))
     };
-    Identity {
+    let identity = Identity {
         admin_uuid,
         admin_totp_secret,
-        secret_key,
         token_ttl,
         auth_max_failures,
         auth_lockout,
         mongodb,
-    }
+    };
+    (identity, secret_key)
 }
 
 /// `CORS_*`: the policy, or `None` when `CORS_ALLOW_ORIGIN` is empty.
@@ -304,7 +308,8 @@ pub(super) fn watch_poll(v: &mut Vars<'_>) -> bool {
 }
 
 /// Publishing through the store.
-pub(super) struct Publishing {
+#[derive(Debug, Clone)]
+pub struct Publishing {
     pub publish_max_bytes: usize,
     pub publish_sync: Option<Duration>,
     pub trusted_keys: Option<std::sync::Arc<crate::signing::TrustedKeys>>,

@@ -68,7 +68,7 @@ fn health_body(state: &AppState) -> Value {
             "files": files,
         },
         "sandbox": {
-            "admin_isolation": if state.config.admin_isolation { "process" } else { "inprocess" },
+            "admin_isolation": if state.http.admin_isolation { "process" } else { "inprocess" },
             "layers": state.plugins.sandbox().and_then(|sandbox| sandbox.layers()),
         },
     })
@@ -76,7 +76,7 @@ fn health_body(state: &AppState) -> Value {
 
 /// `GET /metrics`, for the admin.
 pub async fn metrics(state: &AppState, headers: &http::HeaderMap) -> Result<Response, ApiError> {
-    if !state.config.metrics {
+    if !state.http.metrics {
         return Err(ApiError::not_found("METRICS_OFF", "metrics are off on this server (METRICS=off)"));
     }
     let caller = super::auth::caller(state, headers).await?;
@@ -105,9 +105,9 @@ pub async fn openapi(state: &AppState, headers: &http::HeaderMap) -> Result<Resp
     let caller = super::auth::caller(state, headers).await?;
     let context = super::openapi::Context {
         caller: caller.as_ref(),
-        url_params: &state.config.url_params,
-        metrics: state.config.metrics,
-        stage: state.config.stage.as_deref(),
+        url_params: &state.http.url_params,
+        metrics: state.http.metrics,
+        stage: state.http.stage.as_deref(),
     };
     let document = super::openapi::document(&state.plugins.registry(), &context);
     let mut response = json_response(StatusCode::OK, &document);
@@ -135,7 +135,7 @@ fn images(state: &AppState) -> Value {
         "mapped_bytes": stats.mapped_bytes,
         "leaked": stats.leaked,
         "leaked_bytes": stats.leaked_bytes,
-        "leak_budget_bytes": state.config.leak_budget_bytes,
+        "leak_budget_bytes": state.http.leak_budget_bytes,
     })
 }
 

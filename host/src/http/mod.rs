@@ -157,7 +157,7 @@ async fn serve_other(state: &AppState, route: Route<'_>, parts: &Parts, body: Bo
     }
     let answer = match route {
         Route::Ping => Ok(error::json_response(StatusCode::OK, &builtins::ping())),
-        Route::Version => Ok(error::json_response(StatusCode::OK, &builtins::version(state.config.stage.as_deref()))),
+        Route::Version => Ok(error::json_response(StatusCode::OK, &builtins::version(state.http.stage.as_deref()))),
         Route::Health => Ok(builtins::health(state, headers).await),
         Route::Metrics => builtins::metrics(state, headers).await.map(|r| as_caller(r, route, "admin")),
         Route::OpenApi => builtins::openapi(state, headers).await,
@@ -178,7 +178,14 @@ async fn serve_other(state: &AppState, route: Route<'_>, parts: &Parts, body: Bo
 
 /// The body of a route that takes small JSON documents: 64 KiB at most.
 pub(crate) async fn small_body(state: &AppState, headers: &::http::HeaderMap, body: Body) -> Result<bytes::Bytes, ApiError> {
-    services::read_body(headers, body, 64 * 1024, "64 KiB for this route", state.config.body_read_timeout).await
+    services::read_body(
+        headers,
+        body,
+        64 * 1024,
+        "64 KiB for this route",
+        state.http.limits.body_read_timeout,
+    )
+    .await
 }
 
 /// Marks a response of a route only `caller` (a kind of caller) may use: it succeeded, so that

@@ -151,10 +151,10 @@ where
     let bytes = read_body(
         headers,
         body,
-        state.config.publish_max_bytes,
+        state.http.publishing.publish_max_bytes,
         "PUBLISH_MAX_BYTES",
         // A plugin of tens of MiB over a slow link takes longer than a call's body.
-        state.config.body_read_timeout * 10,
+        state.http.limits.body_read_timeout * 10,
     )
     .await?;
     let upload = publish::Upload {
@@ -165,8 +165,8 @@ where
         uploader,
     };
     let policy = publish::Policy {
-        max_bytes: state.config.publish_max_bytes,
-        trusted_keys: state.config.trusted_keys.as_deref(),
+        max_bytes: state.http.publishing.publish_max_bytes,
+        trusted_keys: state.http.publishing.trusted_keys.as_deref(),
     };
     let plugin = publish::publish(store.as_ref(), sandbox, upload, &policy).await?;
     state.sync_now.notify_one();

@@ -94,7 +94,7 @@ where
             let viewer = |m: &LoadedModule| auth::may_use(m, caller.as_ref());
             let listing = match module {
                 Some(module) => dir::module(&module, &registry, &visible, &viewer),
-                None => dir::all(&registry, &state.config.url_params, &visible, &viewer),
+                None => dir::all(&registry, &state.http.url_params, &visible, &viewer),
             };
             return Ok(super::error::json_response(StatusCode::OK, &listing));
         }
@@ -175,9 +175,9 @@ where
         read_body(
             headers,
             body,
-            state.config.max_body_bytes,
+            state.http.limits.max_body_bytes,
             "MAX_BODY_BYTES",
-            state.config.body_read_timeout,
+            state.http.limits.body_read_timeout,
         )
         .await?
     } else {
@@ -193,7 +193,7 @@ where
         from_body.kwargs,
         kwargs::from_query(query),
         &rest,
-        &state.config.url_params,
+        &state.http.url_params,
         &from_body.rename,
     )?;
     plughost_runtime::params::apply(&function.params, &mut kwargs)?;
@@ -215,9 +215,9 @@ where
         content_type,
         request_id: crate::access::current_request_id().unwrap_or_else(|| header_text(headers, &super::names::X_REQUEST_ID).into()),
     };
-    let timeout = state.config.call_timeout;
-    match dispatch::call(endpoint.clone(), input, timeout, state.config.inline_call_max).await {
-        Ok(reply) => to_response(reply, &endpoint, state.config.max_response_bytes),
+    let timeout = state.http.limits.call_timeout;
+    match dispatch::call(endpoint.clone(), input, timeout, state.http.limits.inline_call_max).await {
+        Ok(reply) => to_response(reply, &endpoint, state.http.limits.max_response_bytes),
         Err(err) => Err(ApiError::of_call(
             err,
             endpoint.function().route_name(),

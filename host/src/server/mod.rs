@@ -46,12 +46,17 @@ async fn start_sandbox(
     let program = std::env::current_exe().context("cannot find the plughost executable for sandbox workers")?;
     let sandbox = plughost_sandbox::Sandbox::start(
         program,
-        &config.data_dir,
+        &config.server.data_dir,
         config.sandbox.clone(),
         config.sandbox_limits(),
         Arc::new(crate::metrics::SandboxMetrics),
     )
-    .with_context(|| format!("cannot set up the sandbox under {}", config.data_dir.join("sandbox").display()))?;
+    .with_context(|| {
+        format!(
+            "cannot set up the sandbox under {}",
+            config.server.data_dir.join("sandbox").display()
+        )
+    })?;
     crate::plugins::refresh_tenants(&sandbox, tenancy, true).await;
     let probing = sandbox.clone();
     let layers = tokio::task::spawn_blocking(move || probing.probe()).await.unwrap_or_default();
@@ -88,6 +93,7 @@ fn keep_private(data_dir: &std::path::Path, plugins_dir: &std::path::Path) {
 pub struct App {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
+    limits: crate::config::Limits,
     state: Arc<AppState>,
 }
 
@@ -95,35 +101,41 @@ impl App {
     /// Loads the plugins folder, starts watching it, and binds the listener (or takes over
     /// `listener`, the supervisor's socket).
     pub async fn build(config: Config, listener: Option<std::net::TcpListener>, role: Role) -> anyhow::Result<App> {
-        std::fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create DATA_DIR {}", config.data_dir.display()))?;
-        keep_private(&config.data_dir, &config.plugins_dir);
+        std::fs::create_dir_all(&config.server.data_dir)
+            .with_context(|| format!("cannot create DATA_DIR {}", config.server.data_dir.display()))?;
+        keep_private(&config.server.data_dir, &config.server.plugins_dir);
         connection::raise_file_limit();
-        crate::metrics::set_enabled(config.metrics);
+        crate::metrics::set_enabled(config.server.metrics);
         let tenancy = Arc::new(config.open_tenancy().await.context("cannot open the identity store")?);
-        record_admin(tenancy.clone(), config.admin_uuid.clone(), config.admin_totp_secret.clone()).await;
+        record_admin(
+            tenancy.clone(),
+            config.identity.admin_uuid.clone(),
+            config.identity.admin_totp_secret.clone(),
+        )
+        .await;
         let sandbox = start_sandbox(&config, &tenancy).await?;
         let plugins = Arc::new(
-            Plugins::new(&config.data_dir)
+            Plugins::new(&config.server.data_dir)
                 .with_sandbox(sandbox, config.admin_isolation)
-                .with_trusted_keys(config.trusted_keys.clone()),
+                .with_trusted_keys(config.publishing.trusted_keys.clone()),
         );
-        if let Some(keys) = &config.trusted_keys {
+        if let Some(keys) = &config.publishing.trusted_keys {
             tracing::info!(
                 keys = keys.len(),
                 "signed plugins required: only files with a valid .sig by a key in PLUGIN_PUBKEYS load"
             );
         }
-        let folder = config.plugins_dir.clone();
+        let folder = config.server.plugins_dir.clone();
         let loading = plugins.clone();
         tokio::task::spawn_blocking(move || loading.load_folder(&folder))
             .await
             .context("the plugin loader failed")?
-            .with_context(|| format!("cannot read PLUGINS_DIR {}", config.plugins_dir.display()))?;
+            .with_context(|| format!("cannot read PLUGINS_DIR {}", config.server.plugins_dir.display()))?;
         let settings = ReloadSettings {
-            dir: config.plugins_dir.clone(),
-            debounce: config.reload_debounce,
-            rescan_every: config.rescan_interval,
-            leak_budget_bytes: config.leak_budget_bytes,
+            dir: config.server.plugins_dir.clone(),
+            debounce: config.reload.reload_debounce,
+            rescan_every: config.reload.rescan_interval,
+            leak_budget_bytes: config.reload.leak_budget_bytes,
             poll_only: config.watch_poll,
         };
         let on_budget: Box<dyn Fn(u64) + Send> = match role {
@@ -135,7 +147,7 @@ impl App {
             }),
         };
         reload::spawn(plugins.clone(), settings, on_budget)
-            .with_context(|| format!("cannot watch PLUGINS_DIR {}", config.plugins_dir.display()))?;
+            .with_context(|| format!("cannot watch PLUGINS_DIR {}", config.server.plugins_dir.display()))?;
         let listener = match listener {
             Some(listener) => {
                 listener
@@ -143,11 +155,11 @@ impl App {
                     .context("cannot use the inherited listening socket")?;
                 TcpListener::from_std(listener).context("cannot use the inherited listening socket")?
             }
-            None => TcpListener::bind(config.bind)
+            None => TcpListener::bind(config.server.bind)
                 .await
-                .with_context(|| format!("cannot listen on {} (BIND): is another process using it?", config.bind))?,
+                .with_context(|| format!("cannot listen on {} (BIND): is another process using it?", config.server.bind))?,
         };
-        let metrics_listener = match config.metrics_bind {
+        let metrics_listener = match config.server.metrics_bind {
             Some(addr) => {
                 Some(bind_shared(addr).with_context(|| format!("cannot listen on {addr} (METRICS_BIND): is another program using it?"))?)
             }
@@ -155,27 +167,26 @@ impl App {
         };
         let auth = Arc::new(plughost_tenancy::auth::Authenticator::new(
             tenancy.clone(),
-            config.admin_uuid.clone(),
-            config.token_ttl,
-            config.auth_max_failures,
-            config.auth_lockout,
+            config.identity.admin_uuid.clone(),
+            config.identity.token_ttl,
+            config.identity.auth_max_failures,
+            config.identity.auth_lockout,
         ));
+        let state = AppState::new(config.http_settings(), plugins, auth, role);
+        if let Some(every) = config.publishing.publish_sync {
+            crate::publish::spawn_sync(
+                tenancy.store.clone(),
+                config.server.plugins_dir.clone(),
+                &config.server.data_dir,
+                every,
+                state.sync_now.clone(),
+            );
+        }
         Ok(App {
             listener,
             metrics_listener,
-            state: {
-                let state = AppState::new(config, plugins, auth, role);
-                if let Some(every) = state.config.publish_sync {
-                    crate::publish::spawn_sync(
-                        tenancy.store.clone(),
-                        state.config.plugins_dir.clone(),
-                        &state.config.data_dir,
-                        every,
-                        state.sync_now.clone(),
-                    );
-                }
-                Arc::new(state)
-            },
+            limits: config.limits,
+            state: Arc::new(state),
         })
     }
 
@@ -197,17 +208,13 @@ impl App {
         }
         let graceful = GracefulShutdown::new();
         let mut shutdown = std::pin::pin!(shutdown);
-        let max_header_bytes = self.state.config.max_header_bytes;
-        let header_read_timeout = self.state.config.header_read_timeout;
-        let max_connections = self
-            .state
-            .config
-            .max_connections
-            .unwrap_or_else(connection::connections_for_file_limit);
+        let max_header_bytes = self.limits.max_header_bytes;
+        let header_read_timeout = self.limits.header_read_timeout;
+        let max_connections = self.limits.max_connections.unwrap_or_else(connection::connections_for_file_limit);
         tracing::info!(
             max_connections,
             header_read_timeout_ms = header_read_timeout.as_millis() as u64,
-            body_read_timeout_ms = self.state.config.body_read_timeout.as_millis() as u64,
+            body_read_timeout_ms = self.limits.body_read_timeout.as_millis() as u64,
             "connection limits"
         );
         // A permit per connection: past the cap, connections wait in the listen backlog instead
@@ -304,7 +311,7 @@ impl App {
             });
         }
         drop(self.listener);
-        let grace = self.state.config.shutdown_grace;
+        let grace = self.limits.shutdown_grace;
         tracing::info!("shutting down: no new connections; waiting up to {grace:?} for requests in flight");
         self.state.draining.store(true, Ordering::Relaxed);
         tokio::time::sleep(DRAIN.min(grace)).await;

@@ -40,9 +40,9 @@ pub(crate) async fn handle(
     peer_ip: std::net::IpAddr,
     state: &Arc<AppState>,
 ) -> warp::reply::Response {
-    let max_header_bytes = state.config.max_header_bytes;
-    let cors = state.config.cors.as_ref();
-    let log_format = state.config.log_format;
+    let max_header_bytes = state.http.limits.max_header_bytes;
+    let cors = state.http.cors.as_ref();
+    let log_format = state.http.log_format;
     let started = Instant::now();
     let request_id = request
         .headers()
