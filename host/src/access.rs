@@ -21,19 +21,19 @@ thread_local! {
 /// Runs `work` (a request's handling) with `id` as the current request id. Log lines written
 /// meanwhile (errors, plugin lines) carry it as `request_id`. This is a task-local rather than a
 /// `tracing` span: a span entered on every poll cost more than the access line itself.
-pub async fn scope<F: Future>(id: Arc<str>, peer: std::net::IpAddr, work: F) -> F::Output {
+pub(crate) async fn scope<F: Future>(id: Arc<str>, peer: std::net::IpAddr, work: F) -> F::Output {
     TASK_REQUEST.scope((id, peer), work).await
 }
 
 /// The address of the client whose request is being handled (for the failure budget of
 /// credentials), if any.
-pub fn current_peer() -> Option<std::net::IpAddr> {
+pub(crate) fn current_peer() -> Option<std::net::IpAddr> {
     TASK_REQUEST.try_with(|(_, peer)| *peer).ok()
 }
 
 /// Runs `work` on this thread (a plugin call on the blocking pool) with `id` as the current
 /// request id.
-pub fn on_thread<R>(id: &Arc<str>, work: impl FnOnce() -> R) -> R {
+pub(crate) fn on_thread<R>(id: &Arc<str>, work: impl FnOnce() -> R) -> R {
     let previous = THREAD_REQUEST_ID.with(|cell| cell.replace(Some(id.clone())));
     let result = work();
     THREAD_REQUEST_ID.with(|cell| *cell.borrow_mut() = previous);
@@ -41,7 +41,7 @@ pub fn on_thread<R>(id: &Arc<str>, work: impl FnOnce() -> R) -> R {
 }
 
 /// The id of the request being handled here, if any.
-pub fn current_request_id() -> Option<Arc<str>> {
+pub(crate) fn current_request_id() -> Option<Arc<str>> {
     TASK_REQUEST
         .try_with(|(id, _)| id.clone())
         .ok()
@@ -49,7 +49,7 @@ pub fn current_request_id() -> Option<Arc<str>> {
 }
 
 /// What one access line says.
-pub struct Entry<'a> {
+pub(crate) struct Entry<'a> {
     pub request_id: &'a str,
     pub method: &'a str,
     pub route: &'a str,
@@ -62,12 +62,12 @@ pub struct Entry<'a> {
 }
 
 /// Whether access lines are wanted (`RUST_LOG` lets `plughost::access` through at INFO).
-pub fn enabled() -> bool {
+pub(crate) fn enabled() -> bool {
     tracing::enabled!(target: "plughost::access", tracing::Level::INFO)
 }
 
 /// Writes the line to the log buffer, or as a `tracing` event when there is none (tests).
-pub fn log(format: LogFormat, entry: &Entry<'_>) {
+pub(crate) fn log(format: LogFormat, entry: &Entry<'_>) {
     let line = render(format, entry, std::time::SystemTime::now());
     if !crate::logwriter::write_line(line.as_bytes()) {
         tracing::info!(target: "plughost::access", "{}", line.trim_end());
@@ -76,7 +76,7 @@ pub fn log(format: LogFormat, entry: &Entry<'_>) {
 
 /// The line, newline included. Built with `push_str` rather than `format!`: this runs for every
 /// request.
-pub fn render(format: LogFormat, entry: &Entry<'_>, now: std::time::SystemTime) -> String {
+pub(crate) fn render(format: LogFormat, entry: &Entry<'_>, now: std::time::SystemTime) -> String {
     let mut line = String::with_capacity(320);
     let micros = u64::try_from(entry.duration.as_micros()).unwrap_or(u64::MAX);
     let mut duration_ms = String::with_capacity(16);

@@ -30,7 +30,7 @@ use crate::registry::Endpoint;
 
 /// Why a call produced no reply.
 #[derive(Debug, thiserror::Error)]
-pub enum CallError {
+pub(crate) enum CallError {
     #[error("the function returned an error: {message}")]
     Plugin { kind: ErrorKind, code: String, message: String },
     #[error("the function panicked: {0}")]
@@ -52,7 +52,7 @@ impl From<plughost_sandbox::SandboxError> for CallError {
 
 /// Calls `endpoint` with `input`, waiting at most `deadline`; inline when the function has been
 /// quick (`inline_max`, `None`: never inline).
-pub async fn call(
+pub(crate) async fn call(
     endpoint: Endpoint,
     input: CallInput,
     deadline: Duration,

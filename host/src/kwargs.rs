@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 
 /// Why the kwargs could not be built; always the caller's mistake (400).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KwargsError {
+pub(crate) struct KwargsError {
     pub code: &'static str,
     pub message: String,
 }
@@ -16,7 +16,7 @@ fn error(code: &'static str, message: String) -> KwargsError {
 
 /// How a body contributes to the kwargs, decided from its content type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyKind {
+pub(crate) enum BodyKind {
     Json,
     Form,
     Raw,
@@ -25,7 +25,7 @@ pub enum BodyKind {
 impl BodyKind {
     /// `application/json` and `*/*+json` are JSON; `application/x-www-form-urlencoded` is a form;
     /// anything else (or nothing) is passed to the plugin raw.
-    pub fn of(content_type: &str) -> BodyKind {
+    pub(crate) fn of(content_type: &str) -> BodyKind {
         let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
         if essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json")) {
             BodyKind::Json
@@ -39,14 +39,14 @@ impl BodyKind {
 
 /// What a body contributes: kwargs, and the `__map__` renaming of URL parameters.
 #[derive(Debug, Default)]
-pub struct BodyKwargs {
+pub(crate) struct BodyKwargs {
     pub kwargs: Map<String, Value>,
     pub rename: Map<String, Value>,
 }
 
 /// Parses the body into the kwargs it contributes, and takes out `__map__`.
 /// A JSON body that is not an object contributes nothing (the plugin still sees it raw).
-pub fn from_body(kind: BodyKind, body: &[u8]) -> Result<BodyKwargs, KwargsError> {
+pub(crate) fn from_body(kind: BodyKind, body: &[u8]) -> Result<BodyKwargs, KwargsError> {
     let mut kwargs = match kind {
         BodyKind::Raw => Map::new(),
         BodyKind::Json if body.iter().all(u8::is_ascii_whitespace) => Map::new(),
@@ -92,7 +92,7 @@ pub fn from_body(kind: BodyKind, body: &[u8]) -> Result<BodyKwargs, KwargsError>
 }
 
 /// Query pairs as kwargs: values are strings; a repeated key becomes an array of strings.
-pub fn from_query(query: &str) -> Map<String, Value> {
+pub(crate) fn from_query(query: &str) -> Map<String, Value> {
     pairs_to_map(form_urlencoded::parse(query.as_bytes()))
 }
 
@@ -118,7 +118,7 @@ fn pairs_to_map<'a>(pairs: impl Iterator<Item = (std::borrow::Cow<'a, str>, std:
 }
 
 /// Merges the three sources: body, then query over it, then URL segments over both.
-pub fn merge(
+pub(crate) fn merge(
     mut body: Map<String, Value>,
     query: Map<String, Value>,
     url_values: &[String],

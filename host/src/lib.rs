@@ -10,19 +10,19 @@
 //! changed files in; [`supervisor`] keeps a worker process serving and replaces it with a fresh
 //! one, without downtime, when old plugin images have leaked too much memory.
 
-pub mod access;
+pub(crate) mod access;
 pub mod cli;
 pub mod config;
-pub mod dispatch;
-pub mod http;
-pub mod kwargs;
+pub(crate) mod dispatch;
+pub(crate) mod http;
+pub(crate) mod kwargs;
 pub mod loader;
 pub mod logwriter;
-pub mod metrics;
-pub mod plugins;
-pub mod publish;
-pub mod registry;
-pub mod reload;
+pub(crate) mod metrics;
+pub(crate) mod plugins;
+pub(crate) mod publish;
+pub(crate) mod registry;
+pub(crate) mod reload;
 pub mod scaffold;
 pub mod server;
 pub mod signing;
@@ -38,7 +38,7 @@ pub enum Role {
 }
 
 /// What every request handler shares.
-pub struct AppState {
+pub(crate) struct AppState {
     /// The HTTP front's settings (the app keeps the rest of the configuration).
     pub http: config::HttpSettings,
     pub plugins: Arc<plugins::Plugins>,
@@ -52,7 +52,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(
+    pub(crate) fn new(
         http: config::HttpSettings,
         plugins: Arc<plugins::Plugins>,
         auth: Arc<plughost_tenancy::auth::Authenticator>,

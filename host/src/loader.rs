@@ -27,7 +27,7 @@ pub struct LoadedModule {
     /// Per function: how many of its latest calls in a row were quick (see `dispatch`).
     pub quick_streaks: Vec<std::sync::atomic::AtomicU32>,
     /// Per function: its metric series, resolved on first use.
-    pub metrics: Vec<crate::metrics::FunctionMetrics>,
+    pub(crate) metrics: Vec<crate::metrics::FunctionMetrics>,
     /// The tenant whose folder it came from; `None` for the admin's plugins.
     pub owner: Option<String>,
     pub backend: Backend,

@@ -25,23 +25,23 @@ use prometheus_client::{
 };
 
 /// The metrics of this process.
-pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
 /// Whether requests are measured (`METRICS=off` turns it off, e.g. to measure what it costs).
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
 /// Turns request measurement on or off for this process.
-pub fn set_enabled(enabled: bool) {
+pub(crate) fn set_enabled(enabled: bool) {
     ENABLED.store(enabled, Ordering::Relaxed);
 }
 
 /// Whether request measurement is on.
-pub fn enabled() -> bool {
+pub(crate) fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
+pub(crate) struct RequestLabels {
     pub route: &'static str,
     pub module: String,
     pub function: String,
@@ -50,19 +50,19 @@ pub struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct LatencyLabels {
+pub(crate) struct LatencyLabels {
     pub route: &'static str,
     pub module: String,
     pub function: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabels {
+pub(crate) struct ReasonLabels {
     pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StoreLabels {
+pub(crate) struct StoreLabels {
     pub store: &'static str,
     pub operation: &'static str,
     pub outcome: &'static str,
@@ -74,13 +74,13 @@ type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 /// path records a call without hashing label strings. The series themselves live in the
 /// families: a reloaded module finds and continues the same ones.
 #[derive(Default)]
-pub struct FunctionMetrics {
+pub(crate) struct FunctionMetrics {
     latency: std::sync::OnceLock<Histogram>,
     counters: std::sync::RwLock<Vec<(&'static str, u16, Counter)>>,
 }
 
 /// Every series plughost exports.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub latency: HistogramFamily<LatencyLabels>,
@@ -115,7 +115,7 @@ fn store_histogram() -> Histogram {
 
 /// The labels of one call of a plugin function, borrowed: they are copied only the first time a
 /// function sees a method and status.
-pub struct CallLabels<'a> {
+pub(crate) struct CallLabels<'a> {
     pub route: &'static str,
     pub module: &'a str,
     pub function: &'a str,
@@ -240,7 +240,7 @@ impl Metrics {
     }
 
     /// Records one answered request.
-    pub fn observe_request(&self, labels: RequestLabels, elapsed: Duration) {
+    pub(crate) fn observe_request(&self, labels: RequestLabels, elapsed: Duration) {
         let latency = LatencyLabels {
             route: labels.route,
             module: labels.module.clone(),
@@ -251,7 +251,7 @@ impl Metrics {
     }
 
     /// Records one call of a plugin function, through its resolved series.
-    pub fn observe_call(&self, resolved: &FunctionMetrics, call: CallLabels<'_>, elapsed: Duration) {
+    pub(crate) fn observe_call(&self, resolved: &FunctionMetrics, call: CallLabels<'_>, elapsed: Duration) {
         let CallLabels {
             route,
             module,
@@ -295,12 +295,12 @@ impl Metrics {
     }
 
     /// Records one refused credential.
-    pub fn auth_failure(&self, reason: &'static str) {
+    pub(crate) fn auth_failure(&self, reason: &'static str) {
         self.auth_failures.get_or_create(&ReasonLabels { reason }).inc();
     }
 
     /// Records one store operation.
-    pub fn store_operation(&self, store: &'static str, operation: &'static str, ok: bool, elapsed: Duration) {
+    pub(crate) fn store_operation(&self, store: &'static str, operation: &'static str, ok: bool, elapsed: Duration) {
         let outcome = if ok { "ok" } else { "error" };
         self.store_latency
             .get_or_create(&StoreLabels { store, operation, outcome })
@@ -308,7 +308,7 @@ impl Metrics {
     }
 
     /// The text exposition (OpenMetrics, which Prometheus scrapes).
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
         if let Err(err) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!("the metrics could not be rendered: {err}");
@@ -318,10 +318,10 @@ impl Metrics {
 }
 
 /// The content type of [`Metrics::render`]'s output.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// A method as a bounded label value.
-pub fn method_label(method: &http::Method) -> &'static str {
+pub(crate) fn method_label(method: &http::Method) -> &'static str {
     match *method {
         http::Method::GET => "GET",
         http::Method::POST => "POST",
@@ -335,7 +335,7 @@ pub fn method_label(method: &http::Method) -> &'static str {
 }
 
 /// The identity store's operations, timed in [`METRICS`].
-pub struct StoreMetrics;
+pub(crate) struct StoreMetrics;
 
 impl plughost_tenancy::store::StoreObserver for StoreMetrics {
     fn operation(&self, store: &'static str, operation: &'static str, ok: bool, elapsed: Duration) {
@@ -344,7 +344,7 @@ impl plughost_tenancy::store::StoreObserver for StoreMetrics {
 }
 
 /// The sandbox's worker events, counted in [`METRICS`].
-pub struct SandboxMetrics;
+pub(crate) struct SandboxMetrics;
 
 impl plughost_sandbox::Observer for SandboxMetrics {
     fn worker_spawned(&self) {

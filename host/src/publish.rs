@@ -26,7 +26,7 @@ use plughost_tenancy::{PublishedPlugin, Store, StoreError};
 
 /// Why a plugin was not published.
 #[derive(Debug, thiserror::Error)]
-pub enum PublishError {
+pub(crate) enum PublishError {
     #[error("{0}")]
     Invalid(String),
     #[error("the plugin is {0} bytes, over the {1}-byte limit (PUBLISH_MAX_BYTES)")]
@@ -44,7 +44,7 @@ pub enum PublishError {
 }
 
 /// Plugin names in the store: 1 to 64 of `a-z 0-9 _ -`, the file name without `.so`.
-pub fn check_name(name: &str) -> Result<(), PublishError> {
+pub(crate) fn check_name(name: &str) -> Result<(), PublishError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -60,7 +60,7 @@ pub fn check_name(name: &str) -> Result<(), PublishError> {
 }
 
 /// What is published: the plugin's bytes and, optionally, its detached signature.
-pub struct Upload<'a> {
+pub(crate) struct Upload<'a> {
     pub tenant: Option<&'a str>,
     pub name: &'a str,
     pub bytes: Vec<u8>,
@@ -70,7 +70,7 @@ pub struct Upload<'a> {
 }
 
 /// The limits an upload is checked against.
-pub struct Policy<'a> {
+pub(crate) struct Policy<'a> {
     pub max_bytes: usize,
     /// When set, the upload needs a valid signature by one of these keys.
     pub trusted_keys: Option<&'a TrustedKeys>,
@@ -78,7 +78,7 @@ pub struct Policy<'a> {
 
 /// Checks `upload` and stores it as plugin `name` in `tenant`'s namespace (the admin's when
 /// `None`). Nothing is stored unless every check passes.
-pub async fn publish(
+pub(crate) async fn publish(
     store: &dyn Store,
     sandbox: &Arc<Sandbox>,
     upload: Upload<'_>,
@@ -145,7 +145,7 @@ pub async fn publish(
 }
 
 /// Removes plugin `name` from `tenant`'s namespace (the admin's when `None`).
-pub async fn unpublish(store: &dyn Store, tenant: Option<&str>, name: &str) -> Result<(), PublishError> {
+pub(crate) async fn unpublish(store: &dyn Store, tenant: Option<&str>, name: &str) -> Result<(), PublishError> {
     check_name(name)?;
     let key = PublishedPlugin::key_of(tenant, name);
     if store.unpublish(&key).await? {
@@ -157,7 +157,7 @@ pub async fn unpublish(store: &dyn Store, tenant: Option<&str>, name: &str) -> R
 }
 
 /// Where a published plugin lives in a plugins folder.
-pub fn local_path(plugins_dir: &Path, plugin: &PublishedPlugin) -> PathBuf {
+pub(crate) fn local_path(plugins_dir: &Path, plugin: &PublishedPlugin) -> PathBuf {
     let folder = match &plugin.tenant {
         Some(uuid) => plugins_dir.join(crate::plugins::TENANTS).join(uuid),
         None => plugins_dir.to_path_buf(),
@@ -173,7 +173,7 @@ const FULL_SYNC_EVERY: u32 = 15;
 /// reads the store's version of the published plugins (one small read), and syncs when it changed.
 /// `now` wakes it early: after a publish through this replica, which then serves the new version
 /// at once.
-pub fn spawn_sync(store: Arc<dyn Store>, plugins_dir: PathBuf, data_dir: &Path, interval: Duration, now: Arc<tokio::sync::Notify>) {
+pub(crate) fn spawn_sync(store: Arc<dyn Store>, plugins_dir: PathBuf, data_dir: &Path, interval: Duration, now: Arc<tokio::sync::Notify>) {
     let state_file = data_dir.join("published.json");
     tokio::spawn(async move {
         let mut synced: HashMap<String, (PathBuf, String)> = std::fs::read(&state_file)

@@ -9,18 +9,18 @@ use crate::loader::LoadedModule;
 
 /// A function ready to be called: its module and its spec.
 #[derive(Debug, Clone)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     pub module: Arc<LoadedModule>,
     function: usize,
 }
 
 impl Endpoint {
-    pub fn function(&self) -> &FunctionSpec {
+    pub(crate) fn function(&self) -> &FunctionSpec {
         &self.module.spec.functions[self.function]
     }
 
     /// What the plugin is told a call is for.
-    pub fn target(&self) -> plughost_runtime::call::Target<'_> {
+    pub(crate) fn target(&self) -> plughost_runtime::call::Target<'_> {
         let function = self.function();
         plughost_runtime::call::Target {
             index: function.index,
@@ -30,19 +30,19 @@ impl Endpoint {
     }
 
     /// This function's metric series.
-    pub fn metrics(&self) -> &crate::metrics::FunctionMetrics {
+    pub(crate) fn metrics(&self) -> &crate::metrics::FunctionMetrics {
         &self.module.metrics[self.function]
     }
 
     /// How many of this function's latest calls in a row were quick.
-    pub fn quick_streak(&self) -> &std::sync::atomic::AtomicU32 {
+    pub(crate) fn quick_streak(&self) -> &std::sync::atomic::AtomicU32 {
         &self.module.quick_streaks[self.function]
     }
 }
 
 /// What the path segments after `/rest/services/` name.
 #[derive(Debug)]
-pub enum Resolution<'a> {
+pub(crate) enum Resolution<'a> {
     /// A function, and the positional segments that follow it.
     Call { endpoint: Endpoint, rest: &'a [String] },
     /// `__dir__` for everything, or for one module.
@@ -60,12 +60,12 @@ pub enum Resolution<'a> {
 
 /// Which modules a caller may call: resolution only ever considers those, so that a module the
 /// caller may not call can neither capture its URL nor make its names ambiguous.
-pub trait Viewer {
+pub(crate) trait Viewer {
     fn sees(&self, module: &LoadedModule) -> bool;
 }
 
 /// Everything: the view of the admin, and of the checks that hold for every caller.
-pub struct Everything;
+pub(crate) struct Everything;
 
 impl Viewer for Everything {
     fn sees(&self, _: &LoadedModule) -> bool {
@@ -83,7 +83,7 @@ impl Resolution<'_> {
     /// Whether this resolution, made over every module, is what every caller gets: it involves
     /// only the admin's modules (which everyone sees) and no ambiguity (which depends on who
     /// looks).
-    pub fn same_for_every_caller(&self) -> bool {
+    pub(crate) fn same_for_every_caller(&self) -> bool {
         match self {
             Resolution::Call { endpoint, .. } => endpoint.module.owner.is_none(),
             Resolution::Dir(module) => module.as_ref().is_none_or(|m| m.owner.is_none()),
@@ -103,7 +103,7 @@ impl Resolution<'_> {
 /// placed first, so their names always win over tenants'. A function whose route name is a
 /// module's name or alias is reachable only through its own module.
 #[derive(Debug, Default)]
-pub struct Registry {
+pub(crate) struct Registry {
     modules: Vec<Arc<LoadedModule>>,
     by_key: HashMap<String, usize>,
     by_function: HashMap<String, Vec<(usize, usize)>>,
@@ -113,7 +113,7 @@ impl Registry {
     /// Builds a table from `modules`, the admin's first, each group in order. A module that
     /// breaks the naming rule against an earlier one is left out; the refusals come back with
     /// their reasons.
-    pub fn build(mut modules: Vec<Arc<LoadedModule>>) -> (Registry, Vec<(Arc<LoadedModule>, String)>) {
+    pub(crate) fn build(mut modules: Vec<Arc<LoadedModule>>) -> (Registry, Vec<(Arc<LoadedModule>, String)>) {
         modules.sort_by_key(|m| m.owner.is_some());
         let mut registry = Registry::default();
         let mut refused = Vec::new();
@@ -144,18 +144,18 @@ impl Registry {
     }
 
     /// The routed modules, the admin's first.
-    pub fn modules(&self) -> &[Arc<LoadedModule>] {
+    pub(crate) fn modules(&self) -> &[Arc<LoadedModule>] {
         &self.modules
     }
 
     /// The module a URL segment names, by name or alias.
-    pub fn module(&self, key: &str) -> Option<&Arc<LoadedModule>> {
+    pub(crate) fn module(&self, key: &str) -> Option<&Arc<LoadedModule>> {
         self.by_key.get(key).map(|&i| &self.modules[i])
     }
 
     /// Whether a function's route name reaches exactly one function among the modules `viewer`
     /// sees, without naming its module.
-    pub fn is_unique(&self, route_name: &str, viewer: &dyn Viewer) -> bool {
+    pub(crate) fn is_unique(&self, route_name: &str, viewer: &dyn Viewer) -> bool {
         self.by_function
             .get(route_name)
             .is_some_and(|hits| hits.iter().filter(|(m, _)| viewer.sees(&self.modules[*m])).count() == 1)
@@ -165,7 +165,7 @@ impl Registry {
     ///
     /// If the first segment names a module and the second one of its functions, that is the call;
     /// otherwise the first segment is a function name that must be unique among those modules.
-    pub fn resolve<'a>(&self, segments: &'a [String], viewer: &dyn Viewer) -> Resolution<'a> {
+    pub(crate) fn resolve<'a>(&self, segments: &'a [String], viewer: &dyn Viewer) -> Resolution<'a> {
         let Some(first) = segments.first() else {
             return Resolution::Dir(None);
         };
@@ -224,7 +224,7 @@ impl Registry {
 
 /// Whether `module` may join `routed` under the naming rule; if not, the index of the module it
 /// clashes with, and why. A module of another file only: a new version of a routed file replaces it.
-pub fn conflict(routed: &[Arc<LoadedModule>], module: &LoadedModule) -> Option<(usize, String)> {
+pub(crate) fn conflict(routed: &[Arc<LoadedModule>], module: &LoadedModule) -> Option<(usize, String)> {
     let spec = &module.spec;
     let keys: Vec<&str> = std::iter::once(spec.name.as_str()).chain(spec.alias.as_deref()).collect();
     routed.iter().enumerate().filter(|(_, other)| other.file != module.file).find_map(|(i, other)| {

@@ -27,7 +27,7 @@ use crate::plugins::{is_plugin_path, tenant_of_folder, Plugins};
 
 /// How the loader thread behaves.
 #[derive(Debug, Clone)]
-pub struct ReloadSettings {
+pub(crate) struct ReloadSettings {
     pub dir: PathBuf,
     pub debounce: Duration,
     pub rescan_every: Duration,
@@ -45,7 +45,7 @@ enum Signal {
 }
 
 /// Starts watching `settings.dir`; the loader thread runs for the life of the process.
-pub fn spawn(plugins: Arc<Plugins>, settings: ReloadSettings, on_budget: Box<dyn Fn(u64) + Send>) -> notify::Result<()> {
+pub(crate) fn spawn(plugins: Arc<Plugins>, settings: ReloadSettings, on_budget: Box<dyn Fn(u64) + Send>) -> notify::Result<()> {
     let (tx, rx) = mpsc::channel();
     let events = tx.clone();
     let handler = move |event: notify::Result<notify::Event>| match event {

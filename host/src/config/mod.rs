@@ -518,7 +518,10 @@ mod tests {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
         let mongo = config(&[("MONGODB_URI", "mongodb://127.0.0.1:27017")]).unwrap();
-        assert_eq!(mongo.identity.mongodb, Some(("mongodb://127.0.0.1:27017".to_owned(), "plughost".to_owned())));
+        assert_eq!(
+            mongo.identity.mongodb,
+            Some(("mongodb://127.0.0.1:27017".to_owned(), "plughost".to_owned()))
+        );
     }
 
     #[test]

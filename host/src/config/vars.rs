@@ -6,13 +6,13 @@ use std::time::Duration;
 use super::KNOWN_VARS;
 
 /// The variables being read, and the problems found so far.
-pub(crate) struct Vars<'a> {
+pub struct Vars<'a> {
     get: &'a dyn Fn(&str) -> Option<String>,
-    pub(crate) errors: Vec<String>,
+    pub errors: Vec<String>,
 }
 
 /// The default of `key` (`URL_PARM3` → `parm_3`); empty for a variable with none.
-pub(crate) fn default_of(key: &str) -> String {
+pub fn default_of(key: &str) -> String {
     if let Some(n) = key.strip_prefix("URL_PARM").filter(|n| n.parse::<u32>().is_ok()) {
         return format!("parm_{n}");
     }
@@ -22,30 +22,30 @@ pub(crate) fn default_of(key: &str) -> String {
 }
 
 impl<'a> Vars<'a> {
-    pub(crate) fn new(get: &'a dyn Fn(&str) -> Option<String>) -> Vars<'a> {
+    pub fn new(get: &'a dyn Fn(&str) -> Option<String>) -> Vars<'a> {
         Vars { get, errors: Vec::new() }
     }
 
     /// Whether `key` is set at all (to anything).
-    pub(crate) fn is_set(&self, key: &str) -> bool {
+    pub fn is_set(&self, key: &str) -> bool {
         (self.get)(key).is_some()
     }
 
     /// `key`'s value, trimmed, or its default when it is unset or blank.
-    pub(crate) fn text(&self, key: &str) -> String {
+    pub fn text(&self, key: &str) -> String {
         (self.get)(key)
             .map(|v| v.trim().to_owned())
             .filter(|v| !v.is_empty())
             .unwrap_or_else(|| default_of(key))
     }
 
-    pub(crate) fn error(&mut self, problem: String) {
+    pub fn error(&mut self, problem: String) {
         self.errors.push(problem);
     }
 
     /// `key` as a whole number from `min` to `max` (`_` allowed as a separator); `min` and a
     /// problem otherwise.
-    pub(crate) fn number(&mut self, key: &str, min: u64, max: u64) -> u64 {
+    pub fn number(&mut self, key: &str, min: u64, max: u64) -> u64 {
         let text = self.text(key);
         match text.replace('_', "").parse::<u64>() {
             Ok(n) if (min..=max).contains(&n) => n,
@@ -57,12 +57,12 @@ impl<'a> Vars<'a> {
     }
 
     /// `key` as a number of milliseconds.
-    pub(crate) fn millis(&mut self, key: &str, min: u64, max: u64) -> Duration {
+    pub fn millis(&mut self, key: &str, min: u64, max: u64) -> Duration {
         Duration::from_millis(self.number(key, min, max))
     }
 
     /// `key` as a number of seconds.
-    pub(crate) fn secs(&mut self, key: &str, min: u64, max: u64) -> Duration {
+    pub fn secs(&mut self, key: &str, min: u64, max: u64) -> Duration {
         Duration::from_secs(self.number(key, min, max))
     }
 }

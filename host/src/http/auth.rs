@@ -13,7 +13,7 @@ use plughost_tenancy::{
 };
 
 /// The caller the request proves, if it carries credentials.
-pub async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Option<Caller>, ApiError> {
+pub(crate) async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Option<Caller>, ApiError> {
     let credentials = credentials(headers).map_err(refused)?;
     state.auth.authenticate(credentials, source()).await.map_err(refused)
 }
@@ -64,7 +64,7 @@ fn refused(err: AuthError) -> ApiError {
 }
 
 /// Whether `caller` may call a function of this visibility.
-pub fn may_call(visibility: Visibility, caller: Option<&Caller>) -> bool {
+pub(crate) fn may_call(visibility: Visibility, caller: Option<&Caller>) -> bool {
     match visibility {
         Visibility::Public => true,
         Visibility::Tenant => caller.is_some(),
@@ -74,7 +74,7 @@ pub fn may_call(visibility: Visibility, caller: Option<&Caller>) -> bool {
 
 /// Whether `caller` may use `module` at all: a tenant's module belongs to that tenant and to the
 /// admin; the admin's modules are everyone's (each function's visibility still applies).
-pub fn may_use(module: &crate::loader::LoadedModule, caller: Option<&Caller>) -> bool {
+pub(crate) fn may_use(module: &crate::loader::LoadedModule, caller: Option<&Caller>) -> bool {
     match (&module.owner, caller) {
         (None, _) => true,
         (Some(_), Some(Caller::Admin { .. })) => true,
@@ -84,7 +84,7 @@ pub fn may_use(module: &crate::loader::LoadedModule, caller: Option<&Caller>) ->
 }
 
 /// `Ok` if `caller` may call; the right 401 or 403 otherwise.
-pub fn require(visibility: Visibility, caller: Option<&Caller>, what: &str) -> Result<(), ApiError> {
+pub(crate) fn require(visibility: Visibility, caller: Option<&Caller>, what: &str) -> Result<(), ApiError> {
     match (may_call(visibility, caller), caller) {
         (true, _) => Ok(()),
         (false, None) => Err({
@@ -109,7 +109,7 @@ pub fn require(visibility: Visibility, caller: Option<&Caller>, what: &str) -> R
 /// Removes credentials before headers reach a plugin, and tells it who calls. A tenant's module
 /// (`untrusted`) gets no cookies or proxy credentials either, and when the admin calls it, only
 /// the caller's kind: the admin's UUID is not the tenant's to know.
-pub fn plugin_headers(headers: &HeaderMap, caller: Option<&Caller>, untrusted: bool) -> Vec<(String, String)> {
+pub(crate) fn plugin_headers(headers: &HeaderMap, caller: Option<&Caller>, untrusted: bool) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = headers
         .iter()
         .filter(|(name, _)| {
@@ -135,7 +135,7 @@ pub fn plugin_headers(headers: &HeaderMap, caller: Option<&Caller>, untrusted: b
 }
 
 /// `POST /rest/auth/token` with `{"uuid": …, "totp": …}`.
-pub async fn token(state: &AppState, body: &[u8]) -> Result<Response, ApiError> {
+pub(crate) async fn token(state: &AppState, body: &[u8]) -> Result<Response, ApiError> {
     let parsed: serde_json::Value = serde_json::from_slice(body).map_err(|err| {
         ApiError::bad_request(
             "INVALID_JSON",

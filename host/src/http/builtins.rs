@@ -7,11 +7,11 @@ use warp::reply::Response;
 use super::error::{json_response, ApiError};
 use crate::{plugins::FileState, AppState, Role};
 
-pub fn ping() -> Value {
+pub(crate) fn ping() -> Value {
     json!({})
 }
 
-pub fn version(stage: Option<&str>) -> Value {
+pub(crate) fn version(stage: Option<&str>) -> Value {
     json!({
         "name": "plughost",
         "stage": stage,
@@ -23,7 +23,7 @@ pub fn version(stage: Option<&str>) -> Value {
 
 /// `/health`: 503 when the identity store is unreachable. Anyone learns the status and the
 /// version; the detail (files, tenants, limits, PIDs, layers) is the admin's.
-pub async fn health(state: &AppState, headers: &http::HeaderMap) -> Response {
+pub(crate) async fn health(state: &AppState, headers: &http::HeaderMap) -> Response {
     let store = state.auth.tenancy().store.clone();
     let reachable = tokio::time::timeout(std::time::Duration::from_secs(3), store.ping()).await;
     let (status, store_json) = match reachable {
@@ -75,7 +75,7 @@ fn health_body(state: &AppState) -> Value {
 }
 
 /// `GET /metrics`, for the admin.
-pub async fn metrics(state: &AppState, headers: &http::HeaderMap) -> Result<Response, ApiError> {
+pub(crate) async fn metrics(state: &AppState, headers: &http::HeaderMap) -> Result<Response, ApiError> {
     if !state.http.metrics {
         return Err(ApiError::not_found("METRICS_OFF", "metrics are off on this server (METRICS=off)"));
     }
@@ -85,7 +85,7 @@ pub async fn metrics(state: &AppState, headers: &http::HeaderMap) -> Result<Resp
 }
 
 /// The metrics of this process, with the plugin gauges read now.
-pub fn metrics_response(state: &AppState) -> Response {
+pub(crate) fn metrics_response(state: &AppState) -> Response {
     let metrics = &crate::metrics::METRICS;
     let stats = state.plugins.images();
     metrics.plugins_loaded.set(state.plugins.registry().modules().len() as i64);
@@ -101,7 +101,7 @@ pub fn metrics_response(state: &AppState) -> Response {
 }
 
 /// `GET /openapi.json`: what this caller may call.
-pub async fn openapi(state: &AppState, headers: &http::HeaderMap) -> Result<Response, ApiError> {
+pub(crate) async fn openapi(state: &AppState, headers: &http::HeaderMap) -> Result<Response, ApiError> {
     let caller = super::auth::caller(state, headers).await?;
     let context = super::openapi::Context {
         caller: caller.as_ref(),
@@ -120,7 +120,7 @@ pub async fn openapi(state: &AppState, headers: &http::HeaderMap) -> Result<Resp
 }
 
 /// `GET /rest/admin/plugins`: every file seen and the leak accounting.
-pub fn admin_plugins(state: &AppState) -> Value {
+pub(crate) fn admin_plugins(state: &AppState) -> Value {
     json!({
         "plugins": state.plugins.status(),
         "images": images(state),

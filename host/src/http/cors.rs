@@ -4,7 +4,7 @@
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use warp::reply::Response;
 
-pub use crate::config::cors::{Cors, Origins};
+pub(crate) use crate::config::cors::{Cors, Origins};
 
 /// The methods a preflight may be answered for when the route's own are not known (or not the
 /// asker's to know).
@@ -30,7 +30,12 @@ impl Cors {
     /// then only the requested method, if it is a standard one), and
     /// `Access-Control-Allow-Headers` the requested headers that `CORS_ALLOW_HEADERS` allows. A
     /// method or header not named there makes the browser refuse the call.
-    pub fn preflight(&self, method: &Method, headers: &HeaderMap, route_methods: impl FnOnce() -> Option<String>) -> Option<Response> {
+    pub(crate) fn preflight(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+        route_methods: impl FnOnce() -> Option<String>,
+    ) -> Option<Response> {
         if method != Method::OPTIONS {
             return None;
         }
@@ -92,7 +97,7 @@ impl Cors {
     }
 
     /// Adds the CORS headers to an actual response for an allowed `Origin`.
-    pub fn decorate(&self, request_origin: Option<&HeaderValue>, response: &mut Response) {
+    pub(crate) fn decorate(&self, request_origin: Option<&HeaderValue>, response: &mut Response) {
         let out = response.headers_mut();
         if matches!(self.origins, Origins::List(_)) {
             out.append(header::VARY, HeaderValue::from_static("Origin"));

@@ -13,7 +13,7 @@ use crate::{
 };
 
 /// Every module with a function the caller may call, with the URL parameter names in force.
-pub fn all(
+pub(crate) fn all(
     registry: &Registry,
     url_params: &[String],
     visible: &dyn Fn(&LoadedModule, &FunctionSpec) -> bool,
@@ -31,7 +31,7 @@ pub fn all(
 }
 
 /// One module, with the functions the caller may call.
-pub fn module(
+pub(crate) fn module(
     module: &LoadedModule,
     registry: &Registry,
     visible: &dyn Fn(&LoadedModule, &FunctionSpec) -> bool,

@@ -16,7 +16,7 @@ use crate::{dispatch::CallError, kwargs::KwargsError, publish::PublishError};
 
 /// An error answered to the client.
 #[derive(Debug)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     pub status: StatusCode,
     pub code: Cow<'static, str>,
     pub description: String,
@@ -29,7 +29,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: impl Into<Cow<'static, str>>, description: impl Into<String>) -> ApiError {
+    pub(crate) fn new(status: StatusCode, code: impl Into<Cow<'static, str>>, description: impl Into<String>) -> ApiError {
         ApiError {
             status,
             code: code.into(),
@@ -40,16 +40,16 @@ impl ApiError {
         }
     }
 
-    pub fn bad_request(code: &'static str, description: impl Into<String>) -> ApiError {
+    pub(crate) fn bad_request(code: &'static str, description: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, code, description)
     }
 
-    pub fn not_found(code: &'static str, description: impl Into<String>) -> ApiError {
+    pub(crate) fn not_found(code: &'static str, description: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, code, description)
     }
 
     /// 405 naming the methods that are allowed.
-    pub fn method_not_allowed(method: &http::Method, what: &str, allow: String) -> ApiError {
+    pub(crate) fn method_not_allowed(method: &http::Method, what: &str, allow: String) -> ApiError {
         let mut err = ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "METHOD_NOT_ALLOWED",
@@ -60,13 +60,13 @@ impl ApiError {
     }
 
     /// Adds a cause for the log only.
-    pub fn with_internal(mut self, internal: impl Into<String>) -> ApiError {
+    pub(crate) fn with_internal(mut self, internal: impl Into<String>) -> ApiError {
         self.internal = Some(internal.into());
         self
     }
 
     /// Renders the JSON body, and logs the error under a fresh error id.
-    pub fn into_response(self) -> Response {
+    pub(crate) fn into_response(self) -> Response {
         let error_id = uuid::Uuid::new_v4().to_string();
         let internal = self.internal.as_deref().unwrap_or("");
         let id = crate::access::current_request_id();
@@ -105,7 +105,7 @@ impl ApiError {
 }
 
 /// A JSON response with the given status.
-pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
+pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
     let mut response = Response::new(body.to_string().into());
     *response.status_mut() = status;
     response
@@ -186,7 +186,7 @@ impl From<plughost_runtime::params::ParamError> for ApiError {
 
 impl ApiError {
     /// A call of `function` of `module` that produced no reply.
-    pub fn of_call(err: CallError, function: &str, module: &str) -> ApiError {
+    pub(crate) fn of_call(err: CallError, function: &str, module: &str) -> ApiError {
         match err {
             CallError::Plugin { kind, code, message } => plugin_error(kind, code, message),
             CallError::Panicked(message) => ApiError::new(

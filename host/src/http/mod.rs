@@ -4,15 +4,15 @@
 
 mod admin;
 mod auth;
-pub mod builtins;
-pub mod cors;
+pub(crate) mod builtins;
+pub(crate) mod cors;
 mod dir;
-pub mod error;
-pub mod names;
+pub(crate) mod error;
+pub(crate) mod names;
 mod openapi;
 pub(crate) mod path;
 mod publish;
-pub mod services;
+pub(crate) mod services;
 
 use std::sync::Arc;
 
@@ -126,7 +126,7 @@ impl Route<'_> {
 /// What the router learned about a request, for the access log and the metrics; carried in the
 /// response's extensions and taken out before the response is sent.
 #[derive(Clone)]
-pub struct RouteInfo {
+pub(crate) struct RouteInfo {
     /// The route template (a bounded label, never the raw path).
     pub route: &'static str,
     /// The function called, once the path resolved to one.

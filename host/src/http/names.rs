@@ -3,6 +3,6 @@
 
 use http::HeaderName;
 
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-pub static X_PLUGHOST_UUID: HeaderName = HeaderName::from_static("x-plughost-uuid");
-pub static X_PLUGHOST_TOTP: HeaderName = HeaderName::from_static("x-plughost-totp");
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) static X_PLUGHOST_UUID: HeaderName = HeaderName::from_static("x-plughost-uuid");
+pub(crate) static X_PLUGHOST_TOTP: HeaderName = HeaderName::from_static("x-plughost-totp");

@@ -11,7 +11,7 @@ use crate::registry::Registry;
 use plughost_tenancy::auth::Caller;
 
 /// What the document depends on besides the registry.
-pub struct Context<'a> {
+pub(crate) struct Context<'a> {
     pub caller: Option<&'a Caller>,
     pub url_params: &'a [String],
     pub metrics: bool,
@@ -19,7 +19,7 @@ pub struct Context<'a> {
 }
 
 /// The whole document for `context.caller`.
-pub fn document(registry: &Registry, context: &Context<'_>) -> Value {
+pub(crate) fn document(registry: &Registry, context: &Context<'_>) -> Value {
     let mut paths = Map::new();
     builtins(&mut paths, context);
     for module in registry.modules().iter().filter(|m| may_use(m, context.caller)) {

@@ -7,10 +7,10 @@ use percent_encoding::percent_decode_str;
 use super::error::ApiError;
 
 /// Longest decoded segment accepted.
-pub const MAX_SEGMENT_BYTES: usize = 2048;
+pub(crate) const MAX_SEGMENT_BYTES: usize = 2048;
 
 /// Splits and percent-decodes `tail` (the trailing slash is optional).
-pub fn segments(tail: &str) -> Result<Vec<String>, ApiError> {
+pub(crate) fn segments(tail: &str) -> Result<Vec<String>, ApiError> {
     let trimmed = tail.strip_suffix('/').unwrap_or(tail);
     if trimmed.is_empty() {
         return Ok(Vec::new());

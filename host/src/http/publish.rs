@@ -20,7 +20,7 @@ use crate::{publish, AppState};
 use plughost_tenancy::auth::Caller;
 
 /// The namespace and name an admin publishing route names, if `segments` is one.
-pub fn admin_target<'a>(method: &Method, segments: &'a [String]) -> Option<(Option<&'a str>, &'a str)> {
+pub(crate) fn admin_target<'a>(method: &Method, segments: &'a [String]) -> Option<(Option<&'a str>, &'a str)> {
     if method != Method::PUT && method != Method::DELETE {
         return None;
     }
@@ -32,7 +32,7 @@ pub fn admin_target<'a>(method: &Method, segments: &'a [String]) -> Option<(Opti
 }
 
 /// `PUT` or `DELETE` of a plugin by the admin, in `tenant`'s namespace or the admin's.
-pub async fn admin<S, B, E>(
+pub(crate) async fn admin<S, B, E>(
     state: &AppState,
     tenant: Option<&str>,
     name: &str,
@@ -61,7 +61,13 @@ where
 }
 
 /// `/rest/tenant/…`: a tenant's own published plugins.
-pub async fn tenant<S, B, E>(state: &AppState, tail: &str, method: &Method, headers: &HeaderMap, body: S) -> Result<Response, ApiError>
+pub(crate) async fn tenant<S, B, E>(
+    state: &AppState,
+    tail: &str,
+    method: &Method,
+    headers: &HeaderMap,
+    body: S,
+) -> Result<Response, ApiError>
 where
     S: Stream<Item = Result<B, E>>,
     B: Buf,
@@ -108,7 +114,7 @@ where
 }
 
 /// The request header that carries a plugin's detached signature (the `.sig` file's text).
-pub const SIGNATURE_HEADER: &str = "plugin-signature";
+pub(crate) const SIGNATURE_HEADER: &str = "plugin-signature";
 
 async fn change<S, B, E>(
     state: &AppState,

@@ -6,7 +6,7 @@
 //! Requests in flight hold their module and finish on the version they started with.
 
 mod tenants;
-pub use tenants::{refresh_tenants, tenant_infos, tenant_of_file, tenant_of_folder, TENANTS};
+pub(crate) use tenants::{refresh_tenants, tenant_infos, tenant_of_file, tenant_of_folder, TENANTS};
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -26,7 +26,7 @@ use crate::{
 /// The state of one plugin file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum FileState {
+pub(crate) enum FileState {
     Loaded,
     Failed,
     Removed,
@@ -37,7 +37,7 @@ pub enum FileState {
 
 /// What an operator needs to know about one file in the plugins folder.
 #[derive(Debug, Clone, Serialize)]
-pub struct PluginStatus {
+pub(crate) struct PluginStatus {
     pub file: String,
     /// `loaded` while a version of the file is served, even if a newer one failed.
     pub state: FileState,
@@ -70,7 +70,7 @@ pub struct PluginStatus {
 /// Library images mapped into this process. abi_stable never unmaps one, so images no longer
 /// served are leaked until the process is recycled.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct ImageStats {
+pub(crate) struct ImageStats {
     pub mapped: usize,
     pub mapped_bytes: u64,
     pub leaked: usize,
@@ -79,7 +79,7 @@ pub struct ImageStats {
 
 /// What one round of changes did.
 #[derive(Debug, Default)]
-pub struct Applied {
+pub(crate) struct Applied {
     /// Files whose new version is now served, with the module name.
     pub swapped: Vec<(PathBuf, String)>,
     pub removed: Vec<PathBuf>,
@@ -98,7 +98,7 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 
 /// The routing table (read lock-free on every request) and the bookkeeping behind it (changed by
 /// one loader at a time).
-pub struct Plugins {
+pub(crate) struct Plugins {
     registry: ArcSwap<Registry>,
     /// Changed by one loader at a time, which holds this lock while plugins load (a constructor
     /// may be slow).
@@ -118,7 +118,7 @@ pub struct Plugins {
 }
 
 impl Plugins {
-    pub fn new(data_dir: &Path) -> Plugins {
+    pub(crate) fn new(data_dir: &Path) -> Plugins {
         Plugins {
             registry: ArcSwap::from_pointee(Registry::default()),
             inner: Mutex::new(Inner::default()),
@@ -132,13 +132,13 @@ impl Plugins {
     }
 
     /// Loads only files signed by one of `keys` (see [`crate::signing`]).
-    pub fn with_trusted_keys(mut self, keys: Option<Arc<crate::signing::TrustedKeys>>) -> Plugins {
+    pub(crate) fn with_trusted_keys(mut self, keys: Option<Arc<crate::signing::TrustedKeys>>) -> Plugins {
         self.trusted_keys = keys;
         self
     }
 
     /// Runs tenants' modules (and, with `admin_isolation`, the admin's) in `sandbox`.
-    pub fn with_sandbox(mut self, sandbox: Arc<plughost_sandbox::Sandbox>, admin_isolation: bool) -> Plugins {
+    pub(crate) fn with_sandbox(mut self, sandbox: Arc<plughost_sandbox::Sandbox>, admin_isolation: bool) -> Plugins {
         self.sandbox = Some(sandbox);
         self.admin_isolation = admin_isolation;
         self
@@ -152,12 +152,12 @@ impl Plugins {
     }
 
     /// The sandbox, if tenants' modules can run.
-    pub fn sandbox(&self) -> Option<&Arc<plughost_sandbox::Sandbox>> {
+    pub(crate) fn sandbox(&self) -> Option<&Arc<plughost_sandbox::Sandbox>> {
         self.sandbox.as_ref()
     }
 
     /// The routing table in force.
-    pub fn registry(&self) -> arc_swap::Guard<Arc<Registry>> {
+    pub(crate) fn registry(&self) -> arc_swap::Guard<Arc<Registry>> {
         self.registry.load()
     }
 
@@ -166,7 +166,7 @@ impl Plugins {
     }
 
     /// Every file seen, with its state (as last published: never waits for a loader).
-    pub fn status(&self) -> Vec<PluginStatus> {
+    pub(crate) fn status(&self) -> Vec<PluginStatus> {
         let registry = self.registry.load();
         let inner = self.published.load();
         inner
@@ -187,12 +187,12 @@ impl Plugins {
     }
 
     /// How many rounds of changes were applied since start-up.
-    pub fn rounds(&self) -> u64 {
+    pub(crate) fn rounds(&self) -> u64 {
         self.rounds.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Images mapped, and how many of them are no longer served.
-    pub fn images(&self) -> ImageStats {
+    pub(crate) fn images(&self) -> ImageStats {
         let inner = self.published.load();
         let registry = self.registry.load();
         let routed: Vec<&str> = registry.modules().iter().map(|m| m.sha256.as_str()).collect();
@@ -211,7 +211,7 @@ impl Plugins {
     /// The plugin files directly in `dir`, oldest first (by modification time, then name), so
     /// that when two modules claim one name, the one that was there first keeps it across restarts;
     /// then those in tenants' folders `dir/tenants/<uuid>/`, likewise (the admin's names win).
-    pub fn list_folder(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    pub(crate) fn list_folder(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         let mut files = sorted_plugins(dir)?;
         if let Ok(entries) = std::fs::read_dir(dir.join(TENANTS)) {
             let mut tenant_files = Vec::new();
@@ -227,7 +227,7 @@ impl Plugins {
     }
 
     /// Loads every plugin file in `dir` at start-up. Bad files are skipped with one log line each.
-    pub fn load_folder(&self, dir: &Path) -> std::io::Result<()> {
+    pub(crate) fn load_folder(&self, dir: &Path) -> std::io::Result<()> {
         let started = Instant::now();
         let files = Self::list_folder(dir)?;
         let applied = self.apply(&files);
@@ -244,7 +244,7 @@ impl Plugins {
     /// Brings the routing table in line with `dir`: loads files that are new or whose modification
     /// time or size changed, unroutes deleted ones. For rescans after missed events or a
     /// recreated folder; cheap when nothing changed (one `stat` per file).
-    pub fn reconcile(&self, dir: &Path) -> Applied {
+    pub(crate) fn reconcile(&self, dir: &Path) -> Applied {
         let on_disk = Self::list_folder(dir).unwrap_or_default();
         let changed: Vec<PathBuf> = {
             let inner = self.lock();
@@ -280,7 +280,7 @@ impl Plugins {
     /// Applies the current content of `files`: a file that exists is loaded if its content
     /// changed; a file that is gone is unrouted. Modules refused for a name collision are tried
     /// again when a removal may have freed their name.
-    pub fn apply(&self, files: &[PathBuf]) -> Applied {
+    pub(crate) fn apply(&self, files: &[PathBuf]) -> Applied {
         self.rounds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut inner = self.lock();
         let mut modules: Vec<Arc<LoadedModule>> = self.registry.load().modules().to_vec();
@@ -505,7 +505,7 @@ fn shadow_dir(data_dir: &Path) -> PathBuf {
 
 /// Whether a plugin file name is one the server loads: `*.so`, not hidden (editors' and
 /// deploy tools' temporary files start with a dot).
-pub fn is_plugin_path(path: &Path) -> bool {
+pub(crate) fn is_plugin_path(path: &Path) -> bool {
     let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
     name.ends_with(".so") && !name.starts_with('.')
 }

@@ -4,10 +4,10 @@
 use std::path::Path;
 
 /// The sub-folder of the plugins folder that holds tenants' folders.
-pub const TENANTS: &str = "tenants";
+pub(crate) const TENANTS: &str = "tenants";
 
 /// The tenant a folder `…/tenants/<uuid>` belongs to.
-pub fn tenant_of_folder(folder: &Path) -> Option<String> {
+pub(crate) fn tenant_of_folder(folder: &Path) -> Option<String> {
     let parent = folder.parent()?;
     if parent.file_name()? != TENANTS {
         return None;
@@ -17,12 +17,14 @@ pub fn tenant_of_folder(folder: &Path) -> Option<String> {
 }
 
 /// The tenant a plugin file belongs to, when it sits in a tenant's folder.
-pub fn tenant_of_file(file: &Path) -> Option<String> {
+pub(crate) fn tenant_of_file(file: &Path) -> Option<String> {
     tenant_of_folder(file.parent()?)
 }
 
 /// The tenants as the sandbox needs them, from their store records.
-pub fn tenant_infos(records: Vec<plughost_tenancy::PrincipalRecord>) -> std::collections::HashMap<String, plughost_sandbox::TenantInfo> {
+pub(crate) fn tenant_infos(
+    records: Vec<plughost_tenancy::PrincipalRecord>,
+) -> std::collections::HashMap<String, plughost_sandbox::TenantInfo> {
     records
         .into_iter()
         .map(|r| {
@@ -36,7 +38,7 @@ pub fn tenant_infos(records: Vec<plughost_tenancy::PrincipalRecord>) -> std::col
 }
 
 /// Refreshes the sandbox's view of tenants from the store.
-pub async fn refresh_tenants(sandbox: &plughost_sandbox::Sandbox, tenancy: &plughost_tenancy::tenants::Tenancy, first: bool) {
+pub(crate) async fn refresh_tenants(sandbox: &plughost_sandbox::Sandbox, tenancy: &plughost_tenancy::tenants::Tenancy, first: bool) {
     match tenancy.store.list("tenant").await {
         Ok(records) => sandbox.set_tenants(tenant_infos(records)),
         Err(err) if first => tracing::warn!("cannot list tenants ({err}); their modules load once the store answers"),
