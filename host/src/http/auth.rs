@@ -75,7 +75,12 @@ pub(crate) fn may_call(visibility: Visibility, caller: Option<&Caller>) -> bool 
 /// Whether `caller` may use `module` at all: a tenant's module belongs to that tenant and to the
 /// admin; the admin's modules are everyone's (each function's visibility still applies).
 pub(crate) fn may_use(module: &crate::loader::LoadedModule, caller: Option<&Caller>) -> bool {
-    match (&module.owner, caller) {
+    owner_admits(module.owner.as_deref(), caller)
+}
+
+/// Whether a module of `owner` (a tenant's UUID; `None`: the admin's) admits `caller`.
+fn owner_admits(owner: Option<&str>, caller: Option<&Caller>) -> bool {
+    match (owner, caller) {
         (None, _) => true,
         (Some(_), Some(Caller::Admin { .. })) => true,
         (Some(owner), Some(Caller::Tenant { uuid })) => uuid == owner,
@@ -163,4 +168,113 @@ pub(crate) async fn token(state: &AppState, body: &[u8]) -> Result<Response, Api
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(name, value)| (http::HeaderName::from_static(name), HeaderValue::from_static(value)))
+            .collect()
+    }
+
+    fn admin() -> Caller {
+        Caller::Admin { uuid: "a-1".to_owned() }
+    }
+
+    fn tenant(uuid: &str) -> Caller {
+        Caller::Tenant { uuid: uuid.to_owned() }
+    }
+
+    #[test]
+    fn credentials_are_read_from_one_scheme_or_refused() {
+        assert_eq!(credentials(&headers(&[])).unwrap(), Credentials::None);
+        assert_eq!(credentials(&headers(&[("authorization", "Bearer abc")])).unwrap(), Credentials::Bearer("abc"));
+        assert_eq!(credentials(&headers(&[("authorization", "bearer  abc ")])).unwrap(), Credentials::Bearer("abc"));
+        assert_eq!(
+            credentials(&headers(&[("x-plughost-uuid", " u-1 "), ("x-plughost-totp", "123456")])).unwrap(),
+            Credentials::Code { uuid: "u-1", code: "123456" }
+        );
+        // The Authorization header wins over the code headers.
+        assert_eq!(
+            credentials(&headers(&[("authorization", "Bearer t"), ("x-plughost-uuid", "u")])).unwrap(),
+            Credentials::Bearer("t")
+        );
+        for (refused, expected) in [
+            (headers(&[("authorization", "")]), "AUTHORIZATION_HEADER_MISSING"),
+            (headers(&[("authorization", "Bearer")]), "TOKEN_INVALID"),
+            (headers(&[("authorization", "Basic dTpw")]), "TOKEN_INVALID"),
+            (headers(&[("authorization", "Bearer a b")]), "TOKEN_INVALID"),
+            (headers(&[("x-plughost-uuid", "u-1")]), "AUTHORIZATION_HEADER_MISSING"),
+            (headers(&[("x-plughost-totp", "123456")]), "AUTHORIZATION_HEADER_MISSING"),
+        ] {
+            let err = ApiError::from(credentials(&refused).unwrap_err());
+            assert_eq!(err.status, StatusCode::UNAUTHORIZED);
+            assert_eq!(err.code, expected, "{refused:?}");
+        }
+    }
+
+    #[test]
+    fn visibility_decides_who_may_call() {
+        let (admin, tenant) = (admin(), tenant("t-1"));
+        for caller in [None, Some(&tenant), Some(&admin)] {
+            assert!(may_call(Visibility::Public, caller));
+        }
+        assert!(!may_call(Visibility::Tenant, None));
+        assert!(may_call(Visibility::Tenant, Some(&tenant)));
+        assert!(may_call(Visibility::Tenant, Some(&admin)));
+        assert!(!may_call(Visibility::Admin, None));
+        assert!(!may_call(Visibility::Admin, Some(&tenant)));
+        assert!(may_call(Visibility::Admin, Some(&admin)));
+    }
+
+    #[test]
+    fn a_tenants_module_admits_its_tenant_and_the_admin_only() {
+        let (admin, owner, other) = (admin(), tenant("t-1"), tenant("t-2"));
+        for caller in [None, Some(&owner), Some(&other), Some(&admin)] {
+            assert!(owner_admits(None, caller), "the admin's modules are everyone's");
+        }
+        assert!(owner_admits(Some("t-1"), Some(&owner)));
+        assert!(owner_admits(Some("t-1"), Some(&admin)));
+        assert!(!owner_admits(Some("t-1"), Some(&other)));
+        assert!(!owner_admits(Some("t-1"), None));
+    }
+
+    #[test]
+    fn refusals_are_401_without_credentials_and_403_with_the_wrong_ones() {
+        assert!(require(Visibility::Public, None, "f").is_ok());
+        let missing = require(Visibility::Tenant, None, "function 'f'").unwrap_err();
+        assert_eq!((missing.status, missing.code.as_ref()), (StatusCode::UNAUTHORIZED, "AUTHORIZATION_HEADER_MISSING"));
+        assert!(missing.description.starts_with("function 'f' needs credentials"));
+        let forbidden = require(Visibility::Admin, Some(&tenant("t-1")), "/metrics").unwrap_err();
+        assert_eq!((forbidden.status, forbidden.code.as_ref()), (StatusCode::FORBIDDEN, "FORBIDDEN"));
+        assert!(require(Visibility::Admin, Some(&admin()), "/metrics").is_ok());
+    }
+
+    #[test]
+    fn plugins_never_see_credentials_and_tenants_never_see_the_admin() {
+        let sent = headers(&[
+            ("authorization", "Bearer secret"),
+            ("x-plughost-totp", "123456"),
+            ("x-plughost-caller-kind", "admin"),
+            ("cookie", "session=1"),
+            ("accept", "application/json"),
+        ]);
+        let names = |out: &[(String, String)]| out.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>();
+        let trusted = plugin_headers(&sent, Some(&admin()), false);
+        assert_eq!(
+            names(&trusted),
+            ["cookie=session=1", "accept=application/json", "x-plughost-caller-kind=admin", "x-plughost-caller-uuid=a-1"]
+        );
+        let untrusted = plugin_headers(&sent, Some(&admin()), true);
+        assert_eq!(
+            names(&untrusted),
+            ["accept=application/json", "x-plughost-caller-kind=admin", "x-plughost-caller-uuid="]
+        );
+        let anonymous = plugin_headers(&sent, None, true);
+        assert_eq!(names(&anonymous), ["accept=application/json"]);
+    }
 }
