@@ -1,14 +1,15 @@
 //! plughost serves the functions of compiled plugins as REST endpoints.
 //!
-//! A request flows top-down: [`server`] accepts it, gives it a request id and hands it to the
-//! routes in [`http`]; `/rest/services/…` paths are resolved against the routing table of
-//! [`registry`] (built by [`plugins`] from files the [`loader`] loaded and [`manifest`] validated,
-//! swapped atomically, read without locks); [`kwargs`] and [`params`] turn the body, query and URL
-//! into the call's typed kwargs; [`dispatch`] runs the plugin on the blocking pool under a
-//! deadline; errors of every layer become one JSON shape in `http::error`. [`config`] turns `.env`
-//! into a validated [`config::Config`] first. [`reload`] watches the plugins folder and swaps
-//! changed files in; [`supervisor`] keeps a worker process serving and replaces it with a fresh
-//! one, without downtime, when old plugin images have leaked too much memory.
+//! A request flows top-down: [`server`] accepts it and wraps it (request id, header limit, CORS,
+//! access log, metrics); `http::route` names its route and `http::serve` answers it. A
+//! `/rest/services/…` path is resolved against the `registry` (built by `plugins` from files the
+//! [`loader`] loaded, swapped atomically, read without locks); `kwargs` and
+//! `plughost_runtime::params` turn the body, query and URL into typed kwargs; `dispatch` calls
+//! the plugin in this process or through its sandbox pool under a deadline; every layer's typed
+//! error becomes one JSON shape in `http::error`. [`config`] turns `.env` into a validated
+//! [`config::Config`] first and hands each part its own section. `reload` watches the plugins
+//! folder; [`supervisor`] keeps a worker process serving and replaces it, without downtime, when
+//! old plugin images have leaked too much memory.
 
 pub(crate) mod access;
 pub mod cli;

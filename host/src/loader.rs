@@ -39,6 +39,9 @@ pub enum Backend {
     InProcess(PluginModRef),
     /// In confined worker processes; this process never maps it.
     Sandbox(std::sync::Arc<plughost_sandbox::Pool>),
+    /// No code at all: the modules of the routing unit tests, which are never called.
+    #[cfg(test)]
+    Detached,
 }
 
 impl std::fmt::Debug for LoadedModule {
@@ -58,6 +61,12 @@ impl LoadedModule {
     pub fn call(&self, target: Target<'_>, input: &CallInput) -> RResult<CallResponse, CallError> {
         match &self.backend {
             Backend::InProcess(root) => invoke(*root, target, input),
+            #[cfg(test)]
+            Backend::Detached => RResult::RErr(CallError {
+                kind: plugin_api::ErrorKind::Internal,
+                code: "DETACHED".into(),
+                message: "a module of the unit tests has no code".into(),
+            }),
             Backend::Sandbox(_) => RResult::RErr(CallError {
                 kind: plugin_api::ErrorKind::Internal,
                 code: "SANDBOXED".into(),
@@ -71,6 +80,8 @@ impl LoadedModule {
         match &self.backend {
             Backend::Sandbox(pool) => Some(pool),
             Backend::InProcess(_) => None,
+            #[cfg(test)]
+            Backend::Detached => None,
         }
     }
 

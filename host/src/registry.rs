@@ -266,3 +266,146 @@ pub(crate) fn conflict(routed: &[Arc<LoadedModule>], module: &LoadedModule) -> O
         None
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loader::Backend;
+    use plughost_runtime::manifest::{MethodSet, ModuleSpec};
+
+    fn function(name: &str, api: Option<&str>) -> FunctionSpec {
+        FunctionSpec {
+            index: 0,
+            name: name.to_owned(),
+            api: api.map(str::to_owned),
+            methods: MethodSet::parse(["GET"]).unwrap(),
+            doc: String::new(),
+            params: Vec::new(),
+            visibility: plugin_api::Visibility::Public,
+        }
+    }
+
+    /// A module of `file` named `name` (with `alias`), exporting `functions`, owned by `owner`.
+    fn module(file: &str, name: &str, alias: Option<&str>, functions: &[&str], owner: Option<&str>) -> Arc<LoadedModule> {
+        let spec = ModuleSpec {
+            name: name.to_owned(),
+            alias: alias.map(str::to_owned),
+            version: "1".to_owned(),
+            description: String::new(),
+            functions: functions.iter().map(|f| function(f, None)).collect(),
+        };
+        Arc::new(LoadedModule::new(
+            spec,
+            file.into(),
+            String::new(),
+            0,
+            owner.map(str::to_owned),
+            Backend::Detached,
+        ))
+    }
+
+    fn segments(path: &str) -> Vec<String> {
+        path.split('/').filter(|s| !s.is_empty()).map(str::to_owned).collect()
+    }
+
+    /// What a path resolves to, in words: `call m.f [rest]`, `dir m`, `ambiguous …`, ….
+    fn resolved(registry: &Registry, path: &str, viewer: &dyn Viewer) -> String {
+        let segments = segments(path);
+        match registry.resolve(&segments, viewer) {
+            Resolution::Call { endpoint, rest } => {
+                format!("call {}.{} {rest:?}", endpoint.module.spec.name, endpoint.function().name)
+            }
+            Resolution::Dir(None) => "dir".to_owned(),
+            Resolution::Dir(Some(m)) => format!("dir {}", m.spec.name),
+            Resolution::Ambiguous { name, paths } => format!("ambiguous {name} {paths:?}"),
+            Resolution::NoSuchFunction { module, function } => format!("no function {function:?} in {}", module.spec.name),
+            Resolution::NotFound { name } => format!("not found {name}"),
+        }
+    }
+
+    fn registry(modules: Vec<Arc<LoadedModule>>) -> Registry {
+        let (registry, refused) = Registry::build(modules);
+        assert!(refused.is_empty(), "{refused:?}");
+        registry
+    }
+
+    #[test]
+    fn functions_resolve_through_their_module_or_alone_when_unique() {
+        let r = registry(vec![
+            module("a.so", "module1", Some("v1"), &["echo", "hello"], None),
+            module("b.so", "module2", None, &["echo", "sum"], None),
+        ]);
+        let all = &Everything;
+        assert_eq!(resolved(&r, "v1/echo/a/b", all), r#"call module1.echo ["a", "b"]"#);
+        assert_eq!(resolved(&r, "module1/echo", all), "call module1.echo []");
+        assert_eq!(resolved(&r, "module2/echo/x", all), r#"call module2.echo ["x"]"#);
+        assert_eq!(resolved(&r, "sum/1/2", all), r#"call module2.sum ["1", "2"]"#);
+        assert_eq!(resolved(&r, "hello", all), "call module1.hello []");
+        assert_eq!(
+            resolved(&r, "echo", all),
+            r#"ambiguous echo ["/rest/services/v1/echo/", "/rest/services/module2/echo/"]"#
+        );
+        assert_eq!(resolved(&r, "v1/nope", all), r#"no function Some("nope") in module1"#);
+        assert_eq!(resolved(&r, "module2", all), "no function None in module2");
+        assert_eq!(resolved(&r, "nothing/echo", all), "not found nothing");
+        assert_eq!(resolved(&r, "", all), "dir");
+        assert_eq!(resolved(&r, "__dir__", all), "dir");
+        assert_eq!(resolved(&r, "v1/__dir__", all), "dir module1");
+    }
+
+    #[test]
+    fn a_caller_resolves_among_the_modules_it_sees_only() {
+        let r = registry(vec![
+            module("t.so", "vault", None, &["secret", "echo"], Some("t-1")),
+            module("a.so", "module1", None, &["echo"], None),
+        ]);
+        let admin_only = |m: &LoadedModule| m.owner.is_none();
+        assert_eq!(r.modules()[0].spec.name, "module1", "the admin's modules come first");
+        assert_eq!(resolved(&r, "vault/secret", &admin_only), "not found vault");
+        assert_eq!(resolved(&r, "secret", &admin_only), "not found secret");
+        // A tenant's module the caller cannot see makes nothing ambiguous for it.
+        assert_eq!(resolved(&r, "echo", &admin_only), "call module1.echo []");
+        assert_eq!(resolved(&r, "vault/secret", &Everything), "call vault.secret []");
+        assert!(resolved(&r, "echo", &Everything).starts_with("ambiguous echo"));
+        let segments = segments("vault/secret");
+        assert!(
+            !r.resolve(&segments, &Everything).same_for_every_caller(),
+            "a tenant's module depends on the caller"
+        );
+        let segments = self::segments("module1/echo");
+        assert!(r.resolve(&segments, &Everything).same_for_every_caller());
+        assert!(r.is_unique("secret", &Everything) && !r.is_unique("echo", &Everything) && r.is_unique("echo", &admin_only));
+    }
+
+    #[test]
+    fn the_naming_rule_refuses_what_would_make_a_url_mean_two_things() {
+        let (r, refused) = Registry::build(vec![
+            module("a.so", "module1", Some("v1"), &["echo"], None),
+            module("b.so", "v1", None, &["other"], None),
+            module("c.so", "echo", None, &["x"], None),
+            module("d.so", "module4", None, &["module1"], None),
+        ]);
+        let names: Vec<&str> = r.modules().iter().map(|m| m.spec.name.as_str()).collect();
+        assert_eq!(names, ["module1", "module4"]);
+        let reasons: Vec<&str> = refused.iter().map(|(_, why)| why.as_str()).collect();
+        assert!(reasons[0].contains("the name or alias 'v1' is taken"), "{reasons:?}");
+        assert!(reasons[1].contains("'echo' is the name of one of its functions"), "{reasons:?}");
+        // A function named like a module is reachable only through its own module.
+        assert_eq!(resolved(&r, "module1", &Everything), "no function None in module1");
+        assert_eq!(resolved(&r, "module4/module1", &Everything), "call module4.module1 []");
+        // A new version of the same file is no conflict: it replaces the old one.
+        let alone = registry(vec![module("a.so", "module1", Some("v1"), &["echo"], None)]);
+        let again = module("a.so", "module1", Some("v1"), &["echo", "more"], None);
+        assert!(conflict(alone.modules(), &again).is_none());
+    }
+
+    #[test]
+    fn the_admins_module_takes_a_name_a_tenants_function_has() {
+        let r = registry(vec![
+            module("t.so", "tools", None, &["report"], Some("t-1")),
+            module("a.so", "report", None, &["daily"], None),
+        ]);
+        assert_eq!(resolved(&r, "report/daily", &Everything), "call report.daily []");
+        assert_eq!(resolved(&r, "tools/report", &Everything), "call tools.report []");
+    }
+}

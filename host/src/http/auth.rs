@@ -192,11 +192,20 @@ mod tests {
     #[test]
     fn credentials_are_read_from_one_scheme_or_refused() {
         assert_eq!(credentials(&headers(&[])).unwrap(), Credentials::None);
-        assert_eq!(credentials(&headers(&[("authorization", "Bearer abc")])).unwrap(), Credentials::Bearer("abc"));
-        assert_eq!(credentials(&headers(&[("authorization", "bearer  abc ")])).unwrap(), Credentials::Bearer("abc"));
+        assert_eq!(
+            credentials(&headers(&[("authorization", "Bearer abc")])).unwrap(),
+            Credentials::Bearer("abc")
+        );
+        assert_eq!(
+            credentials(&headers(&[("authorization", "bearer  abc ")])).unwrap(),
+            Credentials::Bearer("abc")
+        );
         assert_eq!(
             credentials(&headers(&[("x-plughost-uuid", " u-1 "), ("x-plughost-totp", "123456")])).unwrap(),
-            Credentials::Code { uuid: "u-1", code: "123456" }
+            Credentials::Code {
+                uuid: "u-1",
+                code: "123456"
+            }
         );
         // The Authorization header wins over the code headers.
         assert_eq!(
@@ -247,7 +256,10 @@ mod tests {
     fn refusals_are_401_without_credentials_and_403_with_the_wrong_ones() {
         assert!(require(Visibility::Public, None, "f").is_ok());
         let missing = require(Visibility::Tenant, None, "function 'f'").unwrap_err();
-        assert_eq!((missing.status, missing.code.as_ref()), (StatusCode::UNAUTHORIZED, "AUTHORIZATION_HEADER_MISSING"));
+        assert_eq!(
+            (missing.status, missing.code.as_ref()),
+            (StatusCode::UNAUTHORIZED, "AUTHORIZATION_HEADER_MISSING")
+        );
         assert!(missing.description.starts_with("function 'f' needs credentials"));
         let forbidden = require(Visibility::Admin, Some(&tenant("t-1")), "/metrics").unwrap_err();
         assert_eq!((forbidden.status, forbidden.code.as_ref()), (StatusCode::FORBIDDEN, "FORBIDDEN"));
@@ -267,7 +279,12 @@ mod tests {
         let trusted = plugin_headers(&sent, Some(&admin()), false);
         assert_eq!(
             names(&trusted),
-            ["cookie=session=1", "accept=application/json", "x-plughost-caller-kind=admin", "x-plughost-caller-uuid=a-1"]
+            [
+                "cookie=session=1",
+                "accept=application/json",
+                "x-plughost-caller-kind=admin",
+                "x-plughost-caller-uuid=a-1"
+            ]
         );
         let untrusted = plugin_headers(&sent, Some(&admin()), true);
         assert_eq!(
