@@ -203,7 +203,9 @@ impl Authenticator {
             .principal(caller.uuid(), true)
             .await?
             .ok_or_else(|| AuthError::TotpInvalid(INVALID_CODE.to_owned()))?;
-        let expires = totp::now() + self.token_ttl.as_secs();
+        // The clock reads whole seconds: one more second makes every token live at least its
+        // TTL (at most one second longer), even when issued at the end of a second.
+        let expires = totp::now() + self.token_ttl.as_secs() + 1;
         let payload = format!("{}.{}.{}", record.uuid, record.generation, expires);
         let tag = self.tenancy.key.sign(payload.as_bytes());
         let token = format!(
