@@ -108,38 +108,10 @@ impl Worker {
         let started = Instant::now();
         let id = launcher.sequence.fetch_add(1, Ordering::Relaxed);
         let dir = launcher.run_dir.join(format!("w{id}"));
-        fs::create_dir_all(&dir).map_err(|e| format!("cannot create its working folder {}: {e}", dir.display()))?;
-        let mut command = Command::new(&launcher.program);
-        command
-            .arg("worker")
-            .env_clear()
-            .current_dir(&dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = launcher.spawner.spawn(command).map_err(|e| {
-            let _ = fs::remove_dir(&dir);
-            format!("cannot start {} worker: {e}", launcher.program.display())
-        })?;
+        let mut child = start(launcher, &dir)?;
         let pid = child.id();
         // Into its memory cgroup before it is told what to load.
-        let (cgroup, cgroup_layer) = match &launcher.cgroups {
-            Ok(cgroups) => match cgroups.place(id, pid, limits.memory_bytes) {
-                Ok(cgroup) => (
-                    Some(cgroup),
-                    Layer {
-                        name: "memory_cgroup".into(),
-                        active: true,
-                        detail: format!(
-                            "memory (resident and cache) limited to {} MiB by its own cgroup",
-                            limits.memory_bytes >> 20
-                        ),
-                    },
-                ),
-                Err(why) => (None, unavailable_cgroup(&why)),
-            },
-            Err(why) => (None, unavailable_cgroup(why)),
-        };
+        let (cgroup, cgroup_layer) = place_in_cgroup(launcher, id, pid, limits);
         let (Some(input), Some(output), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take()) else {
             let _ = child.kill();
             let _ = child.wait();
@@ -183,37 +155,32 @@ impl Worker {
                 uid: worker.uid.as_ref().map(|lease| lease.uid),
             },
         };
-        let Channel::Blocking { input, output } = &mut worker.channel else {
+        let (mut layers, manifest) = worker.load(&load, started + LOAD_TIMEOUT)?;
+        layers.push(cgroup_layer);
+        let took = started.elapsed();
+        launcher.observer.worker_loaded(took);
+        tracing::debug!(module, pid, elapsed_ms = took.as_secs_f64() * 1000.0, "sandbox worker ready");
+        Ok((worker, layers, manifest))
+    }
+
+    /// Sends the load message and waits, until `deadline`, for the worker to say it confined
+    /// itself and loaded the library: the layers it reported and the plugin's manifest.
+    fn load(&mut self, load: &HostMsg, deadline: Instant) -> Result<(Vec<Layer>, Option<plugin_api::abi::Manifest>), SpawnError> {
+        let Channel::Blocking { input, output } = &mut self.channel else {
             return Err("a new worker's channel is not blocking".into());
         };
-        write_frame(input, &load, &[]).map_err(|e| format!("the worker did not take its load message: {e}"))?;
-        output.get_mut().deadline = Some(started + LOAD_TIMEOUT);
+        write_frame(input, load, &[]).map_err(|e| format!("the worker did not take its load message: {e}"))?;
+        output.get_mut().deadline = Some(deadline);
         let loaded = read_frame::<WorkerMsg>(output, 64 << 20);
         output.get_mut().deadline = None;
         match loaded {
             Ok((WorkerMsg::Loaded { protocol, .. }, _)) if protocol != PROTOCOL_VERSION => {
                 Err(format!("the worker speaks protocol {protocol}, the host {PROTOCOL_VERSION}").into())
             }
-            Ok((
-                WorkerMsg::Loaded {
-                    layers,
-                    error: Some(error),
-                    ..
-                },
-                _,
-            )) => {
-                let _ = layers;
-                Err(error.into())
-            }
-            Ok((WorkerMsg::Loaded { mut layers, manifest, .. }, _)) => {
-                layers.push(cgroup_layer);
-                let took = started.elapsed();
-                launcher.observer.worker_loaded(took);
-                tracing::debug!(module, pid, elapsed_ms = took.as_secs_f64() * 1000.0, "sandbox worker ready");
-                Ok((worker, layers, manifest))
-            }
+            Ok((WorkerMsg::Loaded { error: Some(error), .. }, _)) => Err(error.into()),
+            Ok((WorkerMsg::Loaded { layers, manifest, .. }, _)) => Ok((layers, manifest)),
             Ok((other, _)) => Err(format!("the worker answered its load message with {other:?}").into()),
-            Err(FrameError::Closed) => Err(format!("the worker died while loading: {}", worker.exit_status()).into()),
+            Err(FrameError::Closed) => Err(format!("the worker died while loading: {}", self.exit_status()).into()),
             Err(FrameError::Io(err)) if err.kind() == std::io::ErrorKind::TimedOut => {
                 Err(format!("the worker did not answer within {} s", LOAD_TIMEOUT.as_secs()).into())
             }
@@ -396,6 +363,47 @@ impl Drop for Worker {
         }
         let _ = fs::remove_dir_all(&self.dir);
         self.observer.worker_gone();
+    }
+}
+
+/// Starts the worker program in its own empty working folder, with piped stdio and no
+/// environment.
+fn start(launcher: &Launcher, dir: &Path) -> Result<Child, SpawnError> {
+    fs::create_dir_all(dir).map_err(|e| format!("cannot create its working folder {}: {e}", dir.display()))?;
+    let mut command = Command::new(&launcher.program);
+    command
+        .arg("worker")
+        .env_clear()
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    launcher.spawner.spawn(command).map_err(|e| {
+        let _ = fs::remove_dir(dir);
+        format!("cannot start {} worker: {e}", launcher.program.display()).into()
+    })
+}
+
+/// The worker's own memory cgroup, and the layer it makes (inactive, with the reason, when
+/// cgroups are unavailable).
+fn place_in_cgroup(launcher: &Launcher, id: u64, pid: u32, limits: &Limits) -> (Option<cgroup::WorkerCgroup>, Layer) {
+    let placed = match &launcher.cgroups {
+        Ok(cgroups) => cgroups.place(id, pid, limits.memory_bytes),
+        Err(why) => return (None, unavailable_cgroup(why)),
+    };
+    match placed {
+        Ok(cgroup) => (
+            Some(cgroup),
+            Layer {
+                name: "memory_cgroup".into(),
+                active: true,
+                detail: format!(
+                    "memory (resident and cache) limited to {} MiB by its own cgroup",
+                    limits.memory_bytes >> 20
+                ),
+            },
+        ),
+        Err(why) => (None, unavailable_cgroup(&why)),
     }
 }
 

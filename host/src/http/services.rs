@@ -12,7 +12,7 @@ use crate::{
     dispatch,
     kwargs::{self, BodyKind},
     loader::LoadedModule,
-    registry::{Endpoint, Everything, Resolution},
+    registry::{Endpoint, Everything, Registry, Resolution},
     AppState,
 };
 use plughost_runtime::call::CallInput;
@@ -59,88 +59,10 @@ where
             "name a function: /rest/services/<module>/<function>/… or /rest/services/<function>/…; list them at /rest/services/__dir__/",
         ));
     }
-    let not_found = |name: &str| {
-        ApiError::not_found(
-            "FUNCTION_NOT_FOUND",
-            format!("no module or function is named '{name}'; list them at /rest/services/__dir__/"),
-        )
+    let (endpoint, rest, caller) = match resolve(state, &segments, method, headers, info).await? {
+        Resolved::Call { endpoint, rest, caller } => (endpoint, rest, caller),
+        Resolved::Answered(response) => return Ok(response),
     };
-    let registry = state.plugins.registry();
-    // Resolved first over every module: when the answer involves only the admin's modules it is
-    // the same for every caller, and a public call never needs its credentials read. Otherwise
-    // it is resolved again over the modules this caller may call, and only those.
-    let mut caller: Option<Option<Caller>> = None;
-    let mut resolution = registry.resolve(&segments, &Everything);
-    if !resolution.same_for_every_caller() {
-        let known = auth::caller(state, headers).await?;
-        resolution = registry.resolve(&segments, &|m: &LoadedModule| auth::may_use(m, known.as_ref()));
-        caller = Some(known);
-    }
-    let (endpoint, rest) = match resolution {
-        Resolution::Call { endpoint, rest } => (endpoint, rest.to_vec()),
-        Resolution::Dir(module) => {
-            info.route = super::DIR_TEMPLATE;
-            if method != Method::GET && method != Method::HEAD {
-                return Err(ApiError::method_not_allowed(method, "__dir__", "GET, HEAD".to_owned()));
-            }
-            let caller = match caller {
-                Some(known) => known,
-                None => auth::caller(state, headers).await?,
-            };
-            info.caller = caller.as_ref().map_or("none", |c| c.kind());
-            let visible = |m: &LoadedModule, f: &plughost_runtime::manifest::FunctionSpec| {
-                auth::may_use(m, caller.as_ref()) && auth::may_call(f.visibility, caller.as_ref())
-            };
-            let viewer = |m: &LoadedModule| auth::may_use(m, caller.as_ref());
-            let listing = match module {
-                Some(module) => dir::module(&module, &registry, &visible, &viewer),
-                None => dir::all(&registry, &state.http.url_params, &visible, &viewer),
-            };
-            return Ok(super::error::json_response(StatusCode::OK, &listing));
-        }
-        Resolution::Ambiguous { name, paths } => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "AMBIGUOUS_FUNCTION",
-                format!(
-                    "'{name}' is exported by several modules; call it through one of them: {}",
-                    paths.join(", ")
-                ),
-            ))
-        }
-        Resolution::NoSuchFunction { module, function } => {
-            // Only the functions this caller may call are named.
-            let caller = match caller {
-                Some(known) => known,
-                None => auth::caller(state, headers).await?,
-            };
-            let known: Vec<&str> = module
-                .spec
-                .functions
-                .iter()
-                .filter(|f| auth::may_call(f.visibility, caller.as_ref()))
-                .map(|f| f.route_name())
-                .collect();
-            let known = if known.is_empty() {
-                "none you may call".to_owned()
-            } else {
-                known.join(", ")
-            };
-            let description = match function {
-                Some(function) => format!(
-                    "module '{}' has no function '{function}'; its functions: {known}",
-                    module.spec.route_name()
-                ),
-                None => format!(
-                    "'{}' is a module: name one of its functions after it ({known})",
-                    module.spec.route_name()
-                ),
-            };
-            return Err(ApiError::not_found("FUNCTION_NOT_FOUND", description));
-        }
-        Resolution::NotFound { name } => return Err(not_found(&name)),
-    };
-    drop(registry);
     info.route = super::CALL_TEMPLATE;
     info.endpoint = Some(endpoint.clone());
     let function = endpoint.function();
@@ -158,28 +80,172 @@ where
         &format!("function '{}'", function.route_name()),
     )?;
     if method == Method::OPTIONS {
-        let mut response = Response::new(Bytes::new().into());
-        *response.status_mut() = StatusCode::NO_CONTENT;
-        if let Ok(allow) = HeaderValue::from_str(&function.methods.allow_header()) {
-            response.headers_mut().insert(header::ALLOW, allow);
-        }
-        return Ok(response);
+        return Ok(options(function));
     }
     if !function.methods.allows(method) {
         let what = format!("function '{}'", function.route_name());
         return Err(ApiError::method_not_allowed(method, &what, function.methods.allow_header()));
     }
+    let input = call_input(state, &endpoint, method, query, headers, body, &rest, caller.as_ref()).await?;
+    let limits = &state.http.limits;
+    match dispatch::call(endpoint.clone(), input, limits.call_timeout, limits.inline_call_max).await {
+        Ok(reply) => to_response(reply, &endpoint, limits.max_response_bytes),
+        Err(err) => Err(ApiError::of_call(
+            err,
+            endpoint.function().route_name(),
+            endpoint.module.spec.route_name(),
+        )),
+    }
+}
 
+/// What the path resolved to: a function to call (with the caller, when finding it needed
+/// one), or an answer already made (a listing; the refusals are errors).
+enum Resolved {
+    Call {
+        endpoint: Endpoint,
+        rest: Vec<String>,
+        /// `None` when the caller was not needed to resolve the path and has not been read.
+        caller: Option<Option<Caller>>,
+    },
+    Answered(Response),
+}
+
+async fn resolve(
+    state: &AppState,
+    segments: &[String],
+    method: &Method,
+    headers: &HeaderMap,
+    info: &mut RouteInfo,
+) -> Result<Resolved, ApiError> {
+    let registry = state.plugins.registry();
+    // Resolved first over every module: when the answer involves only the admin's modules it is
+    // the same for every caller, and a public call never needs its credentials read. Otherwise
+    // it is resolved again over the modules this caller may call, and only those.
+    let mut caller: Option<Option<Caller>> = None;
+    let mut resolution = registry.resolve(segments, &Everything);
+    if !resolution.same_for_every_caller() {
+        let known = auth::caller(state, headers).await?;
+        resolution = registry.resolve(segments, &|m: &LoadedModule| auth::may_use(m, known.as_ref()));
+        caller = Some(known);
+    }
+    match resolution {
+        Resolution::Call { endpoint, rest } => Ok(Resolved::Call {
+            endpoint,
+            rest: rest.to_vec(),
+            caller,
+        }),
+        Resolution::Dir(module) => {
+            info.route = super::DIR_TEMPLATE;
+            if method != Method::GET && method != Method::HEAD {
+                return Err(ApiError::method_not_allowed(method, "__dir__", "GET, HEAD".to_owned()));
+            }
+            let caller = read_once(state, headers, caller).await?;
+            info.caller = caller.as_ref().map_or("none", |c| c.kind());
+            let listing = listing(state, &registry, module.as_deref(), caller.as_ref());
+            Ok(Resolved::Answered(super::error::json_response(StatusCode::OK, &listing)))
+        }
+        Resolution::NoSuchFunction { module, function } => {
+            let caller = read_once(state, headers, caller).await?;
+            Err(no_such_function(&module, function.as_deref(), caller.as_ref()))
+        }
+        Resolution::Ambiguous { name, paths } => Err(ambiguous(&name, &paths)),
+        Resolution::NotFound { name } => Err(ApiError::not_found(
+            "FUNCTION_NOT_FOUND",
+            format!("no module or function is named '{name}'; list them at /rest/services/__dir__/"),
+        )),
+    }
+}
+
+/// The caller, read from the headers unless resolution already did.
+async fn read_once(state: &AppState, headers: &HeaderMap, caller: Option<Option<Caller>>) -> Result<Option<Caller>, ApiError> {
+    match caller {
+        Some(known) => Ok(known),
+        None => auth::caller(state, headers).await,
+    }
+}
+
+/// `__dir__` of everything or of one module, as this caller sees it.
+fn listing(state: &AppState, registry: &Registry, module: Option<&LoadedModule>, caller: Option<&Caller>) -> serde_json::Value {
+    let visible =
+        |m: &LoadedModule, f: &plughost_runtime::manifest::FunctionSpec| auth::may_use(m, caller) && auth::may_call(f.visibility, caller);
+    let viewer = |m: &LoadedModule| auth::may_use(m, caller);
+    match module {
+        Some(module) => dir::module(module, registry, &visible, &viewer),
+        None => dir::all(registry, &state.http.url_params, &visible, &viewer),
+    }
+}
+
+fn ambiguous(name: &str, paths: &[String]) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "AMBIGUOUS_FUNCTION",
+        format!(
+            "'{name}' is exported by several modules; call it through one of them: {}",
+            paths.join(", ")
+        ),
+    )
+}
+
+/// A module named without a function it has; only the functions this caller may call are named.
+fn no_such_function(module: &LoadedModule, function: Option<&str>, caller: Option<&Caller>) -> ApiError {
+    let known: Vec<&str> = module
+        .spec
+        .functions
+        .iter()
+        .filter(|f| auth::may_call(f.visibility, caller))
+        .map(|f| f.route_name())
+        .collect();
+    let known = if known.is_empty() {
+        "none you may call".to_owned()
+    } else {
+        known.join(", ")
+    };
+    let description = match function {
+        Some(function) => format!(
+            "module '{}' has no function '{function}'; its functions: {known}",
+            module.spec.route_name()
+        ),
+        None => format!(
+            "'{}' is a module: name one of its functions after it ({known})",
+            module.spec.route_name()
+        ),
+    };
+    ApiError::not_found("FUNCTION_NOT_FOUND", description)
+}
+
+/// `OPTIONS` on a function: 204 with the methods it allows.
+fn options(function: &plughost_runtime::manifest::FunctionSpec) -> Response {
+    let mut response = Response::new(Bytes::new().into());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    if let Ok(allow) = HeaderValue::from_str(&function.methods.allow_header()) {
+        response.headers_mut().insert(header::ALLOW, allow);
+    }
+    response
+}
+
+/// The call's one input: the body read within its limits, the kwargs merged from body, query
+/// and positional segments and checked against the function's typed parameters, and the headers
+/// the plugin may see.
+#[allow(clippy::too_many_arguments)]
+async fn call_input<S, B, E>(
+    state: &AppState,
+    endpoint: &Endpoint,
+    method: &Method,
+    query: &str,
+    headers: &HeaderMap,
+    body: S,
+    rest: &[String],
+    caller: Option<&Caller>,
+) -> Result<CallInput, ApiError>
+where
+    S: Stream<Item = Result<B, E>>,
+    B: Buf,
+    E: std::fmt::Display,
+{
     let has_body = method != Method::GET && method != Method::HEAD;
     let body = if has_body {
-        read_body(
-            headers,
-            body,
-            state.http.limits.max_body_bytes,
-            "MAX_BODY_BYTES",
-            state.http.limits.body_read_timeout,
-        )
-        .await?
+        let limits = &state.http.limits;
+        read_body(headers, body, limits.max_body_bytes, "MAX_BODY_BYTES", limits.body_read_timeout).await?
     } else {
         Bytes::new()
     };
@@ -192,13 +258,12 @@ where
     let mut kwargs = kwargs::merge(
         from_body.kwargs,
         kwargs::from_query(query),
-        &rest,
+        rest,
         &state.http.url_params,
         &from_body.rename,
     )?;
-    plughost_runtime::params::apply(&function.params, &mut kwargs)?;
-
-    let input = CallInput {
+    plughost_runtime::params::apply(&endpoint.function().params, &mut kwargs)?;
+    Ok(CallInput {
         method: method.as_str().to_owned(),
         // Straight into a buffer: `Value`'s `Display` goes through the formatter for every token.
         kwargs_json: serde_json::to_string(&kwargs).map_err(|err| {
@@ -210,20 +275,11 @@ where
             .with_internal(err.to_string())
         })?,
         query: query.to_owned(),
-        headers: auth::plugin_headers(headers, caller.as_ref(), endpoint.module.owner.is_some()),
+        headers: auth::plugin_headers(headers, caller, endpoint.module.owner.is_some()),
         body,
         content_type,
         request_id: crate::access::current_request_id().unwrap_or_else(|| header_text(headers, &super::names::X_REQUEST_ID).into()),
-    };
-    let timeout = state.http.limits.call_timeout;
-    match dispatch::call(endpoint.clone(), input, timeout, state.http.limits.inline_call_max).await {
-        Ok(reply) => to_response(reply, &endpoint, state.http.limits.max_response_bytes),
-        Err(err) => Err(ApiError::of_call(
-            err,
-            endpoint.function().route_name(),
-            endpoint.module.spec.route_name(),
-        )),
-    }
+    })
 }
 
 /// Reads the body up to `limit` bytes: 413 as soon as `Content-Length` or the bytes received

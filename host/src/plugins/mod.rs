@@ -5,6 +5,7 @@
 //! atomically only if it loaded and its names are free; otherwise the old version keeps serving.
 //! Requests in flight hold their module and finish on the version they started with.
 
+mod apply;
 mod tenants;
 pub(crate) use tenants::{refresh_tenants, tenant_infos, tenant_of_file, tenant_of_folder, TENANTS};
 
@@ -18,10 +19,7 @@ use std::{
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
-use crate::{
-    loader::{self, LoadedModule},
-    registry::{conflict, Registry},
-};
+use crate::{loader::LoadedModule, registry::Registry};
 
 /// The state of one plugin file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -310,163 +308,6 @@ impl Plugins {
         self.published.store(Arc::new(inner.clone()));
         applied
     }
-
-    fn apply_files(&self, inner: &mut Inner, modules: &mut Vec<Arc<LoadedModule>>, files: &[PathBuf], applied: &mut Applied) {
-        let mut published = Instant::now();
-        for file in files {
-            if published.elapsed() >= PUBLISH_EVERY {
-                self.published.store(Arc::new(inner.clone()));
-                published = Instant::now();
-            }
-            let served = modules.iter().position(|m| &m.file == file);
-            if !file.is_file() {
-                if let Some(i) = served {
-                    let module = modules.remove(i);
-                    tracing::info!(file = %file.display(), module = %module.spec.name, "plugin removed: its routes are gone");
-                    applied.removed.push(file.clone());
-                    crate::metrics::METRICS.plugin_unloads.inc();
-                }
-                if let Some(status) = inner.status.get_mut(file) {
-                    status.state = FileState::Removed;
-                    // Whatever comes back under this name (a folder moved back, restored with
-                    // `cp -a`, the same bytes) is looked at afresh.
-                    status.fingerprint = None;
-                    status.failed_sha256 = None;
-                }
-                continue;
-            }
-            let print = fingerprint(file);
-            status_entry(inner, file).fingerprint = print;
-            if let Some(owner) = tenant_of_file(file).filter(|owner| !self.tenant_active(owner)) {
-                if let Some(i) = served {
-                    let module = modules.remove(i);
-                    tracing::info!(file = %file.display(), module = %module.spec.name, tenant = %owner, "tenant not active: its module is unrouted");
-                    crate::metrics::METRICS.plugin_unloads.inc();
-                }
-                let status = status_entry(inner, file);
-                status.state = FileState::Failed;
-                status.error = Some(format!(
-                    "tenant {owner} is unknown or disabled: its modules are served once it is active"
-                ));
-                status.failed_at = Some(plughost_tenancy::clock::timestamp(SystemTime::now()));
-                status.failed_sha256 = None;
-                applied.failed.push(file.clone());
-                continue;
-            }
-            let candidate = match plughost_runtime::library::read(file) {
-                Ok(candidate) => candidate,
-                Err(err) => {
-                    fail(inner, file, served.is_some(), None, err.to_string(), false);
-                    applied.failed.push(file.clone());
-                    continue;
-                }
-            };
-            if served.is_some_and(|i| modules[i].sha256 == candidate.sha256) {
-                tracing::debug!(file = %file.display(), "content unchanged; not reloaded");
-                if let Some(status) = inner.status.get_mut(file) {
-                    status.error = None;
-                    status.failed_sha256 = None;
-                }
-                continue;
-            }
-            let status_sha = inner.status.get(file).and_then(|s| s.failed_sha256.clone());
-            if status_sha.as_deref() == Some(candidate.sha256.as_str()) {
-                tracing::debug!(file = %file.display(), "content unchanged since it failed; not retried");
-                continue;
-            }
-            if let Some(keys) = &self.trusted_keys {
-                if let Err(err) = keys.verify_file(file, &candidate.bytes) {
-                    // No sha recorded: the file is tried again when its signature changes.
-                    fail(inner, file, served.is_some(), None, err.to_string(), false);
-                    applied.failed.push(file.clone());
-                    continue;
-                }
-            }
-            let sha = candidate.sha256.clone();
-            let size = candidate.bytes.len() as u64;
-            let owner = tenant_of_file(file);
-            if let (Some(uuid), None, Some(sandbox)) = (&owner, served, &self.sandbox) {
-                let cap = sandbox.settings().tenant_max_modules;
-                let count = modules.iter().filter(|m| m.owner.as_ref() == Some(uuid)).count();
-                if count >= cap {
-                    let reason = format!(
-                        "tenant {uuid} already has {count} modules served, the most TENANT_MAX_MODULES ({cap}) allows: remove one first"
-                    );
-                    // No sha recorded: tried again when a module of the tenant goes.
-                    fail(inner, file, false, None, reason, true);
-                    applied.failed.push(file.clone());
-                    continue;
-                }
-            }
-            let isolate = owner.is_some() || self.admin_isolation;
-            let loaded = match (&self.sandbox, isolate) {
-                (_, false) => loader::load_candidate(candidate, &self.shadow_dir),
-                (Some(sandbox), true) => sandbox
-                    .load(candidate, owner.clone())
-                    .map(|m| LoadedModule::new(m.spec, m.file, m.sha256, m.size, m.owner, loader::Backend::Sandbox(m.pool))),
-                (None, true) => Err(plughost_runtime::library::LoadError::Sandbox(
-                    "this server runs without a sandbox".to_owned(),
-                )),
-            };
-            let module = match loaded {
-                Ok(module) => Arc::new(module),
-                Err(err) => {
-                    if !isolate && err.left_mapped() {
-                        inner.images.insert(sha.clone(), size);
-                    }
-                    fail(inner, file, served.is_some(), Some(sha), err.to_string(), false);
-                    applied.failed.push(file.clone());
-                    continue;
-                }
-            };
-            if !isolate {
-                inner.images.insert(sha.clone(), size);
-            }
-            // The naming rule (registry::conflict). The admin's files win: a tenant's module in
-            // the way of one is unrouted, and served again once the name is free.
-            let mut refusal = None;
-            while let Some((i, reason)) = conflict(modules, &module) {
-                if module.owner.is_none() && modules[i].owner.is_some() {
-                    let lost = modules.remove(i);
-                    unroute(inner, &lost, &module);
-                } else {
-                    refusal = Some(reason);
-                    break;
-                }
-            }
-            if let Some(reason) = refusal {
-                fail(inner, file, served.is_some(), Some(sha), reason, true);
-                applied.failed.push(file.clone());
-                continue;
-            }
-            let replaced = match served {
-                Some(i) => Some(std::mem::replace(&mut modules[i], module.clone())),
-                None => {
-                    modules.push(module.clone());
-                    None
-                }
-            };
-            record_loaded(inner, &module, replaced.is_some());
-            match &replaced {
-                Some(old) => tracing::info!(
-                    file = %file.display(),
-                    module = %module.spec.name,
-                    from = %old.spec.version,
-                    to = %module.spec.version,
-                    sha256 = %&module.sha256[..12],
-                    "plugin replaced: new requests go to the new version"
-                ),
-                None => tracing::info!(
-                    file = %file.display(),
-                    module = %module.spec.name,
-                    version = %module.spec.version,
-                    functions = module.spec.functions.len(),
-                    "plugin loaded"
-                ),
-            }
-            applied.swapped.push((file.clone(), module.spec.name.clone()));
-        }
-    }
 }
 
 /// The plugin files directly in `dir`, oldest first.
@@ -510,24 +351,6 @@ pub(crate) fn is_plugin_path(path: &Path) -> bool {
     name.ends_with(".so") && !name.starts_with('.')
 }
 
-/// A reason if `module`'s name or alias is taken by a module from another file.
-/// A tenant's module loses its name to the admin's `winner`: it stops being routed, and says why.
-fn unroute(inner: &mut Inner, lost: &LoadedModule, winner: &LoadedModule) {
-    let reason = format!(
-        "unrouted: the admin's module '{}' ({}) takes the name; this module is served again once the name is free",
-        winner.spec.name,
-        file_name(&winner.file)
-    );
-    tracing::warn!(file = %lost.file.display(), module = %lost.spec.name, "{reason}");
-    crate::metrics::METRICS.plugin_unloads.inc();
-    let status = status_entry(inner, &lost.file);
-    status.state = FileState::Unrouted;
-    status.error = Some(reason);
-    status.failed_at = Some(plughost_tenancy::clock::timestamp(SystemTime::now()));
-    status.collided = true;
-    status.failed_sha256 = None;
-}
-
 fn status_entry<'a>(inner: &'a mut Inner, file: &Path) -> &'a mut PluginStatus {
     inner.status.entry(file.to_path_buf()).or_insert_with(|| PluginStatus {
         file: file_name(file),
@@ -546,42 +369,6 @@ fn status_entry<'a>(inner: &'a mut Inner, file: &Path) -> &'a mut PluginStatus {
         failed_sha256: None,
         fingerprint: None,
     })
-}
-
-fn fail(inner: &mut Inner, file: &Path, still_served: bool, sha: Option<String>, error: String, collided: bool) {
-    // The reason may quote the plugin's own text (its names, a loader message).
-    let error = plughost_sandbox::escape_control(&error).into_owned();
-    if still_served {
-        tracing::warn!(file = %file.display(), "new version not loaded, the previous one keeps serving: {error}");
-    } else {
-        tracing::warn!(file = %file.display(), "plugin not loaded: {error}");
-    }
-    crate::metrics::METRICS.plugin_load_failures.inc();
-    let status = status_entry(inner, file);
-    status.state = if still_served { FileState::Loaded } else { FileState::Failed };
-    status.error = Some(error);
-    status.failed_at = Some(plughost_tenancy::clock::timestamp(SystemTime::now()));
-    status.collided = collided;
-    status.failed_sha256 = sha;
-}
-
-fn record_loaded(inner: &mut Inner, module: &LoadedModule, replaced: bool) {
-    let status = status_entry(inner, &module.file);
-    status.state = FileState::Loaded;
-    status.module = Some(module.spec.name.clone());
-    status.version = Some(module.spec.version.clone());
-    status.sha256 = Some(module.sha256.clone());
-    status.size_bytes = Some(module.size);
-    status.loaded_at = Some(plughost_tenancy::clock::timestamp(module.loaded_at));
-    status.error = None;
-    status.collided = false;
-    status.failed_sha256 = None;
-    if replaced {
-        status.reload_count += 1;
-        crate::metrics::METRICS.plugin_reloads.inc();
-    } else {
-        crate::metrics::METRICS.plugin_loads.inc();
-    }
 }
 
 type Fingerprint = ((SystemTime, u64), Option<(SystemTime, u64)>);

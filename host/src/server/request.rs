@@ -40,17 +40,8 @@ pub(crate) async fn handle(
     peer_ip: std::net::IpAddr,
     state: &Arc<AppState>,
 ) -> warp::reply::Response {
-    let max_header_bytes = state.http.limits.max_header_bytes;
-    let cors = state.http.cors.as_ref();
-    let log_format = state.http.log_format;
     let started = Instant::now();
-    let request_id = request
-        .headers()
-        .get(&crate::http::names::X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|id| is_sane_request_id(id))
-        .map(str::to_owned)
-        .unwrap_or_else(new_request_id);
+    let request_id = request_id(request.headers());
     let id_value = HeaderValue::from_str(&request_id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
     let (mut parts, body) = request.into_parts();
     parts.headers.insert(crate::http::names::X_REQUEST_ID.clone(), id_value.clone());
@@ -58,29 +49,75 @@ pub(crate) async fn handle(
     let method = parts.method.clone();
     let measure = crate::metrics::enabled();
     let _in_flight = measure.then(InFlight::enter);
-    let scoped_id: Arc<str> = Arc::from(request_id.as_str());
 
-    let header_bytes: usize = parts.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    let cors = state.http.cors.as_ref();
     let origin = parts.headers.get(::http::header::ORIGIN).cloned();
     let preflight = cors.and_then(|c| c.preflight(&parts.method, &parts.headers, || route_methods(state, route)));
     let answered_preflight = preflight.is_some();
-    let mut response = if let Some(answer) = preflight {
-        answer
-    } else if header_bytes > max_header_bytes {
-        http::error::ApiError::new(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "HEADERS_TOO_LARGE",
-            format!("the request headers take {header_bytes} bytes; the limit is {max_header_bytes} (MAX_HEADER_BYTES)"),
-        )
-        .into_response()
-    } else {
-        let body = http_body_util::BodyDataStream::new(body);
-        crate::access::scope(scoped_id, peer_ip, http::serve(state, route, &parts, body)).await
+    let mut response = match preflight {
+        Some(answer) => answer,
+        None => match headers_too_large(&parts.headers, state.http.limits.max_header_bytes) {
+            Some(refusal) => refusal,
+            None => {
+                let body = http_body_util::BodyDataStream::new(body);
+                let scoped_id: Arc<str> = Arc::from(request_id.as_str());
+                crate::access::scope(scoped_id, peer_ip, http::serve(state, route, &parts, body)).await
+            }
+        },
     };
     if let Some(cors) = cors.filter(|_| !answered_preflight) {
         cors.decorate(origin.as_ref(), &mut response);
     }
     response.headers_mut().insert(crate::http::names::X_REQUEST_ID.clone(), id_value);
+    let seen = Seen {
+        request_id: &request_id,
+        method: &method,
+        route,
+        peer,
+        elapsed: started.elapsed(),
+        measure,
+    };
+    record(state.http.log_format, &mut response, &seen);
+    response
+}
+
+/// The client's request id if it is sane, else a fresh one.
+fn request_id(headers: &::http::HeaderMap) -> String {
+    headers
+        .get(&crate::http::names::X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| is_sane_request_id(id))
+        .map(str::to_owned)
+        .unwrap_or_else(new_request_id)
+}
+
+/// 431 when the request's headers take more than `max` bytes (MAX_HEADER_BYTES).
+fn headers_too_large(headers: &::http::HeaderMap, max: usize) -> Option<warp::reply::Response> {
+    let bytes: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    (bytes > max).then(|| {
+        http::error::ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "HEADERS_TOO_LARGE",
+            format!("the request headers take {bytes} bytes; the limit is {max} (MAX_HEADER_BYTES)"),
+        )
+        .into_response()
+    })
+}
+
+/// What the wrapper saw of a request, for its metrics and its access-log line.
+struct Seen<'a> {
+    request_id: &'a str,
+    method: &'a ::http::Method,
+    route: http::Route<'a>,
+    peer: &'a str,
+    elapsed: std::time::Duration,
+    /// Whether metrics were on when the request came in.
+    measure: bool,
+}
+
+/// Counts the request in the metrics and writes its access-log line, labelled with what the
+/// routes said they served (the `RouteInfo` they left on the response).
+fn record(log_format: crate::config::LogFormat, response: &mut warp::reply::Response, seen: &Seen<'_>) {
     let status = response.status().as_u16();
     let info = response.extensions_mut().remove::<RouteInfo>();
     let (route, module, function, caller) = match &info {
@@ -90,11 +127,10 @@ pub(crate) async fn handle(
             info.endpoint.as_ref().map_or("", |e| e.function().route_name()),
             info.caller,
         ),
-        None => (route.template(), "", "", "none"),
+        None => (seen.route.template(), "", "", "none"),
     };
-    let elapsed = started.elapsed();
-    if measure {
-        let method = crate::metrics::method_label(&method);
+    if seen.measure {
+        let method = crate::metrics::method_label(seen.method);
         match info.as_ref().and_then(|i| i.endpoint.as_ref()) {
             Some(endpoint) => crate::metrics::METRICS.observe_call(
                 endpoint.metrics(),
@@ -105,7 +141,7 @@ pub(crate) async fn handle(
                     method,
                     status,
                 },
-                elapsed,
+                seen.elapsed,
             ),
             None => crate::metrics::METRICS.observe_request(
                 crate::metrics::RequestLabels {
@@ -115,7 +151,7 @@ pub(crate) async fn handle(
                     method,
                     status,
                 },
-                elapsed,
+                seen.elapsed,
             ),
         }
     }
@@ -123,19 +159,18 @@ pub(crate) async fn handle(
         crate::access::log(
             log_format,
             &crate::access::Entry {
-                request_id: &request_id,
-                method: method.as_str(),
+                request_id: seen.request_id,
+                method: seen.method.as_str(),
                 route,
                 module,
                 function,
                 caller,
                 status,
-                duration: elapsed,
-                peer,
+                duration: seen.elapsed,
+                peer: seen.peer,
             },
         );
     }
-    response
 }
 
 /// Counts a request in flight for as long as it lives (also when its client goes away).
