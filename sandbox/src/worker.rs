@@ -16,7 +16,7 @@ use plugin_api::abi::{HostServices, HostServicesRef, LogLevel};
 
 use super::{
     confine,
-    protocol::{read_frame, write_frame, CallHead, FrameError, HostMsg, Outcome, WorkerMsg, PROTOCOL_VERSION},
+    protocol::{read_frame, write_frame, CallHead, FrameError, HostMsg, Layer, Outcome, Rlimits, WorkerMsg, PROTOCOL_VERSION},
 };
 
 /// Largest frame the worker accepts from the host (a request body is capped by MAX_BODY_BYTES).
@@ -41,22 +41,51 @@ pub fn main() -> ExitCode {
 fn run() -> Result<(), String> {
     // If the host dies, so does this worker (seccomp later denies undoing this).
     let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
+    let mut requests = take_channels()?;
+    let (library, module, rlimits) = receive_load(&mut requests)?;
+    // Read into an anonymous memory file before confinement, then mapped from there: nothing on
+    // disk needs to stay reachable (the folders above the library may be private to the host's
+    // user), and the image cannot change between checks and mapping.
+    let file = match library.as_deref().map(|path| in_memory(path, &module)).transpose() {
+        Ok(file) => file,
+        Err(err) => return send(&loaded(Vec::new(), None, Some(format!("cannot open the library: {err}")))),
+    };
+    let layers = confine::apply(&rlimits);
+    let Some(file) = file else {
+        // A probe: report the layers and leave.
+        return send(&loaded(layers, None, None));
+    };
+    let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
+    match plughost_runtime::library::open_plugin(Path::new(&path), services()) {
+        Ok((root, manifest)) => {
+            send(&loaded(layers, Some(manifest), None))?;
+            serve(root, &mut requests)
+        }
+        Err(err) => send(&loaded(layers, None, Some(err.to_string()))),
+    }
+}
+
+/// Takes the two channels, then points stdin at /dev/null and stdout at stderr, so that nothing
+/// the plugin reads or prints touches them; returns the request channel (the reply channel is
+/// [`REPLIES`]).
+fn take_channels() -> Result<BufReader<File>, String> {
     // Descriptors the server inherited without close-on-exec reach this process too: an open
     // `.env` would be readable whatever Landlock says, since Landlock governs opens. Keep only
     // the channels (stdin, stdout) and stderr.
     close_inherited_descriptors()?;
-    // Take the channels, then point stdin at /dev/null and stdout at stderr, so that nothing the
-    // plugin reads or prints touches them.
     let requests = rustix::io::dup(std::io::stdin()).map_err(|e| format!("cannot take stdin: {e}"))?;
     let replies = rustix::io::dup(std::io::stdout()).map_err(|e| format!("cannot take stdout: {e}"))?;
     let null = File::open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?;
     rustix::stdio::dup2_stdin(&null).map_err(|e| format!("cannot redirect stdin: {e}"))?;
     rustix::stdio::dup2_stdout(std::io::stderr()).map_err(|e| format!("cannot redirect stdout: {e}"))?;
-    // Room for a whole batch of calls (the host sends up to 60 KiB at once) in one read.
-    let mut requests = BufReader::with_capacity(64 * 1024, File::from(requests));
     let _ = REPLIES.set(Mutex::new(BufWriter::new(File::from(replies))));
+    // Room for a whole batch of calls (the host sends up to 60 KiB at once) in one read.
+    Ok(BufReader::with_capacity(64 * 1024, File::from(requests)))
+}
 
-    let (library, module, rlimits) = match read_frame::<HostMsg>(&mut requests, 1 << 20) {
+/// The host's first message: what to load, and the limits to confine this process with.
+fn receive_load(requests: &mut BufReader<File>) -> Result<(Option<String>, String, Rlimits), String> {
+    match read_frame::<HostMsg>(requests, 1 << 20) {
         Ok((
             HostMsg::Load {
                 protocol,
@@ -65,66 +94,31 @@ fn run() -> Result<(), String> {
                 rlimits,
             },
             _,
-        )) if protocol == PROTOCOL_VERSION => (library, module, rlimits),
+        )) if protocol == PROTOCOL_VERSION => Ok((library, module, rlimits)),
         Ok((HostMsg::Load { protocol, .. }, _)) => {
             let error = format!("the host speaks protocol {protocol}, this worker {PROTOCOL_VERSION}: they are different builds");
-            send(&WorkerMsg::Loaded {
-                protocol: PROTOCOL_VERSION,
-                layers: Vec::new(),
-                manifest: None,
-                error: Some(error.clone()),
-            })?;
-            return Err(error);
+            send(&loaded(Vec::new(), None, Some(error.clone())))?;
+            Err(error)
         }
-        Ok((other, _)) => return Err(format!("expected a load message first, got {other:?}")),
-        Err(err) => return Err(format!("no load message: {err}")),
-    };
-    // Read into an anonymous memory file before confinement, then mapped from there: nothing on
-    // disk needs to stay reachable (the folders above the library may be private to the host's
-    // user), and the image cannot change between checks and mapping.
-    let file = match library.as_deref().map(|path| in_memory(path, &module)).transpose() {
-        Ok(file) => file,
-        Err(err) => {
-            return send(&WorkerMsg::Loaded {
-                protocol: PROTOCOL_VERSION,
-                layers: Vec::new(),
-                manifest: None,
-                error: Some(format!("cannot open the library: {err}")),
-            })
-        }
-    };
-    let layers = confine::apply(&rlimits);
-    let Some(file) = file else {
-        // A probe: report the layers and leave.
-        return send(&WorkerMsg::Loaded {
-            protocol: PROTOCOL_VERSION,
-            layers,
-            manifest: None,
-            error: None,
-        });
-    };
-    let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
-    let root = match plughost_runtime::library::open_plugin(Path::new(&path), services()) {
-        Ok((root, manifest)) => {
-            send(&WorkerMsg::Loaded {
-                protocol: PROTOCOL_VERSION,
-                layers,
-                manifest: Some(manifest),
-                error: None,
-            })?;
-            root
-        }
-        Err(err) => {
-            return send(&WorkerMsg::Loaded {
-                protocol: PROTOCOL_VERSION,
-                layers,
-                manifest: None,
-                error: Some(err.to_string()),
-            })
-        }
-    };
+        Ok((other, _)) => Err(format!("expected a load message first, got {other:?}")),
+        Err(err) => Err(format!("no load message: {err}")),
+    }
+}
+
+/// The answer to the load message.
+fn loaded(layers: Vec<Layer>, manifest: Option<plugin_api::abi::Manifest>, error: Option<String>) -> WorkerMsg {
+    WorkerMsg::Loaded {
+        protocol: PROTOCOL_VERSION,
+        layers,
+        manifest,
+        error,
+    }
+}
+
+/// Answers calls, one at a time, until the host says goodbye or closes the channel.
+fn serve(root: plugin_api::abi::PluginModRef, requests: &mut BufReader<File>) -> Result<(), String> {
     loop {
-        match read_frame::<HostMsg>(&mut requests, MAX_REQUEST_FRAME) {
+        match read_frame::<HostMsg>(requests, MAX_REQUEST_FRAME) {
             Ok((HostMsg::Call(head), body)) => {
                 let started = std::time::Instant::now();
                 let id = head.id;

@@ -13,11 +13,11 @@ use std::{
     time::Duration,
 };
 
-use ::http::{HeaderValue, Request};
+use ::http::Request;
 use anyhow::Context;
 use hyper::body::Incoming;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
+    rt::{TokioExecutor, TokioIo},
     server::{conn::auto, graceful::GracefulShutdown},
 };
 use tokio::net::TcpListener;
@@ -89,6 +89,68 @@ fn keep_private(data_dir: &std::path::Path, plugins_dir: &std::path::Path) {
     plughost_sandbox::make_private(&plugins_dir.join(crate::plugins::TENANTS));
 }
 
+/// The plugins folder loaded (tenants' modules into the sandbox) and watched from then on; a
+/// leak past RELOAD_LEAK_BUDGET_MB recycles the process when a supervisor can.
+async fn load_plugins(config: &Config, sandbox: Arc<plughost_sandbox::Sandbox>, role: Role) -> anyhow::Result<Arc<Plugins>> {
+    let plugins = Arc::new(
+        Plugins::new(&config.server.data_dir)
+            .with_sandbox(sandbox, config.admin_isolation)
+            .with_trusted_keys(config.publishing.trusted_keys.clone()),
+    );
+    if let Some(keys) = &config.publishing.trusted_keys {
+        tracing::info!(
+            keys = keys.len(),
+            "signed plugins required: only files with a valid .sig by a key in PLUGIN_PUBKEYS load"
+        );
+    }
+    let folder = config.server.plugins_dir.clone();
+    let loading = plugins.clone();
+    tokio::task::spawn_blocking(move || loading.load_folder(&folder))
+        .await
+        .context("the plugin loader failed")?
+        .with_context(|| format!("cannot read PLUGINS_DIR {}", config.server.plugins_dir.display()))?;
+    let settings = ReloadSettings {
+        dir: config.server.plugins_dir.clone(),
+        debounce: config.reload.reload_debounce,
+        rescan_every: config.reload.rescan_interval,
+        leak_budget_bytes: config.reload.leak_budget_bytes,
+        poll_only: config.watch_poll,
+    };
+    let on_budget: Box<dyn Fn(u64) + Send> = match role {
+        Role::Worker => Box::new(|_| crate::supervisor::request_recycle()),
+        Role::Standalone => Box::new(|_| {
+            tracing::warn!(
+                "plughost runs without its supervisor (--no-supervisor), so it cannot recycle itself: restart it to free memory"
+            );
+        }),
+    };
+    reload::spawn(plugins.clone(), settings, on_budget)
+        .with_context(|| format!("cannot watch PLUGINS_DIR {}", config.server.plugins_dir.display()))?;
+    Ok(plugins)
+}
+
+/// The listener (the supervisor's socket, or BIND) and the METRICS_BIND one.
+async fn bind(config: &Config, listener: Option<std::net::TcpListener>) -> anyhow::Result<(TcpListener, Option<TcpListener>)> {
+    let listener = match listener {
+        Some(listener) => {
+            listener
+                .set_nonblocking(true)
+                .context("cannot use the inherited listening socket")?;
+            TcpListener::from_std(listener).context("cannot use the inherited listening socket")?
+        }
+        None => TcpListener::bind(config.server.bind)
+            .await
+            .with_context(|| format!("cannot listen on {} (BIND): is another process using it?", config.server.bind))?,
+    };
+    let metrics_listener = match config.server.metrics_bind {
+        Some(addr) => {
+            Some(bind_shared(addr).with_context(|| format!("cannot listen on {addr} (METRICS_BIND): is another program using it?"))?)
+        }
+        None => None,
+    };
+    Ok((listener, metrics_listener))
+}
+
 /// A bound, loaded server, ready to run.
 pub struct App {
     listener: TcpListener,
@@ -114,57 +176,8 @@ impl App {
         )
         .await;
         let sandbox = start_sandbox(&config, &tenancy).await?;
-        let plugins = Arc::new(
-            Plugins::new(&config.server.data_dir)
-                .with_sandbox(sandbox, config.admin_isolation)
-                .with_trusted_keys(config.publishing.trusted_keys.clone()),
-        );
-        if let Some(keys) = &config.publishing.trusted_keys {
-            tracing::info!(
-                keys = keys.len(),
-                "signed plugins required: only files with a valid .sig by a key in PLUGIN_PUBKEYS load"
-            );
-        }
-        let folder = config.server.plugins_dir.clone();
-        let loading = plugins.clone();
-        tokio::task::spawn_blocking(move || loading.load_folder(&folder))
-            .await
-            .context("the plugin loader failed")?
-            .with_context(|| format!("cannot read PLUGINS_DIR {}", config.server.plugins_dir.display()))?;
-        let settings = ReloadSettings {
-            dir: config.server.plugins_dir.clone(),
-            debounce: config.reload.reload_debounce,
-            rescan_every: config.reload.rescan_interval,
-            leak_budget_bytes: config.reload.leak_budget_bytes,
-            poll_only: config.watch_poll,
-        };
-        let on_budget: Box<dyn Fn(u64) + Send> = match role {
-            Role::Worker => Box::new(|_| crate::supervisor::request_recycle()),
-            Role::Standalone => Box::new(|_| {
-                tracing::warn!(
-                    "plughost runs without its supervisor (--no-supervisor), so it cannot recycle itself: restart it to free memory"
-                );
-            }),
-        };
-        reload::spawn(plugins.clone(), settings, on_budget)
-            .with_context(|| format!("cannot watch PLUGINS_DIR {}", config.server.plugins_dir.display()))?;
-        let listener = match listener {
-            Some(listener) => {
-                listener
-                    .set_nonblocking(true)
-                    .context("cannot use the inherited listening socket")?;
-                TcpListener::from_std(listener).context("cannot use the inherited listening socket")?
-            }
-            None => TcpListener::bind(config.server.bind)
-                .await
-                .with_context(|| format!("cannot listen on {} (BIND): is another process using it?", config.server.bind))?,
-        };
-        let metrics_listener = match config.server.metrics_bind {
-            Some(addr) => {
-                Some(bind_shared(addr).with_context(|| format!("cannot listen on {addr} (METRICS_BIND): is another program using it?"))?)
-            }
-            None => None,
-        };
+        let plugins = load_plugins(&config, sandbox, role).await?;
+        let (listener, metrics_listener) = bind(&config, listener).await?;
         let auth = Arc::new(plughost_tenancy::auth::Authenticator::new(
             tenancy.clone(),
             config.identity.admin_uuid.clone(),
@@ -208,7 +221,6 @@ impl App {
         }
         let graceful = GracefulShutdown::new();
         let mut shutdown = std::pin::pin!(shutdown);
-        let max_header_bytes = self.limits.max_header_bytes;
         let header_read_timeout = self.limits.header_read_timeout;
         let max_connections = self.limits.max_connections.unwrap_or_else(connection::connections_for_file_limit);
         tracing::info!(
@@ -240,88 +252,25 @@ impl App {
                 },
                 () = &mut shutdown => break,
             };
-            let _ = stream.set_nodelay(true);
-            let state = self.state.clone();
-            // Written once per connection, not once per request.
-            let peer_text: Arc<str> = peer.to_string().into();
-            let peer_ip = peer.ip();
-            let activity = Arc::new(connection::Activity::default());
-            let seen = activity.clone();
-            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let state = state.clone();
-                let peer_text = peer_text.clone();
-                let busy = seen.begin();
-                async move {
-                    let mut response = request::handle(request, &peer_text, peer_ip, &state).await;
-                    if state.draining.load(Ordering::Relaxed) {
-                        response
-                            .headers_mut()
-                            .insert(::http::header::CONNECTION, HeaderValue::from_static("close"));
-                    }
-                    drop(busy);
-                    Ok::<_, Infallible>(response)
-                }
-            });
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder.http1().max_buf_size(max_header_bytes.max(8192) * 4 + 16 * 1024);
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .keep_alive_interval(Some(header_read_timeout))
-                .keep_alive_timeout(header_read_timeout);
-            let watcher = graceful.watcher();
-            let watched = activity.clone();
-            let served = tokio::spawn(async move {
-                let _permit = permit;
-                // Before its first byte the connection is in the hands of the protocol detection:
-                // a client that sends nothing is dropped here.
-                let mut first = [0u8; 1];
-                if !matches!(
-                    tokio::time::timeout(header_read_timeout, stream.peek(&mut first)).await,
-                    Ok(Ok(1..))
-                ) {
-                    tracing::debug!(%peer, "connection sent nothing within HEADER_READ_TIMEOUT_MS; closed");
-                    return;
-                }
-                let stream = connection::Watched { stream, activity };
-                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                if let Err(err) = watcher.watch(connection).await {
-                    tracing::debug!(%peer, "connection ended with an error: {err}");
-                }
-            });
-            // A watchdog instead of hyper's header timer, which costs a timer per request (about
-            // 1,400 instructions, 5% of an echo): every HEADER_READ_TIMEOUT_MS, a connection that
-            // started no request and wrote nothing since the last look, and has no request in
-            // flight (idle between requests, or trickling its headers), is closed.
-            tokio::spawn(async move {
-                let mut last = watched.progress();
-                loop {
-                    tokio::time::sleep(header_read_timeout).await;
-                    if served.is_finished() {
-                        return;
-                    }
-                    let now = watched.progress();
-                    if now == last && watched.in_flight.load(Ordering::Relaxed) == 0 {
-                        tracing::debug!(%peer, "connection idle for HEADER_READ_TIMEOUT_MS; closed");
-                        served.abort();
-                        return;
-                    }
-                    last = now;
-                }
-            });
+            connection::spawn(stream, peer, permit, &self.state, &self.limits, graceful.watcher());
         }
         drop(self.listener);
-        let grace = self.limits.shutdown_grace;
-        tracing::info!("shutting down: no new connections; waiting up to {grace:?} for requests in flight");
-        self.state.draining.store(true, Ordering::Relaxed);
-        tokio::time::sleep(DRAIN.min(grace)).await;
-        if tokio::time::timeout(grace.saturating_sub(DRAIN), graceful.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!("requests still in flight after {grace:?}; exiting anyway");
-        }
+        drain(&self.state, self.limits.shutdown_grace, graceful).await;
         Ok(())
+    }
+}
+
+/// Stops gracefully: answers on open connections with `Connection: close` for a moment, then
+/// waits up to `grace` (SHUTDOWN_GRACE_MS) for the requests in flight.
+async fn drain(state: &AppState, grace: Duration, graceful: GracefulShutdown) {
+    tracing::info!("shutting down: no new connections; waiting up to {grace:?} for requests in flight");
+    state.draining.store(true, Ordering::Relaxed);
+    tokio::time::sleep(DRAIN.min(grace)).await;
+    if tokio::time::timeout(grace.saturating_sub(DRAIN), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still in flight after {grace:?}; exiting anyway");
     }
 }
 
