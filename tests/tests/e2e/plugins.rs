@@ -119,24 +119,28 @@ fn check_inspects_a_plugin_in_a_sandbox_worker_and_escapes_what_it_prints() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // The manifest takes 3 s to build: look at the processes meanwhile (under a loaded machine
-    // the worker may take a moment to start).
+    // The manifest takes 3 s to build: look at the processes meanwhile, for as long as the
+    // command runs (under a loaded machine the worker may take seconds to start).
     let parent = check.id().to_string();
-    let worker = crate::support::wait_for(std::time::Duration::from_millis(2500), || {
+    let mut worker = false;
+    crate::support::wait_for(std::time::Duration::from_secs(30), || {
+        let ended = std::fs::read_to_string(format!("/proc/{}/stat", check.id())).map_or(true, |stat| {
+            stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next()) == Some("Z")
+        });
         let maps = std::fs::read_to_string(format!("/proc/{}/maps", check.id())).unwrap_or_default();
         assert!(
             !maps.contains("slow_load") && !maps.contains("memfd:plughost"),
             "plughost check mapped the plugin itself"
         );
         // Its child (from any of its threads) that runs `plughost worker`.
-        std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+        worker = std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
             let pid = entry.file_name().to_string_lossy().into_owned();
             let child_of_check = std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .is_ok_and(|stat| stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(1)) == Some(parent.as_str()));
             child_of_check && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.split(|&b| b == 0).nth(1) == Some(b"worker"))
-        })
-    })
-    .is_some();
+        });
+        ended || worker
+    });
     assert!(worker, "no sandbox worker under plughost check");
     let output = check.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
