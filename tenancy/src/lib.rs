@@ -9,9 +9,12 @@
 //! - [`auth`]: authentication of parsed [`auth::Credentials`], tokens, the principal cache;
 //!   [`throttle`]: the failure budget against guessing.
 //! - [`tenants`]: tenant operations (add, rotate, enable, limits) with their audit trail.
+//! - [`jobs`]: asynchronous jobs as the store keeps them, claimed under leases.
 
 pub mod auth;
 pub mod clock;
+pub mod error;
+pub mod jobs;
 pub mod mongo;
 pub mod secrets;
 pub mod sqlite;

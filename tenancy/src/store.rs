@@ -4,6 +4,9 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub use crate::error::StoreError;
+use crate::jobs::{Cancel, Claim, JobCounts, JobEnd, JobQuery, JobRecord, JobStore};
+
 /// A principal as stored: the admin or a tenant. The TOTP secret is encrypted with `SECRET_KEY`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PrincipalRecord {
@@ -83,20 +86,9 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
-/// Why the store could not answer.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreError {
-    #[error("the store is unavailable: {0}")]
-    Unavailable(String),
-    #[error("a principal with UUID {0} already exists")]
-    Exists(String),
-    #[error("a stored record is unreadable: {0}")]
-    Corrupt(String),
-}
-
-/// What every store offers.
+/// What every store offers (jobs included).
 #[async_trait]
-pub trait Store: Send + Sync {
+pub trait Store: JobStore + Send + Sync {
     /// A short name for logs and `/health`: `sqlite` or `mongodb`.
     fn kind(&self) -> &'static str;
     /// Answers when the store is reachable.
@@ -140,7 +132,7 @@ pub trait StoreObserver: Send + Sync {
 pub struct Timed<S>(pub S, pub std::sync::Arc<dyn StoreObserver>);
 
 impl<S: Store> Timed<S> {
-    async fn time<T>(
+    pub(crate) async fn time<T>(
         &self,
         operation: &'static str,
         work: impl std::future::Future<Output = Result<T, StoreError>>,
@@ -201,5 +193,42 @@ impl<S: Store> Store for Timed<S> {
     }
     async fn published_version(&self) -> Result<u64, StoreError> {
         self.time("published_version", self.0.published_version()).await
+    }
+}
+
+#[async_trait]
+impl<S: Store> JobStore for Timed<S> {
+    async fn queue_job(&self, job: &JobRecord, key_expires_at: i64) -> Result<JobRecord, StoreError> {
+        self.time("queue_job", self.0.queue_job(job, key_expires_at)).await
+    }
+    async fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        self.time("job", self.0.job(id)).await
+    }
+    async fn jobs(&self, query: &JobQuery) -> Result<Vec<JobRecord>, StoreError> {
+        self.time("jobs", self.0.jobs(query)).await
+    }
+    async fn claim_job(&self, claim: &Claim) -> Result<Option<JobRecord>, StoreError> {
+        self.time("claim_job", self.0.claim_job(claim)).await
+    }
+    async fn renew_job(&self, id: &str, replica: &str, lease_until: i64) -> Result<bool, StoreError> {
+        self.time("renew_job", self.0.renew_job(id, replica, lease_until)).await
+    }
+    async fn end_job(&self, id: &str, replica: &str, end: &JobEnd) -> Result<bool, StoreError> {
+        self.time("end_job", self.0.end_job(id, replica, end)).await
+    }
+    async fn release_job(&self, id: &str, replica: &str) -> Result<bool, StoreError> {
+        self.time("release_job", self.0.release_job(id, replica)).await
+    }
+    async fn cancel_job(&self, id: &str, now: i64) -> Result<Cancel, StoreError> {
+        self.time("cancel_job", self.0.cancel_job(id, now)).await
+    }
+    async fn requeue_job(&self, id: &str, now: i64) -> Result<Option<JobRecord>, StoreError> {
+        self.time("requeue_job", self.0.requeue_job(id, now)).await
+    }
+    async fn purge_jobs(&self, ended_before: i64, now: i64) -> Result<u64, StoreError> {
+        self.time("purge_jobs", self.0.purge_jobs(ended_before, now)).await
+    }
+    async fn job_counts(&self, now: i64) -> Result<JobCounts, StoreError> {
+        self.time("job_counts", self.0.job_counts(now)).await
     }
 }

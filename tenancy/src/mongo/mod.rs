@@ -1,11 +1,14 @@
 //! The MongoDB store (official `mongodb` driver). Collections: `admins`, `tenants`, `used_codes`
 //! (unique on uuid+step, TTL on `expires_at`), `audit`, `plugins` and `plugin_chunks` (published
-//! plugins: records, and their bytes in 4 MiB pieces keyed by sha256). Tokens are stateless (signed), so none are
+//! plugins: records, and their bytes in 4 MiB pieces keyed by sha256), `jobs` and `job_keys`
+//! (asynchronous jobs, in [`crate::jobs`]). Tokens are stateless (signed), so none are
 //! stored. Indexes are created at start-up. Kept to plain
 //! inserts, finds, replaces and deletes, so that it runs on a real mongod and on wire-compatible
 //! servers alike.
 
 use std::time::Duration;
+
+mod jobs;
 
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
@@ -17,7 +20,7 @@ use mongodb::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::store::{AuditEntry, PrincipalRecord, PublishedPlugin, Store, StoreError};
+use crate::store::{AuditEntry, PrincipalRecord, PublishedPlugin, Store, StoreError};
 
 pub struct MongoStore {
     client: Client,
@@ -29,6 +32,8 @@ pub struct MongoStore {
     chunks: Collection<Chunk>,
     /// One document, `{_id: "published", version}`, counting publish and unpublish.
     versions: Collection<mongodb::bson::Document>,
+    pub(crate) jobs: Collection<crate::jobs::JobRecord>,
+    pub(crate) job_keys: Collection<jobs::JobKey>,
 }
 
 /// A piece of a published plugin's bytes (documents are limited to 16 MiB).
@@ -50,11 +55,11 @@ struct UsedCode {
     expires_at: DateTime,
 }
 
-fn unavailable(err: impl std::fmt::Display) -> StoreError {
+pub(crate) fn unavailable(err: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(err.to_string())
 }
 
-fn is_duplicate(err: &mongodb::error::Error) -> bool {
+pub(crate) fn is_duplicate(err: &mongodb::error::Error) -> bool {
     match err.kind.as_ref() {
         ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == 11000,
         ErrorKind::InsertMany(e) => e.write_errors.as_ref().is_some_and(|errs| errs.iter().any(|e| e.code == 11000)),
@@ -82,6 +87,8 @@ impl MongoStore {
             plugins: db.collection("plugins"),
             chunks: db.collection("plugin_chunks"),
             versions: db.collection("plugin_versions"),
+            jobs: db.collection("jobs"),
+            job_keys: db.collection("job_keys"),
             client,
         };
         if let Err(err) = store.create_indexes().await {
@@ -108,7 +115,7 @@ impl MongoStore {
         self.codes.create_index(ttl).await.map_err(unavailable)?;
         let created = IndexModel::builder().keys(doc! {"created_at": 1}).build();
         self.tenants.create_index(created).await.map_err(unavailable)?;
-        Ok(())
+        self.create_job_indexes().await
     }
 
     /// The collection a record of `kind` lives in.

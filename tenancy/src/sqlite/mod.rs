@@ -6,10 +6,12 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+mod jobs;
+
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::store::{AuditEntry, PrincipalRecord, PublishedPlugin, Store, StoreError};
+use crate::store::{AuditEntry, PrincipalRecord, PublishedPlugin, Store, StoreError};
 
 /// The store's file and its connection, opened on first use and again after a failure: a file
 /// that cannot be opened (corrupt, unreadable) leaves the server running degraded, its
@@ -20,7 +22,7 @@ pub struct SqliteStore {
     conn: Arc<Mutex<Option<Connection>>>,
 }
 
-fn unavailable(err: impl std::fmt::Display) -> StoreError {
+pub(crate) fn unavailable(err: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(err.to_string())
 }
 
@@ -52,7 +54,7 @@ impl SqliteStore {
         }
     }
 
-    async fn with<T: Send + 'static>(
+    pub(crate) async fn with<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
@@ -97,6 +99,7 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
              CREATE TABLE IF NOT EXISTS published_version (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL);",
         )
         .map_err(unavailable)?;
+        conn.execute_batch(jobs::SQLITE_TABLES).map_err(unavailable)?;
         Ok(conn)
     }
 }

@@ -9,6 +9,7 @@ mod bad_input;
 mod connections;
 mod errors;
 mod isolation;
+mod job_store;
 mod lifecycle;
 mod log_filters;
 mod mongo_auth;
