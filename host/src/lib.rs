@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub(crate) mod dispatch;
 pub(crate) mod http;
+pub mod jobs;
 pub(crate) mod kwargs;
 pub mod loader;
 pub mod logwriter;
@@ -50,6 +51,8 @@ pub(crate) struct AppState {
     pub draining: AtomicBool,
     /// Wakes this replica's sync of published plugins at once after a publish through it.
     pub sync_now: Arc<tokio::sync::Notify>,
+    /// Asynchronous jobs: queued here, run by any replica.
+    pub jobs: Arc<jobs::Jobs>,
 }
 
 impl AppState {
@@ -57,9 +60,11 @@ impl AppState {
         http: config::HttpSettings,
         plugins: Arc<plugins::Plugins>,
         auth: Arc<plughost_tenancy::auth::Authenticator>,
+        jobs: Arc<jobs::Jobs>,
         role: Role,
     ) -> AppState {
         AppState {
+            jobs,
             sync_now: Arc::new(tokio::sync::Notify::new()),
             http,
             plugins,

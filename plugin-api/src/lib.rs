@@ -69,7 +69,7 @@ pub mod abi;
 
 pub use abi::{ParamKind, Visibility, ABI_VERSION};
 pub use error::{Error, ErrorKind, Result};
-pub use request::{Caller, CallerKind, Request};
+pub use request::{Caller, CallerKind, Job, Request};
 pub use response::{IntoResponse, Json, Response};
 pub use spec::{Function, Methods, Param, Plugin};
 

@@ -187,6 +187,16 @@ impl<'a> Request<'a> {
         Ok(serde_json::from_slice(self.body())?)
     }
 
+    /// The asynchronous job this call runs for, and which attempt it is (from 1): `None` for a
+    /// synchronous call. A job may run more than once (after a failure, or when its replica was
+    /// lost), so a function with effects can use the id to do them once.
+    pub fn job(&self) -> Option<Job<'_>> {
+        Some(Job {
+            id: self.header("x-plughost-job-id")?,
+            attempt: self.header("x-plughost-attempt")?.parse().ok()?,
+        })
+    }
+
     /// Who is calling, as the host authenticated them: `None` for a public call without
     /// credentials. (The host removes credentials from the headers a plugin sees.)
     pub fn caller(&self) -> Option<Caller<'_>> {
@@ -238,4 +248,11 @@ fn wrong_type(name: &str, expected: &str, got: &Value) -> Error {
         shown.push('…');
     }
     Error::unprocessable(format!("parameter '{name}' must be {expected}, got {shown}")).with_code("INVALID_PARAMETER")
+}
+
+/// An asynchronous job's id and the attempt of this call, from [`Request::job`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Job<'a> {
+    pub id: &'a str,
+    pub attempt: u32,
 }

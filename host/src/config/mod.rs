@@ -170,6 +170,34 @@ pub const KNOWN_VARS: &[(&str, &str, &str)] = &[
     ),
     ("PLUGHOST_STAGE", "", "stage name (dev, prod…): .env.<stage> is read over .env"),
     (
+        "JOBS_CONCURRENCY",
+        "0",
+        "asynchronous jobs run at once by this replica (0: one per CPU)",
+    ),
+    (
+        "JOBS_POLL_MS",
+        "500",
+        "how often an idle replica looks for jobs queued through others",
+    ),
+    ("JOB_TIMEOUT_MS", "900000", "deadline of one attempt of an asynchronous job"),
+    (
+        "JOB_MAX_ATTEMPTS",
+        "3",
+        "attempts of a job whose call fails with a 5xx, 429 or timeout",
+    ),
+    (
+        "JOB_BACKOFF_MS",
+        "1000",
+        "wait before a job's first retry; doubled for each next one, with jitter",
+    ),
+    (
+        "JOB_LEASE_MS",
+        "15000",
+        "how long a replica that stopped renewing keeps its job before another takes it",
+    ),
+    ("JOB_RETENTION_SECS", "86400", "how long ended jobs and idempotency keys are kept"),
+    ("JOB_MAX_DELAY_SECS", "86400", "the longest X-Plughost-Delay-Secs accepted"),
+    (
         "METRICS",
         "admin",
         "admin: GET /metrics for the admin (and on METRICS_BIND); off: no request metrics",
@@ -220,6 +248,8 @@ pub struct Config {
     pub watch_poll: bool,
     /// Publishing through the store, and signatures.
     pub publishing: Publishing,
+    /// Asynchronous jobs: workers, deadlines, retries, retention.
+    pub jobs: crate::jobs::JobSettings,
 }
 
 /// What the HTTP front needs: the request and call bounds, the URL parameters, publishing,
@@ -382,6 +412,7 @@ impl Config {
         let publishing = sections::publishing(&mut v);
         let stage = sections::stage(&mut v);
         let log_filter = sections::log_filter(&mut v);
+        let jobs = sections::jobs(&mut v);
         let Some(secret_key) = secret_key.filter(|_| v.errors.is_empty()) else {
             return Err(ConfigErrors(v.errors));
         };
@@ -400,6 +431,7 @@ impl Config {
             sandbox,
             watch_poll,
             publishing,
+            jobs,
         })
     }
 

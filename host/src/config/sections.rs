@@ -351,3 +351,23 @@ pub(super) fn log_filter(v: &mut Vars<'_>) -> String {
     }
     log_filter
 }
+
+/// `JOBS_*` and `JOB_*`.
+pub(super) fn jobs(v: &mut Vars<'_>) -> crate::jobs::JobSettings {
+    let concurrency = v.number("JOBS_CONCURRENCY", 0, 4096) as usize;
+    let concurrency = if concurrency == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        concurrency
+    };
+    crate::jobs::JobSettings {
+        concurrency,
+        poll: v.millis("JOBS_POLL_MS", 10, 60_000),
+        timeout: v.millis("JOB_TIMEOUT_MS", 1, 24 * 3_600_000),
+        max_attempts: v.number("JOB_MAX_ATTEMPTS", 1, 100) as i64,
+        backoff: v.millis("JOB_BACKOFF_MS", 1, 3_600_000),
+        lease: v.millis("JOB_LEASE_MS", 300, 3_600_000),
+        retention: Duration::from_secs(v.number("JOB_RETENTION_SECS", 1, 366 * 86_400)),
+        max_delay: Duration::from_secs(v.number("JOB_MAX_DELAY_SECS", 0, 366 * 86_400)),
+    }
+}

@@ -19,6 +19,7 @@ pub(super) async fn serve(
     state: &AppState,
     tail: &str,
     method: &Method,
+    query: &str,
     headers: &HeaderMap,
     body: super::Body,
 ) -> Result<Response, ApiError> {
@@ -31,10 +32,17 @@ pub(super) async fn serve(
     } else {
         Bytes::new()
     };
-    handle(state, tail, method, headers, body).await
+    handle(state, tail, method, query, headers, body).await
 }
 
-async fn handle(state: &AppState, tail: &str, method: &Method, headers: &HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn handle(
+    state: &AppState,
+    tail: &str,
+    method: &Method,
+    query: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let caller = auth::caller(state, headers).await?;
     auth::require(Visibility::Admin, caller.as_ref(), "/rest/admin/")?;
     let actor = caller.as_ref().map(|c| c.uuid().to_owned()).unwrap_or_default();
@@ -43,6 +51,9 @@ async fn handle(state: &AppState, tail: &str, method: &Method, headers: &HeaderM
     let tenancy = state.auth.tenancy();
     let method = if method == Method::HEAD { &Method::GET } else { method };
     let changes_tenants = method == Method::POST || method == Method::DELETE || method == Method::PUT;
+    if segments.first() == Some(&"jobs") {
+        return super::jobs::admin(state, &segments, method, query).await;
+    }
     let result = route(state, tail, method, &segments, &actor, body).await;
     if changes_tenants && segments.first() == Some(&"tenants") && result.is_ok() {
         // The sandbox learns at once, so that a tenant's modules load or unload on the next rescan.

@@ -118,9 +118,16 @@ pub(crate) fn plugin_headers(headers: &HeaderMap, caller: Option<&Caller>, untru
     let mut out: Vec<(String, String)> = headers
         .iter()
         .filter(|(name, _)| {
+            // Credentials, and what only the host says (who calls, which job and attempt).
             let credential = matches!(
                 name.as_str(),
-                "authorization" | "x-plughost-totp" | "x-plughost-uuid" | "x-plughost-caller-kind" | "x-plughost-caller-uuid"
+                "authorization"
+                    | "x-plughost-totp"
+                    | "x-plughost-uuid"
+                    | "x-plughost-caller-kind"
+                    | "x-plughost-caller-uuid"
+                    | "x-plughost-job-id"
+                    | "x-plughost-attempt"
             );
             let private = matches!(name.as_str(), "cookie" | "proxy-authorization");
             let withheld = credential || (untrusted && private);

@@ -8,10 +8,12 @@ pub(crate) mod builtins;
 pub(crate) mod cors;
 mod dir;
 pub(crate) mod error;
+pub(crate) mod jobs;
 pub(crate) mod names;
 mod openapi;
 pub(crate) mod path;
 mod publish;
+mod reply;
 pub(crate) mod services;
 
 use std::sync::Arc;
@@ -38,6 +40,10 @@ pub(crate) enum Route<'a> {
     },
     /// `/rest/tenant/…`: a tenant's own published plugins.
     Tenant {
+        tail: &'a str,
+    },
+    /// `/rest/jobs/…`: asynchronous jobs, their state and results.
+    Jobs {
         tail: &'a str,
     },
     /// `POST /rest/auth/token`: a UUID and a TOTP code exchanged for a token.
@@ -75,6 +81,9 @@ pub(crate) fn route(path: &str) -> Route<'_> {
     if let Some(tail) = under(rest, "rest/tenant") {
         return Route::Tenant { tail };
     }
+    if let Some(tail) = under(rest, "rest/jobs") {
+        return Route::Jobs { tail };
+    }
     match rest.strip_suffix('/').unwrap_or(rest) {
         "rest/auth/token" => Route::Token,
         "ping" => Route::Ping,
@@ -102,6 +111,7 @@ impl Route<'_> {
             Route::Services { .. } => "/rest/services/…",
             Route::Admin { .. } => "/rest/admin/…",
             Route::Tenant { .. } => "/rest/tenant/…",
+            Route::Jobs { .. } => "/rest/jobs/…",
             Route::Token => "/rest/auth/token",
             Route::Ping => "/ping",
             Route::Version => "/version",
@@ -165,7 +175,10 @@ async fn serve_other(state: &AppState, route: Route<'_>, parts: &Parts, body: Bo
             Ok(body) => auth::token(state, &body).await,
             Err(err) => Err(err),
         },
-        Route::Admin { tail } => admin::serve(state, tail, method, headers, body).await.map(|r| as_caller(r, route, "admin")),
+        Route::Admin { tail } => admin::serve(state, tail, method, parts.uri.query().unwrap_or(""), headers, body)
+            .await
+            .map(|r| as_caller(r, route, "admin")),
+        Route::Jobs { tail } => jobs::serve(state, tail, method, parts.uri.query().unwrap_or(""), headers).await,
         Route::Tenant { tail } => publish::tenant(state, tail, method, headers, body).await.map(|r| as_caller(r, route, "tenant")),
         Route::Services { .. } => unreachable!("served by `serve`"),
         Route::Unmatched => Err(ApiError::not_found(

@@ -185,7 +185,9 @@ impl App {
             config.identity.auth_max_failures,
             config.identity.auth_lockout,
         ));
-        let state = AppState::new(config.http_settings(), plugins, auth, role);
+        let jobs = crate::jobs::Jobs::new(tenancy.store.clone(), config.jobs.clone());
+        let state = Arc::new(AppState::new(config.http_settings(), plugins, auth, jobs, role));
+        state.jobs.start(Arc::new(http::jobs::CallExecutor(Arc::downgrade(&state))));
         if let Some(every) = config.publishing.publish_sync {
             crate::publish::spawn_sync(
                 tenancy.store.clone(),
@@ -199,7 +201,7 @@ impl App {
             listener,
             metrics_listener,
             limits: config.limits,
-            state: Arc::new(state),
+            state,
         })
     }
 
@@ -265,6 +267,9 @@ impl App {
 async fn drain(state: &AppState, grace: Duration, graceful: GracefulShutdown) {
     tracing::info!("shutting down: no new connections; waiting up to {grace:?} for requests in flight");
     state.draining.store(true, Ordering::Relaxed);
+    // Jobs stop being claimed at once; those running get the same grace as requests.
+    let jobs = state.jobs.clone();
+    let stopping_jobs = tokio::spawn(async move { jobs.stop(grace).await });
     tokio::time::sleep(DRAIN.min(grace)).await;
     if tokio::time::timeout(grace.saturating_sub(DRAIN), graceful.shutdown())
         .await
@@ -272,6 +277,7 @@ async fn drain(state: &AppState, grace: Duration, graceful: GracefulShutdown) {
     {
         tracing::warn!("requests still in flight after {grace:?}; exiting anyway");
     }
+    let _ = stopping_jobs.await;
 }
 
 /// Binds `addr` so that the next worker can bind it too while this one drains (`SO_REUSEPORT`).

@@ -10,6 +10,7 @@ mod connections;
 mod errors;
 mod isolation;
 mod job_store;
+mod jobs;
 mod lifecycle;
 mod log_filters;
 mod mongo_auth;
