@@ -57,6 +57,16 @@ pub(crate) struct LatencyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct StateLabels {
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ReasonLabels {
     pub reason: &'static str,
 }
@@ -101,6 +111,10 @@ pub(crate) struct Metrics {
     pub sandbox_quarantines: Counter,
     pub sandbox_workers: Gauge,
     pub sandbox_worker_start: Histogram,
+    pub jobs: Family<StateLabels, Gauge>,
+    pub jobs_oldest_due: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub jobs_running: Gauge,
+    pub job_attempts: Family<OutcomeLabels, Counter>,
 }
 
 fn request_histogram() -> Histogram {
@@ -147,6 +161,10 @@ impl Metrics {
             sandbox_workers: Gauge::default(),
             // 1 ms … ~8 s.
             sandbox_worker_start: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            jobs: Family::default(),
+            jobs_oldest_due: Gauge::default(),
+            jobs_running: Gauge::default(),
+            job_attempts: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -235,6 +253,18 @@ impl Metrics {
             "sandbox_worker_start_seconds",
             "Cold start of a sandbox worker: process start, confinement, library load, manifest",
             metrics.sandbox_worker_start.clone(),
+        );
+        registry.register("jobs", "Jobs in the store by state (all replicas)", metrics.jobs.clone());
+        registry.register(
+            "jobs_oldest_due_seconds",
+            "How long the oldest due job has waited to start (the queue's lag)",
+            metrics.jobs_oldest_due.clone(),
+        );
+        registry.register("jobs_running", "Jobs this replica runs now", metrics.jobs_running.clone());
+        registry.register(
+            "job_attempts",
+            "Job attempts ended on this replica, by outcome: succeeded, failed, retried, dead",
+            metrics.job_attempts.clone(),
         );
         Metrics { registry, ..metrics }
     }

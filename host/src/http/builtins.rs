@@ -71,6 +71,7 @@ fn health_body(state: &AppState) -> Value {
             "admin_isolation": if state.http.admin_isolation { "process" } else { "inprocess" },
             "layers": state.plugins.sandbox().and_then(|sandbox| sandbox.layers()),
         },
+        "jobs": state.jobs.status(),
     })
 }
 
@@ -81,12 +82,21 @@ pub(crate) async fn metrics(state: &AppState, headers: &http::HeaderMap) -> Resu
     }
     let caller = super::auth::caller(state, headers).await?;
     super::auth::require(plugin_api::Visibility::Admin, caller.as_ref(), "/metrics")?;
-    Ok(metrics_response(state))
+    Ok(metrics_response(state).await)
 }
 
-/// The metrics of this process, with the plugin gauges read now.
-pub(crate) fn metrics_response(state: &AppState) -> Response {
+/// The metrics of this process, with the plugin and job gauges read now.
+pub(crate) async fn metrics_response(state: &AppState) -> Response {
     let metrics = &crate::metrics::METRICS;
+    // The store's job counts, if it answers soon; the last ones otherwise.
+    let now = crate::jobs::now_ms();
+    if let Ok(Ok(counts)) = tokio::time::timeout(std::time::Duration::from_secs(2), state.jobs.store().job_counts(now)).await {
+        for (job_state, count) in counts.by_state {
+            let labels = crate::metrics::StateLabels { state: job_state.as_str() };
+            metrics.jobs.get_or_create(&labels).set(count as i64);
+        }
+        metrics.jobs_oldest_due.set(counts.oldest_due_ms as f64 / 1000.0);
+    }
     let stats = state.plugins.images();
     metrics.plugins_loaded.set(state.plugins.registry().modules().len() as i64);
     metrics.images_mapped.set(stats.mapped as i64);

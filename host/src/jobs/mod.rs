@@ -98,6 +98,18 @@ impl Jobs {
         })
     }
 
+    /// The runner as `/health` shows it to the admin.
+    pub(crate) fn status(&self) -> serde_json::Value {
+        use std::sync::atomic::Ordering;
+        serde_json::json!({
+            "replica": self.replica,
+            "concurrency": self.settings.concurrency,
+            "running": self.active.load(Ordering::Relaxed),
+            "claiming": !self.stopping.load(Ordering::Relaxed),
+            "poll_ms": self.settings.poll.as_millis() as u64,
+        })
+    }
+
     pub(crate) fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }

@@ -105,6 +105,7 @@ impl Jobs {
 
     fn begin(&self, job: &JobRecord) {
         self.active.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::METRICS.jobs_running.inc();
         *lock(&self.running).entry(job.owner.clone()).or_default() += 1;
         lock(&self.in_flight).insert(job.id.clone());
     }
@@ -120,11 +121,20 @@ impl Jobs {
         }
         drop(running);
         self.active.fetch_sub(1, Ordering::Relaxed);
+        crate::metrics::METRICS.jobs_running.dec();
         self.wake.notify_one();
     }
 
     async fn run(self: Arc<Self>, job: JobRecord, executor: Arc<dyn Executor>) {
         let end = self.attempt(&job, executor).await;
+        let outcome = match end.state {
+            JobState::Queued => "retried",
+            state => state.as_str(),
+        };
+        crate::metrics::METRICS
+            .job_attempts
+            .get_or_create(&crate::metrics::OutcomeLabels { outcome })
+            .inc();
         match self.store.end_job(&job.id, &self.replica, &end).await {
             Ok(true) => tracing::debug!(job = %job.id, state = end.state.as_str(), "job attempt ended"),
             Ok(false) => tracing::warn!(job = %job.id, "the job's lease was lost while it ran; another replica has it"),

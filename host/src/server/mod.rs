@@ -309,7 +309,7 @@ async fn serve_metrics(listener: TcpListener, state: Arc<AppState>) {
             let state = state.clone();
             async move {
                 let response = match (request.method(), http::route(request.uri().path())) {
-                    (&::http::Method::GET | &::http::Method::HEAD, http::Route::Metrics) => http::builtins::metrics_response(&state),
+                    (&::http::Method::GET | &::http::Method::HEAD, http::Route::Metrics) => http::builtins::metrics_response(&state).await,
                     (_, http::Route::Metrics) => {
                         http::error::ApiError::method_not_allowed(request.method(), "/metrics", "GET, HEAD".to_owned()).into_response()
                     }

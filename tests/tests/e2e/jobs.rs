@@ -202,6 +202,20 @@ fn exercise(app: &App) {
         .collect();
     assert_eq!(seen.len(), 6, "every job queued, once");
     assert!(seen.windows(2).all(|w| w[0]["created_at"].as_str() >= w[1]["created_at"].as_str()));
+    // The runner in /health, the queue in /metrics.
+    let health = app.admin("GET", "/health", None).json();
+    assert!(health["jobs"]["concurrency"].as_u64().unwrap() >= 1, "{health}");
+    assert_eq!(health["jobs"]["claiming"], true);
+    let metrics = app.admin("GET", "/metrics", None).text();
+    for line in [
+        "plughost_jobs{state=\"dead\"} 1",
+        "plughost_jobs{state=\"cancelled\"} 1",
+        "plughost_jobs{state=\"failed\"} 1",
+        "plughost_job_attempts_total{outcome=\"retried\"} 6",
+        "plughost_job_attempts_total{outcome=\"dead\"} 2",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "no `{line}` in\n{metrics}");
+    }
     // Each execution has an access-log line carrying the job id.
     assert!(
         wait_for(Duration::from_secs(5), || app.logs().contains(&mine)).is_some(),
