@@ -263,6 +263,105 @@ pub fn tenant(config: &Config, command: TenantCommand) -> anyhow::Result<ExitCod
     })
 }
 
+/// `plughost job …`: asynchronous jobs in the store, beside running servers.
+#[derive(Subcommand, Clone)]
+pub enum JobCommand {
+    /// Show one job as `GET /rest/jobs/<id>` does.
+    Show { id: String },
+    /// List jobs, newest first.
+    List {
+        /// Only jobs in this state: queued, running, succeeded, failed, dead, cancelled.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only the jobs of this principal (UUID).
+        #[arg(long)]
+        owner: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// One JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a job that has not started.
+    Cancel { id: String },
+    /// Queue a failed, dead or cancelled job again, with fresh attempts.
+    Requeue { id: String },
+}
+
+/// `plughost job …`.
+pub fn job(config: &Config, command: JobCommand) -> anyhow::Result<ExitCode> {
+    use plughost_tenancy::jobs::{Cancel, JobQuery, JobState};
+    let job_id = |text: &str| {
+        uuid::Uuid::parse_str(text)
+            .map(|id| id.to_string())
+            .map_err(|_| anyhow::anyhow!("'{text}' is not a job id: job ids are UUIDs"))
+    };
+    runtime()?.block_on(async {
+        let tenancy = open(config).await?;
+        let store = &tenancy.store;
+        let now = crate::jobs::now_ms();
+        match command {
+            JobCommand::Show { id } => {
+                let id = job_id(&id)?;
+                let job = store.job(&id).await?.ok_or_else(|| anyhow::anyhow!("no job {id}"))?;
+                println!("{}", serde_json::to_string_pretty(&crate::jobs::view(&job))?);
+            }
+            JobCommand::List { state, owner, limit, json } => {
+                let state = match state {
+                    None => None,
+                    Some(text) => Some(JobState::parse(&text).ok_or_else(|| {
+                        anyhow::anyhow!("'{text}' is not a job state: use queued, running, succeeded, failed, dead or cancelled")
+                    })?),
+                };
+                let query = JobQuery {
+                    owner,
+                    state,
+                    schedule: None,
+                    before: None,
+                    limit: limit.clamp(1, 10_000),
+                };
+                let jobs = store.jobs(&query).await?;
+                if json {
+                    let views: Vec<serde_json::Value> = jobs.iter().map(crate::jobs::view).collect();
+                    println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "jobs": views }))?);
+                } else {
+                    println!("{:<36}  {:<9}  {:>8}  {:<24}  FUNCTION", "ID", "STATE", "ATTEMPTS", "CREATED");
+                    for job in jobs {
+                        let attempts = format!("{}/{}", job.attempts, job.max_attempts);
+                        let created = crate::jobs::timestamp(job.created_at);
+                        println!(
+                            "{:<36}  {:<9}  {attempts:>8}  {created:<24}  {}/{}",
+                            job.id,
+                            job.state.as_str(),
+                            job.module,
+                            job.function
+                        );
+                    }
+                }
+            }
+            JobCommand::Cancel { id } => match store.cancel_job(&job_id(&id)?, now).await? {
+                Cancel::Cancelled(job) => println!("cancelled job {}", job.id),
+                Cancel::TooLate(job) => anyhow::bail!("job {} is {}: only a queued job can be cancelled", job.id, job.state.as_str()),
+                Cancel::NotFound => anyhow::bail!("no job {id}"),
+            },
+            JobCommand::Requeue { id } => {
+                let id = job_id(&id)?;
+                let before = store.job(&id).await?.ok_or_else(|| anyhow::anyhow!("no job {id}"))?;
+                if !matches!(before.state, JobState::Failed | JobState::Dead | JobState::Cancelled) {
+                    anyhow::bail!(
+                        "job {id} is {}: only failed, dead or cancelled jobs are requeued",
+                        before.state.as_str()
+                    );
+                }
+                store.requeue_job(&id, now).await?;
+                println!("requeued job {id}");
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
 /// `plughost totp UUID`: the current code of a principal.
 pub fn current_code(config: &Config, uuid: &str) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {

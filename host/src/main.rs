@@ -111,6 +111,18 @@ The key is a PKCS#8 PEM file from plughost keygen --signing-key or openssl genpk
         #[command(subcommand)]
         command: plughost::cli::TenantCommand,
     },
+    /// Asynchronous jobs in the store (works beside running servers).
+    #[command(after_help = "Examples:
+  plughost job list --state dead
+  plughost job show 0b6f3a2e-5d1c-4f7e-9a41-6c2d8e9f1a3b
+  plughost job requeue 0b6f3a2e-5d1c-4f7e-9a41-6c2d8e9f1a3b")]
+    Job {
+        /// Env file to read for the store settings (default: ./.env when present).
+        #[arg(long, value_name = "PATH", global = true)]
+        env_file: Option<PathBuf>,
+        #[command(subcommand)]
+        command: plughost::cli::JobCommand,
+    },
     /// Print the current TOTP code of a principal (the admin or a tenant), read from the store.
     #[command(after_help = "Example:
   curl -X POST localhost:8080/rest/auth/token -H 'content-type: application/json' \\
@@ -238,6 +250,7 @@ fn main() -> ExitCode {
             })
         }
         Some(Command::Tenant { env_file, command }) => with_config(env_file, |config| plughost::cli::tenant(config, command)),
+        Some(Command::Job { env_file, command }) => with_config(env_file, |config| plughost::cli::job(config, command)),
         Some(Command::Totp { uuid, env_file }) => with_config(env_file, |config| plughost::cli::current_code(config, &uuid)),
         Some(Command::Publish {
             file,

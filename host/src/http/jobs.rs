@@ -155,19 +155,19 @@ pub(crate) async fn admin(state: &AppState, segments: &[&str], method: &Method, 
         (&Method::GET, ["jobs", id]) => Ok(json_response(StatusCode::OK, &jobs::view(&found(state, id).await?))),
         (&Method::POST, ["jobs", id, "requeue"]) => {
             let id = job_id(id)?;
-            let job = state
-                .jobs
-                .store()
-                .requeue_job(&id, jobs::now_ms())
-                .await?
-                .ok_or_else(|| no_such_job(&id))?;
-            if job.state != JobState::Queued {
+            let before = found(state, &id).await?;
+            let requeued = if matches!(before.state, JobState::Failed | JobState::Dead | JobState::Cancelled) {
+                state.jobs.store().requeue_job(&id, jobs::now_ms()).await?
+            } else {
+                None
+            };
+            let Some(job) = requeued.filter(|job| job.state == JobState::Queued) else {
                 return Err(ApiError::new(
                     StatusCode::CONFLICT,
                     "JOB_NOT_ENDED",
-                    format!("job {id} is {}: only failed, dead or cancelled jobs are requeued", job.state.as_str()),
+                    format!("job {id} is {}: only failed, dead or cancelled jobs are requeued", before.state.as_str()),
                 ));
-            }
+            };
             tracing::info!(job = %id, "job requeued by the admin");
             Ok(json_response(StatusCode::OK, &jobs::view(&job)))
         }

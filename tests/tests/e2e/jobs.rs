@@ -228,6 +228,29 @@ fn exercise(app: &App) {
 fn jobs_on_the_embedded_store() {
     let app = setup().env("RUST_LOG", "warn,plughost::access=info").start();
     exercise(&app);
+    // The CLI, beside the running server, on the same store.
+    let listed = app.cli(&["job", "list", "--state", "dead", "--json"]);
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let dead = listed["jobs"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(listed["jobs"].as_array().unwrap().len(), 1, "{listed}");
+    let shown = app.cli(&["job", "show", &dead]);
+    assert_eq!(serde_json::from_slice::<Value>(&shown.stdout).unwrap()["state"], "dead");
+    let table = String::from_utf8(app.cli(&["job", "list"]).stdout).unwrap();
+    assert!(table.starts_with("ID ") && table.contains(&format!("{dead}  dead")), "{table}");
+    let later = queued(&app, "/rest/services/flaky/broken/", None, &[("X-Plughost-Delay-Secs", "60")]);
+    let out = app.cli(&["job", "requeue", &later]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("only failed, dead or cancelled"), "{out:?}");
+    assert!(app.cli(&["job", "cancel", &later]).status.success());
+    assert_eq!(app.get(&format!("/rest/jobs/{later}")).json()["state"], "cancelled");
+    assert!(app.cli(&["job", "requeue", &later]).status.success());
+    assert_ne!(app.get(&format!("/rest/jobs/{later}")).json()["state"], "cancelled");
+    let out = app.cli(&["job", "show", "nope"]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not a job id"),
+        "{out:?}"
+    );
 }
 
 #[test]
