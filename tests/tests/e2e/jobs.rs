@@ -301,3 +301,34 @@ fn a_job_of_a_killed_replica_is_finished_by_another() {
         "only the second attempt finished"
     );
 }
+
+/// A replica told to stop claims no more, and gives back what it could not finish within its
+/// grace: another replica runs it, and the interrupted attempt is not counted.
+#[test]
+fn a_stopping_replica_gives_its_unfinished_job_back() {
+    let server = MongoServer::start();
+    let on = || {
+        setup()
+            .env("MONGODB_URI", &server.uri())
+            .env("MONGODB_DATABASE", "jobs_drain")
+            .env("SHUTDOWN_GRACE_MS", "1000")
+    };
+    let mut first = on().start();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let log_path = log.path().to_string_lossy().into_owned();
+    let id = queued(
+        &first,
+        "/rest/services/flaky/tally/",
+        Some(&json!({"log": log_path, "ms": 5000})),
+        &[],
+    );
+    until(&first, &id, "running", &[]);
+    let status = first
+        .terminate(Duration::from_secs(10))
+        .expect("the replica stops within its grace");
+    assert!(status.success(), "{status:?}");
+    let second = on().start();
+    let job = until(&second, &id, "succeeded", &[]);
+    // Given back, not left to its lease (15 s, and a second attempt counted).
+    assert_eq!(job["attempts"], 1, "the interrupted attempt is not counted: {job}");
+}

@@ -1,6 +1,8 @@
 //! `GET /openapi.json`: an OpenAPI 3.1 document of what the caller may call, generated from the
 //! manifests in force (so it follows every hot swap), with the built-ins and the error schema.
 
+mod jobs;
+
 use plugin_api::{abi::ParamKind, Visibility};
 use serde_json::{json, Map, Value};
 
@@ -96,6 +98,10 @@ fn path_item(module: &ModuleSpec, function: &FunctionSpec, unqualified: bool) ->
                 "200": {
                     "description": "What the function returned (usually JSON; a function may answer another type or status)",
                     "content": {"*/*": {"schema": {}}},
+                },
+                "202": {
+                    "description": "Queued as an asynchronous job (sent with `Prefer: respond-async`); `Location` names it",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}},
                 },
                 "default": {"$ref": "#/components/responses/Error"},
             },
@@ -289,6 +295,7 @@ fn builtins(paths: &mut Map<String, Value>, context: &Context<'_>) {
             },
         }}),
     );
+    jobs::paths(paths, context.caller.is_some());
     let admin = context.caller.is_some_and(Caller::is_admin);
     if context.metrics && admin {
         paths.insert(
@@ -521,6 +528,7 @@ fn components() -> Value {
                     "error_id": {"type": "string", "description": "Also in the server log, with the details"},
                 },
             },
+            "Job": jobs::job_schema(),
         },
         "responses": {
             "Error": {
