@@ -264,28 +264,33 @@ fn jobs_on_mongodb() {
     exercise(&app);
 }
 
+/// A replica on `server`'s database `database`, with one more setting.
+fn replica(server: &MongoServer, database: &str, setting: (&str, &str)) -> Setup {
+    setup()
+        .env("MONGODB_URI", &server.uri())
+        .env("MONGODB_DATABASE", database)
+        .env(setting.0, setting.1)
+}
+
+/// Starts a replica and queues a `tally` call of `ms` milliseconds writing to a fresh log;
+/// returns the replica, the job id and the log (kept while the test runs).
+fn running_tally(start: &dyn Fn() -> Setup, ms: u64) -> (App, String, tempfile::NamedTempFile) {
+    let app = start().start();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let path = log.path().to_string_lossy().into_owned();
+    let id = queued(&app, "/rest/services/flaky/tally/", Some(&json!({"log": path, "ms": ms})), &[]);
+    until(&app, &id, "running", &[]);
+    (app, id, log)
+}
+
 /// A replica killed while it runs a job: another finishes it once the lease expires, and the
 /// job shows both attempts.
 #[test]
 fn a_job_of_a_killed_replica_is_finished_by_another() {
     let server = MongoServer::start();
-    let on = || {
-        setup()
-            .env("MONGODB_URI", &server.uri())
-            .env("MONGODB_DATABASE", "jobs_failover")
-            .env("JOB_LEASE_MS", "1000")
-    };
-    let mut first = on().start();
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let log_path = log.path().to_string_lossy().into_owned();
-    let id = queued(
-        &first,
-        "/rest/services/flaky/tally/",
-        Some(&json!({"log": log_path, "ms": 4000})),
-        &[],
-    );
+    let on = || replica(&server, "jobs_failover", ("JOB_LEASE_MS", "1000"));
     // The call takes 4 s and writes only at its end: killed while running, it never writes.
-    until(&first, &id, "running", &[]);
+    let (mut first, id, log) = running_tally(&on, 4000);
     let worker = first.worker_pid();
     let _ = std::process::Command::new("kill")
         .args(["-KILL", &first.pid().to_string(), &worker.to_string()])
@@ -294,7 +299,7 @@ fn a_job_of_a_killed_replica_is_finished_by_another() {
     let second = on().start();
     let job = until(&second, &id, "succeeded", &[]);
     assert_eq!(job["attempts"], 2, "{job}");
-    let executions = std::fs::read_to_string(&log_path).unwrap();
+    let executions = std::fs::read_to_string(log.path()).unwrap();
     assert_eq!(
         executions.lines().collect::<Vec<_>>(),
         [id.as_str()],
@@ -307,22 +312,8 @@ fn a_job_of_a_killed_replica_is_finished_by_another() {
 #[test]
 fn a_stopping_replica_gives_its_unfinished_job_back() {
     let server = MongoServer::start();
-    let on = || {
-        setup()
-            .env("MONGODB_URI", &server.uri())
-            .env("MONGODB_DATABASE", "jobs_drain")
-            .env("SHUTDOWN_GRACE_MS", "1000")
-    };
-    let mut first = on().start();
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let log_path = log.path().to_string_lossy().into_owned();
-    let id = queued(
-        &first,
-        "/rest/services/flaky/tally/",
-        Some(&json!({"log": log_path, "ms": 5000})),
-        &[],
-    );
-    until(&first, &id, "running", &[]);
+    let on = || replica(&server, "jobs_drain", ("SHUTDOWN_GRACE_MS", "1000"));
+    let (mut first, id, _log) = running_tally(&on, 5000);
     let status = first
         .terminate(Duration::from_secs(10))
         .expect("the replica stops within its grace");
