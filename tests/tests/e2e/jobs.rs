@@ -323,3 +323,32 @@ fn a_stopping_replica_gives_its_unfinished_job_back() {
     // Given back, not left to its lease (15 s, and a second attempt counted).
     assert_eq!(job["attempts"], 1, "the interrupted attempt is not counted: {job}");
 }
+
+/// Two replicas on one MongoDB: 1,000 jobs queued through both are each run exactly once.
+#[test]
+fn two_replicas_run_a_thousand_jobs_exactly_once() {
+    let server = MongoServer::start();
+    let on = || replica(&server, "jobs_thousand", ("JOBS_CONCURRENCY", "4"));
+    let (a, b) = (on().start(), on().start());
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let path = log.path().to_string_lossy().into_owned();
+    let mut ids: Vec<String> = (0..1000)
+        .map(|n| {
+            let through = if n % 2 == 0 { &a } else { &b };
+            queued(through, "/rest/services/flaky/tally/", Some(&json!({"log": path})), &[])
+        })
+        .collect();
+    let done = wait_for(Duration::from_secs(240), || {
+        std::fs::read_to_string(log.path()).unwrap_or_default().lines().count() >= 1000
+    });
+    assert!(done.is_some(), "not every job ran");
+    // Settled: nothing runs a second time afterwards.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut ran: Vec<String> = std::fs::read_to_string(log.path()).unwrap().lines().map(str::to_owned).collect();
+    ran.sort();
+    ids.sort();
+    assert_eq!(ran.len(), 1000, "a job ran twice");
+    assert_eq!(ran, ids, "each queued job ran, once");
+    let page = a.admin("GET", "/rest/admin/jobs?state=succeeded&limit=100", None).json();
+    assert!(page["jobs"].as_array().unwrap().iter().all(|j| j["attempts"] == 1), "{page}");
+}
