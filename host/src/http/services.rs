@@ -66,10 +66,12 @@ where
     info.route = super::CALL_TEMPLATE;
     info.endpoint = Some(endpoint.clone());
     let function = endpoint.function();
-    // Public functions of the admin's modules never touch the identity store.
+    // Public functions of the admin's modules never touch the identity store, unless the call is
+    // to be a job: a job belongs to whoever queued it.
+    let asynchronous = super::jobs::wants_async(headers);
     let caller = match caller {
         Some(known) => known,
-        None if function.visibility == plugin_api::Visibility::Public && endpoint.module.owner.is_none() => None,
+        None if function.visibility == plugin_api::Visibility::Public && endpoint.module.owner.is_none() && !asynchronous => None,
         None => auth::caller(state, headers).await?,
     };
     info.caller = caller.as_ref().map_or("none", |c| c.kind());
@@ -87,7 +89,7 @@ where
         return Err(ApiError::method_not_allowed(method, &what, function.methods.allow_header()));
     }
     let input = call_input(state, &endpoint, method, query, headers, body, &rest, caller.as_ref()).await?;
-    if super::jobs::wants_async(headers) {
+    if asynchronous {
         return super::jobs::queue(state, &endpoint, caller.as_ref(), &input, headers).await;
     }
     let limits = &state.http.limits;

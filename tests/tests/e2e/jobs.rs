@@ -352,3 +352,42 @@ fn two_replicas_run_a_thousand_jobs_exactly_once() {
     let page = a.admin("GET", "/rest/admin/jobs?state=succeeded&limit=100", None).json();
     assert!(page["jobs"].as_array().unwrap().iter().all(|j| j["attempts"] == 1), "{page}");
 }
+
+/// One principal flooding the queue does not starve another: with two workers, the newcomer's
+/// job starts as soon as one frees, long before the flood is drained.
+#[test]
+fn a_flood_from_one_caller_does_not_starve_another() {
+    settle_step();
+    let app = setup().env("JOBS_CONCURRENCY", "2").start();
+    let (uuid, secret) = rest_tenant(&app, "patient");
+    let tok = token(&app, &uuid, &code_at(&secret, now())).json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let auth = format!("Bearer {tok}");
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let path = log.path().to_string_lossy().into_owned();
+    // 20 calls of 2 s on two workers: 20 s to drain, however slowly they are queued.
+    let flood: Vec<String> = (0..20)
+        .map(|_| queued(&app, "/rest/services/flaky/tally/", Some(&json!({"log": path, "ms": 2000})), &[]))
+        .collect();
+    let mine = queued(
+        &app,
+        "/rest/services/flaky/tally/",
+        Some(&json!({"log": path, "ms": 0})),
+        &[("Authorization", &auth)],
+    );
+    let done = until(&app, &mine, "succeeded", &[("Authorization", &auth)]);
+    let states: Vec<String> = flood
+        .iter()
+        .map(|id| {
+            app.get(&format!("/rest/jobs/{id}")).json()["state"]
+                .as_str()
+                .unwrap_or("?")
+                .to_owned()
+        })
+        .collect();
+    let waiting = states.iter().filter(|s| *s == "queued").count();
+    let last = app.get(&format!("/rest/jobs/{}", flood[19])).json();
+    assert!(waiting >= 10, "the tenant's job waited for the flood: {states:?}\n{done}\n{last}");
+}
