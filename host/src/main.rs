@@ -123,6 +123,18 @@ The key is a PKCS#8 PEM file from plughost keygen --signing-key or openssl genpk
         #[command(subcommand)]
         command: plughost::cli::JobCommand,
     },
+    /// Print the key callbacks are signed with (hex; derived from SECRET_KEY), for the receivers
+    /// that verify X-Plughost-Signature.
+    #[command(
+        name = "callback-key",
+        after_help = "Example:
+  plughost callback-key --env-file /etc/plughost/.env > callback.key"
+    )]
+    CallbackKey {
+        /// Env file to read for SECRET_KEY (default: ./.env when present).
+        #[arg(long, value_name = "PATH")]
+        env_file: Option<PathBuf>,
+    },
     /// Print the current TOTP code of a principal (the admin or a tenant), read from the store.
     #[command(after_help = "Example:
   curl -X POST localhost:8080/rest/auth/token -H 'content-type: application/json' \\
@@ -251,6 +263,10 @@ fn main() -> ExitCode {
         }
         Some(Command::Tenant { env_file, command }) => with_config(env_file, |config| plughost::cli::tenant(config, command)),
         Some(Command::Job { env_file, command }) => with_config(env_file, |config| plughost::cli::job(config, command)),
+        Some(Command::CallbackKey { env_file }) => with_config(env_file, |config| {
+            println!("{}", hex::encode(config.jobs.callback_key.0));
+            Ok(ExitCode::SUCCESS)
+        }),
         Some(Command::Totp { uuid, env_file }) => with_config(env_file, |config| plughost::cli::current_code(config, &uuid)),
         Some(Command::Publish {
             file,

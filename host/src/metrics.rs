@@ -115,6 +115,8 @@ pub(crate) struct Metrics {
     pub jobs_oldest_due: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub jobs_running: Gauge,
     pub job_attempts: Family<OutcomeLabels, Counter>,
+    pub callbacks: Family<OutcomeLabels, Counter>,
+    pub schedule_lag: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 fn request_histogram() -> Histogram {
@@ -165,6 +167,8 @@ impl Metrics {
             jobs_oldest_due: Gauge::default(),
             jobs_running: Gauge::default(),
             job_attempts: Family::default(),
+            callbacks: Family::default(),
+            schedule_lag: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -265,6 +269,16 @@ impl Metrics {
             "job_attempts",
             "Job attempts ended on this replica, by outcome: succeeded, failed, retried, dead",
             metrics.job_attempts.clone(),
+        );
+        registry.register(
+            "callbacks",
+            "Callback deliveries by outcome: delivered, retried, failed (the receiver kept failing), refused (CALLBACK_ALLOW after DNS)",
+            metrics.callbacks.clone(),
+        );
+        registry.register(
+            "schedule_lag_seconds",
+            "How late the latest schedule tick fired by this replica was queued, after its time",
+            metrics.schedule_lag.clone(),
         );
         Metrics { registry, ..metrics }
     }

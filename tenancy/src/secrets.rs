@@ -14,6 +14,9 @@ pub struct SecretKey {
     cipher: ChaCha20Poly1305,
     /// HMAC state with the token key already absorbed: cloned per token, not re-keyed.
     token_mac: Hmac<Sha256>,
+    /// The key callbacks are signed with, derived so that giving it to a receiver reveals
+    /// nothing of `SECRET_KEY` (`plughost callback-key` prints it).
+    callback_key: [u8; 32],
 }
 
 impl std::fmt::Debug for SecretKey {
@@ -46,9 +49,13 @@ impl SecretKey {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key).map_err(|_| KeyError::Unusable)?;
         mac.update(b"plughost bearer tokens v1");
         let token_key: [u8; 32] = mac.finalize().into_bytes().into();
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key).map_err(|_| KeyError::Unusable)?;
+        mac.update(b"plughost callbacks v1");
+        let callback_key: [u8; 32] = mac.finalize().into_bytes().into();
         Ok(SecretKey {
             cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
             token_mac: <Hmac<Sha256> as Mac>::new_from_slice(&token_key).map_err(|_| KeyError::Unusable)?,
+            callback_key,
         })
     }
 
@@ -105,6 +112,12 @@ impl SecretKey {
         let mut mac = self.token_mac();
         mac.update(payload);
         mac.verify_slice(tag).is_ok()
+    }
+
+    /// The key callbacks are signed with: HMAC-SHA256 of `plughost callbacks v1` under
+    /// `SECRET_KEY`.
+    pub fn callback_key(&self) -> [u8; 32] {
+        self.callback_key
     }
 
     fn token_mac(&self) -> Hmac<Sha256> {

@@ -198,6 +198,16 @@ pub const KNOWN_VARS: &[(&str, &str, &str)] = &[
     ("JOB_RETENTION_SECS", "86400", "how long ended jobs and idempotency keys are kept"),
     ("JOB_MAX_DELAY_SECS", "86400", "the longest X-Plughost-Delay-Secs accepted"),
     (
+        "CALLBACK_ALLOW",
+        "",
+        "hosts X-Callback-Url may name: names, *.suffix, *, addresses, networks (empty: callbacks off)",
+    ),
+    (
+        "CALLBACK_MAX_ATTEMPTS",
+        "5",
+        "deliveries of a callback tried before it is given up (back-off as for jobs)",
+    ),
+    (
         "METRICS",
         "admin",
         "admin: GET /metrics for the admin (and on METRICS_BIND); off: no request metrics",
@@ -412,10 +422,11 @@ impl Config {
         let publishing = sections::publishing(&mut v);
         let stage = sections::stage(&mut v);
         let log_filter = sections::log_filter(&mut v);
-        let jobs = sections::jobs(&mut v);
+        let mut jobs = sections::jobs(&mut v);
         let Some(secret_key) = secret_key.filter(|_| v.errors.is_empty()) else {
             return Err(ConfigErrors(v.errors));
         };
+        jobs.callback_key = crate::jobs::CallbackKey(secret_key.callback_key());
         Ok(Config {
             server,
             url_params,

@@ -369,5 +369,15 @@ pub(super) fn jobs(v: &mut Vars<'_>) -> crate::jobs::JobSettings {
         lease: v.millis("JOB_LEASE_MS", 300, 3_600_000),
         retention: Duration::from_secs(v.number("JOB_RETENTION_SECS", 1, 366 * 86_400)),
         max_delay: Duration::from_secs(v.number("JOB_MAX_DELAY_SECS", 0, 366 * 86_400)),
+        callbacks: match crate::jobs::CallbackPolicy::parse(&v.text("CALLBACK_ALLOW")) {
+            Ok(policy) => policy,
+            Err(why) => {
+                v.error(format!("CALLBACK_ALLOW: {why}"));
+                crate::jobs::CallbackPolicy::default()
+            }
+        },
+        callback_attempts: v.number("CALLBACK_MAX_ATTEMPTS", 1, 100) as u32,
+        // Derived from SECRET_KEY once it is read.
+        callback_key: crate::jobs::CallbackKey::default(),
     }
 }

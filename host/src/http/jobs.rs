@@ -51,13 +51,19 @@ pub(crate) async fn queue(
     input: &plughost_runtime::call::CallInput,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    if headers.contains_key(&super::names::X_CALLBACK_URL) {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "CALLBACK_REFUSED",
-            "this server does not deliver callbacks: poll the job's status URL (Location) instead",
-        ));
-    }
+    let callback_url = match headers.get(&super::names::X_CALLBACK_URL) {
+        None => None,
+        Some(value) => {
+            let text = value.to_str().unwrap_or("").trim();
+            let url = state
+                .jobs
+                .settings
+                .callbacks
+                .check_url(text)
+                .map_err(|why| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "CALLBACK_REFUSED", why))?;
+            Some(url.to_string())
+        }
+    };
     let delay = delay(state, headers)?;
     let idempotency_key = idempotency_key(headers)?;
     let job = state
@@ -69,6 +75,7 @@ pub(crate) async fn queue(
             call: StoredCall::of(input),
             delay,
             idempotency_key,
+            callback_url,
         })
         .await?;
     let mut response = json_response(StatusCode::ACCEPTED, &jobs::view(&job));

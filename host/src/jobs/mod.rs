@@ -6,6 +6,7 @@
 //! a job's call is made and turned into an answer is the HTTP front's, handed in as an
 //! [`Executor`].
 
+mod callback;
 mod runner;
 mod stored;
 
@@ -17,6 +18,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+pub use callback::{CallbackKey, CallbackPolicy};
 use plughost_tenancy::{
     jobs::{JobRecord, JobState},
     Store, StoreError,
@@ -42,6 +44,11 @@ pub struct JobSettings {
     pub retention: Duration,
     /// The longest delay a caller may ask for.
     pub max_delay: Duration,
+    /// Where callbacks may go (`CALLBACK_ALLOW`; empty: callbacks off).
+    pub callbacks: CallbackPolicy,
+    /// Deliveries tried before a callback is given up.
+    pub callback_attempts: u32,
+    pub callback_key: CallbackKey,
 }
 
 /// What a caller asks to queue.
@@ -52,6 +59,8 @@ pub(crate) struct NewJob {
     pub call: StoredCall,
     pub delay: Duration,
     pub idempotency_key: Option<String>,
+    /// Checked against `CALLBACK_ALLOW` already.
+    pub callback_url: Option<String>,
 }
 
 /// The jobs of this replica: the store, the settings, and the runner's state.
@@ -141,7 +150,7 @@ impl Jobs {
             request: new.call.to_json(),
             result: None,
             error: None,
-            callback_url: None,
+            callback_url: new.callback_url,
             schedule: None,
             idempotency_key: new.idempotency_key,
         };

@@ -136,7 +136,16 @@ impl Jobs {
             .get_or_create(&crate::metrics::OutcomeLabels { outcome })
             .inc();
         match self.store.end_job(&job.id, &self.replica, &end).await {
-            Ok(true) => tracing::debug!(job = %job.id, state = end.state.as_str(), "job attempt ended"),
+            Ok(true) => {
+                tracing::debug!(job = %job.id, state = end.state.as_str(), "job attempt ended");
+                if end.state.is_final() && job.callback_url.is_some() {
+                    match self.store.job(&job.id).await {
+                        Ok(Some(ended)) => self.deliver_callback(ended),
+                        Ok(None) => {}
+                        Err(err) => tracing::warn!(job = %job.id, "the callback is not sent: the ended job could not be read ({err})"),
+                    }
+                }
+            }
             Ok(false) => tracing::warn!(job = %job.id, "the job's lease was lost while it ran; another replica has it"),
             Err(err) => {
                 tracing::warn!(job = %job.id, "how the job ended could not be recorded ({err}); it runs again once its lease expires")

@@ -6,6 +6,7 @@
 
 mod auth;
 mod bad_input;
+mod callbacks;
 mod connections;
 mod errors;
 mod isolation;
