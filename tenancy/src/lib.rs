@@ -9,13 +9,15 @@
 //! - [`auth`]: authentication of parsed [`auth::Credentials`], tokens, the principal cache;
 //!   [`throttle`]: the failure budget against guessing.
 //! - [`tenants`]: tenant operations (add, rotate, enable, limits) with their audit trail.
-//! - [`jobs`]: asynchronous jobs as the store keeps them, claimed under leases.
+//! - [`jobs`]: asynchronous jobs as the store keeps them, claimed under leases; [`schedules`]:
+//!   cron schedules whose ticks queue jobs.
 
 pub mod auth;
 pub mod clock;
 pub mod error;
 pub mod jobs;
 pub mod mongo;
+pub mod schedules;
 pub mod secrets;
 pub mod sqlite;
 pub mod store;

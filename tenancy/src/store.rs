@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::error::StoreError;
 use crate::jobs::{Cancel, Claim, JobCounts, JobEnd, JobQuery, JobRecord, JobStore};
+use crate::schedules::{Advance, ScheduleRecord, ScheduleStore};
 
 /// A principal as stored: the admin or a tenant. The TOTP secret is encrypted with `SECRET_KEY`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,7 +89,7 @@ pub struct AuditEntry {
 
 /// What every store offers (jobs included).
 #[async_trait]
-pub trait Store: JobStore + Send + Sync {
+pub trait Store: JobStore + ScheduleStore + Send + Sync {
     /// A short name for logs and `/health`: `sqlite` or `mongodb`.
     fn kind(&self) -> &'static str;
     /// Answers when the store is reachable.
@@ -230,5 +231,30 @@ impl<S: Store> JobStore for Timed<S> {
     }
     async fn job_counts(&self, now: i64) -> Result<JobCounts, StoreError> {
         self.time("job_counts", self.0.job_counts(now)).await
+    }
+}
+
+#[async_trait]
+impl<S: Store> ScheduleStore for Timed<S> {
+    async fn insert_schedule(&self, schedule: &ScheduleRecord) -> Result<bool, StoreError> {
+        self.time("insert_schedule", self.0.insert_schedule(schedule)).await
+    }
+    async fn schedule(&self, key: &str) -> Result<Option<ScheduleRecord>, StoreError> {
+        self.time("schedule", self.0.schedule(key)).await
+    }
+    async fn schedules(&self, owner: Option<&str>) -> Result<Vec<ScheduleRecord>, StoreError> {
+        self.time("schedules", self.0.schedules(owner)).await
+    }
+    async fn remove_schedule(&self, key: &str) -> Result<bool, StoreError> {
+        self.time("remove_schedule", self.0.remove_schedule(key)).await
+    }
+    async fn pause_schedule(&self, key: &str, paused: bool, next_run: Option<i64>) -> Result<Option<ScheduleRecord>, StoreError> {
+        self.time("pause_schedule", self.0.pause_schedule(key, paused, next_run)).await
+    }
+    async fn upcoming_schedules(&self, limit: usize) -> Result<Vec<ScheduleRecord>, StoreError> {
+        self.time("upcoming_schedules", self.0.upcoming_schedules(limit)).await
+    }
+    async fn fire_schedule(&self, key: &str, due: i64, advance: &Advance, job: Option<&JobRecord>) -> Result<bool, StoreError> {
+        self.time("fire_schedule", self.0.fire_schedule(key, due, advance, job)).await
     }
 }

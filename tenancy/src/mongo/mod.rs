@@ -1,7 +1,7 @@
 //! The MongoDB store (official `mongodb` driver). Collections: `admins`, `tenants`, `used_codes`
 //! (unique on uuid+step, TTL on `expires_at`), `audit`, `plugins` and `plugin_chunks` (published
 //! plugins: records, and their bytes in 4 MiB pieces keyed by sha256), `jobs` and `job_keys`
-//! (asynchronous jobs, in [`crate::jobs`]). Tokens are stateless (signed), so none are
+//! (asynchronous jobs, in [`crate::jobs`]), `schedules` ([`crate::schedules`]). Tokens are stateless (signed), so none are
 //! stored. Indexes are created at start-up. Kept to plain
 //! inserts, finds, replaces and deletes, so that it runs on a real mongod and on wire-compatible
 //! servers alike.
@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 mod jobs;
+mod schedules;
 
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
@@ -34,6 +35,7 @@ pub struct MongoStore {
     versions: Collection<mongodb::bson::Document>,
     pub(crate) jobs: Collection<crate::jobs::JobRecord>,
     pub(crate) job_keys: Collection<jobs::JobKey>,
+    pub(crate) schedules: Collection<crate::schedules::ScheduleRecord>,
 }
 
 /// A piece of a published plugin's bytes (documents are limited to 16 MiB).
@@ -89,6 +91,7 @@ impl MongoStore {
             versions: db.collection("plugin_versions"),
             jobs: db.collection("jobs"),
             job_keys: db.collection("job_keys"),
+            schedules: db.collection("schedules"),
             client,
         };
         if let Err(err) = store.create_indexes().await {
@@ -115,7 +118,8 @@ impl MongoStore {
         self.codes.create_index(ttl).await.map_err(unavailable)?;
         let created = IndexModel::builder().keys(doc! {"created_at": 1}).build();
         self.tenants.create_index(created).await.map_err(unavailable)?;
-        self.create_job_indexes().await
+        self.create_job_indexes().await?;
+        self.create_schedule_indexes().await
     }
 
     /// The collection a record of `kind` lives in.

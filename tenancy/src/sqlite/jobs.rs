@@ -63,7 +63,7 @@ fn get(conn: &Connection, id: &str) -> Result<Option<JobRecord>, StoreError> {
         .map_err(unavailable)
 }
 
-fn insert(conn: &Connection, job: &JobRecord) -> rusqlite::Result<usize> {
+pub(crate) fn insert(conn: &Connection, job: &JobRecord) -> rusqlite::Result<usize> {
     conn.execute(
         &format!("INSERT INTO jobs ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"),
         params![

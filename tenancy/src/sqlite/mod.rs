@@ -7,6 +7,7 @@ use std::{
 };
 
 mod jobs;
+mod schedules;
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -100,6 +101,7 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
         )
         .map_err(unavailable)?;
         conn.execute_batch(jobs::SQLITE_TABLES).map_err(unavailable)?;
+        conn.execute_batch(schedules::SQLITE_TABLES).map_err(unavailable)?;
         Ok(conn)
     }
 }

@@ -26,6 +26,7 @@ mod resilience;
 mod routing;
 mod sandbox;
 mod scaffold;
+mod schedule_store;
 mod signing;
 mod store_contract;
 mod support;
