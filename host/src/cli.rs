@@ -362,6 +362,180 @@ pub fn job(config: &Config, command: JobCommand) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `plughost schedule …`: schedules in the store, beside running servers.
+#[derive(Subcommand, Clone)]
+pub enum ScheduleCommand {
+    /// Add a schedule: the admin's, or a tenant's with --tenant. The expression, time zone and
+    /// fields are checked here; the function it calls is checked by the servers at each tick
+    /// (a missing one shows in the schedule's status).
+    Add {
+        /// 1 to 64 letters, digits, '-', '_' or '.'; unique per principal.
+        name: String,
+        /// 5 fields (minute hour day-of-month month day-of-week) or 6 (seconds first).
+        #[arg(long)]
+        cron: String,
+        /// The function to call: /rest/services/<module>/<function>/…[?query].
+        #[arg(long)]
+        path: String,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// A JSON object sent as the body of each call.
+        #[arg(long)]
+        body: Option<String>,
+        /// An IANA time zone (default UTC).
+        #[arg(long)]
+        timezone: Option<String>,
+        /// Run the latest tick missed while no server ran, once, instead of skipping it.
+        #[arg(long)]
+        catch_up: bool,
+        #[command(flatten)]
+        owner: ScheduleOwner,
+    },
+    /// List schedules (everyone's, or one tenant's with --tenant).
+    List {
+        #[command(flatten)]
+        owner: ScheduleOwner,
+        /// One JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a schedule.
+    Remove {
+        name: String,
+        #[command(flatten)]
+        owner: ScheduleOwner,
+    },
+    /// Stop a schedule's ticks until it is resumed.
+    Pause {
+        name: String,
+        #[command(flatten)]
+        owner: ScheduleOwner,
+    },
+    /// Start a paused schedule again, from its next tick.
+    Resume {
+        name: String,
+        #[command(flatten)]
+        owner: ScheduleOwner,
+    },
+}
+
+/// Whose schedule: the admin's unless a tenant is named.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ScheduleOwner {
+    /// The tenant (UUID) the schedule belongs to.
+    #[arg(long, value_name = "UUID")]
+    tenant: Option<String>,
+}
+
+/// `plughost schedule …`.
+pub fn schedule(config: &Config, command: ScheduleCommand) -> anyhow::Result<ExitCode> {
+    use crate::jobs::{draft::Draft, schedule::Spec};
+    use plughost_tenancy::schedules::ScheduleRecord;
+    runtime()?.block_on(async {
+        let tenancy = open(config).await?;
+        let store = &tenancy.store;
+        let owner = |who: &ScheduleOwner| who.tenant.clone().unwrap_or_else(|| config.identity.admin_uuid.clone());
+        let found = |owner: String, name: String| async move {
+            let key = ScheduleRecord::key_of(&owner, &name);
+            store
+                .schedule(&key)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no schedule named '{name}' for {owner}"))
+        };
+        match command {
+            ScheduleCommand::Add {
+                name,
+                cron,
+                path,
+                method,
+                body,
+                timezone,
+                catch_up,
+                owner: who,
+            } => {
+                let kind = match &who.tenant {
+                    None => "admin",
+                    Some(uuid) => match store.get(uuid).await? {
+                        Some(record) if record.kind == "tenant" => "tenant",
+                        _ => anyhow::bail!("no tenant {uuid}: see plughost tenant list"),
+                    },
+                };
+                let body = match body {
+                    None => None,
+                    Some(text) => Some(serde_json::from_str(&text).context("--body is not JSON")?),
+                };
+                let draft = Draft {
+                    name,
+                    cron,
+                    path,
+                    method,
+                    body,
+                    timezone,
+                    catch_up,
+                };
+                let record = draft
+                    .into_record(&owner(&who), kind, crate::jobs::now_ms())
+                    .map_err(|invalid| anyhow::anyhow!("{}", invalid.why))?;
+                if !store.insert_schedule(&record).await? {
+                    anyhow::bail!("a schedule named '{}' exists already: remove it first", record.name);
+                }
+                println!(
+                    "added schedule {} ({}), next run {}",
+                    record.name,
+                    record.cron,
+                    crate::jobs::timestamp(record.next_run)
+                );
+            }
+            ScheduleCommand::List { owner: who, json } => {
+                let listed = store.schedules(who.tenant.as_deref()).await?;
+                if json {
+                    let admin = plughost_tenancy::auth::Caller::Admin {
+                        uuid: config.identity.admin_uuid.clone(),
+                    };
+                    let views: Vec<serde_json::Value> = listed.iter().map(|s| crate::http::schedules::view(s, &admin)).collect();
+                    println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "schedules": views }))?);
+                } else {
+                    println!(
+                        "{:<20}  {:<16}  {:<8}  {:<24}  {:<36}  PATH",
+                        "NAME", "CRON", "STATE", "NEXT RUN", "OWNER"
+                    );
+                    for s in listed {
+                        let state = if s.paused { "paused" } else { "running" };
+                        let next = if s.paused || s.next_run == crate::jobs::schedule::NEVER {
+                            "-".to_owned()
+                        } else {
+                            crate::jobs::timestamp(s.next_run)
+                        };
+                        println!(
+                            "{:<20}  {:<16}  {state:<8}  {next:<24}  {:<36}  {} /rest/services/{}",
+                            s.name, s.cron, s.owner, s.method, s.path
+                        );
+                    }
+                }
+            }
+            ScheduleCommand::Remove { name, owner: who } => {
+                let schedule = found(owner(&who), name).await?;
+                store.remove_schedule(&schedule.key).await?;
+                println!("removed schedule {}", schedule.name);
+            }
+            ScheduleCommand::Pause { name, owner: who } => {
+                let schedule = found(owner(&who), name).await?;
+                store.pause_schedule(&schedule.key, true, None).await?;
+                println!("paused schedule {}", schedule.name);
+            }
+            ScheduleCommand::Resume { name, owner: who } => {
+                let schedule = found(owner(&who), name).await?;
+                let next = Spec::parse(&schedule.cron, schedule.timezone.as_deref())
+                    .map_err(|why| anyhow::anyhow!(why))?
+                    .after(crate::jobs::now_ms());
+                store.pause_schedule(&schedule.key, false, Some(next)).await?;
+                println!("resumed schedule {}, next run {}", schedule.name, crate::jobs::timestamp(next));
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
 /// `plughost totp UUID`: the current code of a principal.
 pub fn current_code(config: &Config, uuid: &str) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {

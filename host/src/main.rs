@@ -123,6 +123,18 @@ The key is a PKCS#8 PEM file from plughost keygen --signing-key or openssl genpk
         #[command(subcommand)]
         command: plughost::cli::JobCommand,
     },
+    /// Cron schedules in the store (works beside running servers).
+    #[command(after_help = "Examples:
+  plughost schedule add nightly --cron '0 3 * * *' --timezone Europe/Paris --path /rest/services/reports/build/ --method POST --body '{\"full\": true}'
+  plughost schedule list
+  plughost schedule pause nightly")]
+    Schedule {
+        /// Env file to read for the store settings (default: ./.env when present).
+        #[arg(long, value_name = "PATH", global = true)]
+        env_file: Option<PathBuf>,
+        #[command(subcommand)]
+        command: plughost::cli::ScheduleCommand,
+    },
     /// Print the key callbacks are signed with (hex; derived from SECRET_KEY), for the receivers
     /// that verify X-Plughost-Signature.
     #[command(
@@ -263,6 +275,7 @@ fn main() -> ExitCode {
         }
         Some(Command::Tenant { env_file, command }) => with_config(env_file, |config| plughost::cli::tenant(config, command)),
         Some(Command::Job { env_file, command }) => with_config(env_file, |config| plughost::cli::job(config, command)),
+        Some(Command::Schedule { env_file, command }) => with_config(env_file, |config| plughost::cli::schedule(config, command)),
         Some(Command::CallbackKey { env_file }) => with_config(env_file, |config| {
             println!("{}", hex::encode(config.jobs.callback_key.0));
             Ok(ExitCode::SUCCESS)

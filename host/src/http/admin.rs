@@ -54,6 +54,9 @@ async fn handle(
     if segments.first() == Some(&"jobs") {
         return super::jobs::admin(state, &segments, method, query).await;
     }
+    if let (Some(&"schedules"), Some(admin)) = (segments.first(), caller.as_ref()) {
+        return super::schedules::serve(state, admin, "/rest/admin/schedules", &segments[1..], method, body).await;
+    }
     let result = route(state, tail, method, &segments, &actor, body).await;
     if changes_tenants && segments.first() == Some(&"tenants") && result.is_ok() {
         // The sandbox learns at once, so that a tenant's modules load or unload on the next rescan.

@@ -14,6 +14,7 @@ mod openapi;
 pub(crate) mod path;
 mod publish;
 mod reply;
+pub(crate) mod schedules;
 pub(crate) mod services;
 
 use std::sync::Arc;
@@ -179,6 +180,9 @@ async fn serve_other(state: &AppState, route: Route<'_>, parts: &Parts, body: Bo
             .await
             .map(|r| as_caller(r, route, "admin")),
         Route::Jobs { tail } => jobs::serve(state, tail, method, parts.uri.query().unwrap_or(""), headers).await,
+        Route::Tenant { tail } if schedules::is_schedules(tail) => schedules::tenant(state, tail, method, headers, body)
+            .await
+            .map(|r| as_caller(r, route, "tenant")),
         Route::Tenant { tail } => publish::tenant(state, tail, method, headers, body).await.map(|r| as_caller(r, route, "tenant")),
         Route::Services { .. } => unreachable!("served by `serve`"),
         Route::Unmatched => Err(ApiError::not_found(

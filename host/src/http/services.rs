@@ -228,6 +228,56 @@ fn options(function: &plughost_runtime::manifest::FunctionSpec) -> Response {
     response
 }
 
+/// The call a principal would make with `method` on `target` (a path under `/rest/services/`
+/// with its query) and a JSON `body`, checked as a request would be: the function resolved
+/// among those the principal may call, its visibility, its methods, the kwargs and typed
+/// parameters. Schedules make their calls this way.
+pub(crate) async fn prepare(
+    state: &AppState,
+    caller: &Caller,
+    method: &Method,
+    target: &str,
+    body: Option<&[u8]>,
+) -> Result<(Endpoint, CallInput), ApiError> {
+    let (tail, query) = target.split_once('?').unwrap_or((target, ""));
+    let segments = path::segments(tail)?;
+    let resolution = {
+        let registry = state.plugins.registry();
+        registry.resolve(&segments, &|m: &LoadedModule| auth::may_use(m, Some(caller)))
+    };
+    let (endpoint, rest) = match resolution {
+        Resolution::Call { endpoint, rest } => (endpoint, rest.to_vec()),
+        Resolution::Dir(_) => {
+            return Err(ApiError::not_found(
+                "FUNCTION_NOT_FOUND",
+                "the path names a listing (__dir__), not a function",
+            ))
+        }
+        Resolution::NoSuchFunction { module, function } => return Err(no_such_function(&module, function.as_deref(), Some(caller))),
+        Resolution::Ambiguous { name, paths } => return Err(ambiguous(&name, &paths)),
+        Resolution::NotFound { name } => {
+            return Err(ApiError::not_found(
+                "FUNCTION_NOT_FOUND",
+                format!("no module or function is named '{name}'"),
+            ))
+        }
+    };
+    let function = endpoint.function();
+    auth::require(function.visibility, Some(caller), &format!("function '{}'", function.route_name()))?;
+    if !function.methods.allows(method) {
+        let what = format!("function '{}'", function.route_name());
+        return Err(ApiError::method_not_allowed(method, &what, function.methods.allow_header()));
+    }
+    let mut headers = HeaderMap::new();
+    if body.is_some() {
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    let bytes = Bytes::copy_from_slice(body.unwrap_or_default());
+    let stream = futures_util::stream::iter([Ok::<Bytes, std::convert::Infallible>(bytes)]);
+    let input = call_input(state, &endpoint, method, query, &headers, stream, &rest, Some(caller)).await?;
+    Ok((endpoint, input))
+}
+
 /// The call's one input: the body read within its limits, the kwargs merged from body, query
 /// and positional segments and checked against the function's typed parameters, and the headers
 /// the plugin may see.

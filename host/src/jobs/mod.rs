@@ -7,7 +7,9 @@
 //! [`Executor`].
 
 mod callback;
+pub(crate) mod draft;
 mod runner;
+pub(crate) mod schedule;
 mod stored;
 
 use std::{
@@ -24,6 +26,7 @@ use plughost_tenancy::{
     Store, StoreError,
 };
 pub(crate) use runner::Executor;
+pub(crate) use schedule::Ticker;
 pub(crate) use stored::{Answer, StoredCall};
 
 /// `JOBS_*` and `JOB_*`.
@@ -71,6 +74,8 @@ pub(crate) struct Jobs {
     replica: String,
     /// Woken when a job is queued through this replica, or a worker frees up.
     wake: tokio::sync::Notify,
+    /// Woken when a schedule is created or resumed through this replica.
+    schedules_changed: tokio::sync::Notify,
     /// Calls running on this replica, by owner (for fair claims).
     running: Mutex<std::collections::HashMap<Option<String>, usize>>,
     active: AtomicUsize,
@@ -100,6 +105,7 @@ impl Jobs {
             settings,
             replica: uuid::Uuid::new_v4().to_string(),
             wake: tokio::sync::Notify::new(),
+            schedules_changed: tokio::sync::Notify::new(),
             running: Mutex::default(),
             active: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
@@ -127,11 +133,20 @@ impl Jobs {
     /// and wakes this replica's runner.
     pub(crate) async fn queue(&self, new: NewJob) -> Result<JobRecord, StoreError> {
         let now = now_ms();
+        let record = self.record(new, now);
+        let key_expires_at = now + self.settings.retention.as_millis() as i64;
+        let queued = self.store.queue_job(&record, key_expires_at).await?;
+        self.wake.notify_one();
+        Ok(queued)
+    }
+
+    /// The record of a new job, queued from `now` on (after its delay), with a random id.
+    fn record(&self, new: NewJob, now: i64) -> JobRecord {
         let (owner, owner_kind) = match new.owner {
             Some((uuid, kind)) => (Some(uuid), kind),
             None => (None, "none"),
         };
-        let record = JobRecord {
+        JobRecord {
             id: uuid::Uuid::new_v4().to_string(),
             owner,
             owner_kind: owner_kind.to_owned(),
@@ -153,11 +168,7 @@ impl Jobs {
             callback_url: new.callback_url,
             schedule: None,
             idempotency_key: new.idempotency_key,
-        };
-        let key_expires_at = now + self.settings.retention.as_millis() as i64;
-        let queued = self.store.queue_job(&record, key_expires_at).await?;
-        self.wake.notify_one();
-        Ok(queued)
+        }
     }
 }
 

@@ -188,6 +188,9 @@ impl App {
         let jobs = crate::jobs::Jobs::new(tenancy.store.clone(), config.jobs.clone());
         let state = Arc::new(AppState::new(config.http_settings(), plugins, auth, jobs, role));
         state.jobs.start(Arc::new(http::jobs::CallExecutor(Arc::downgrade(&state))));
+        state
+            .jobs
+            .start_scheduler(Arc::new(http::schedules::ScheduleTicker(Arc::downgrade(&state))));
         if let Some(every) = config.publishing.publish_sync {
             crate::publish::spawn_sync(
                 tenancy.store.clone(),

@@ -27,6 +27,7 @@ mod routing;
 mod sandbox;
 mod scaffold;
 mod schedule_store;
+mod schedules;
 mod signing;
 mod store_contract;
 mod support;
