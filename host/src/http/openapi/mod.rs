@@ -314,9 +314,11 @@ fn builtins(paths: &mut Map<String, Value>, context: &Context<'_>) {
     }
     if admin {
         admin_paths(paths);
+        jobs::schedule_paths(paths, "/rest/admin/schedules", "admin.schedules");
     }
     if matches!(context.caller, Some(Caller::Tenant { .. })) {
         tenant_paths(paths);
+        jobs::schedule_paths(paths, "/rest/tenant/schedules", "tenant.schedules");
     }
 }
 
@@ -529,6 +531,7 @@ fn components() -> Value {
                 },
             },
             "Job": jobs::job_schema(),
+            "Schedule": jobs::schedule_schema(),
         },
         "responses": {
             "Error": {
