@@ -91,6 +91,9 @@ pub struct JobRecord {
     /// The schedule whose tick made the job.
     pub schedule: Option<String>,
     pub idempotency_key: Option<String>,
+    /// For a schedule's job: the tick it is for.
+    #[serde(default)]
+    pub scheduled_for: Option<i64>,
 }
 
 /// Which jobs a listing returns, newest first.

@@ -93,9 +93,11 @@ pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-/// A Unix-milliseconds time as RFC 3339.
+/// A Unix-milliseconds time as RFC 3339, to the millisecond (`2026-12-04T01:02:03.456Z`).
 pub(crate) fn timestamp(ms: i64) -> String {
-    plughost_tenancy::clock::timestamp(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+    chrono::DateTime::from_timestamp_millis(ms.max(0))
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 impl Jobs {
@@ -168,6 +170,7 @@ impl Jobs {
             callback_url: new.callback_url,
             schedule: None,
             idempotency_key: new.idempotency_key,
+            scheduled_for: None,
         }
     }
 }
@@ -194,6 +197,7 @@ pub(crate) fn view(job: &JobRecord) -> serde_json::Value {
     });
     if let Some(schedule) = &job.schedule {
         view["schedule"] = schedule.clone().into();
+        view["scheduled_for"] = job.scheduled_for.map(timestamp).into();
     }
     if let Some(answer) = job.result.as_deref().and_then(Answer::from_json) {
         view["result"] = answer.view();

@@ -231,8 +231,7 @@ impl Jobs {
                     now,
                 );
                 job.id = tick_job_id(schedule, fired);
-                // Due from its tick on: `run_after` tells which tick a job is.
-                job.run_after = fired;
+                job.scheduled_for = Some(fired);
                 job.schedule = Some(schedule.name.clone());
                 Ok(job)
             }

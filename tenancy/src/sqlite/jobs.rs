@@ -18,7 +18,7 @@ pub(crate) const SQLITE_TABLES: &str = "
         attempts INTEGER NOT NULL, max_attempts INTEGER NOT NULL, created_at INTEGER NOT NULL,
         run_after INTEGER NOT NULL, started_at INTEGER, ended_at INTEGER, lease_owner TEXT,
         lease_until INTEGER NOT NULL, request TEXT NOT NULL, result TEXT, error TEXT,
-        callback_url TEXT, schedule TEXT, idempotency_key TEXT);
+        callback_url TEXT, schedule TEXT, idempotency_key TEXT, scheduled_for INTEGER);
     CREATE INDEX IF NOT EXISTS jobs_due ON jobs (state, run_after);
     CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (state, lease_until);
     CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, created_at);
@@ -26,8 +26,19 @@ pub(crate) const SQLITE_TABLES: &str = "
     CREATE INDEX IF NOT EXISTS jobs_ended ON jobs (ended_at);
     CREATE TABLE IF NOT EXISTS job_keys (key TEXT PRIMARY KEY, job_id TEXT NOT NULL, expires_at INTEGER NOT NULL);";
 
+/// Adds the columns a store made by an earlier version lacks.
+pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has = conn
+        .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'scheduled_for'")?
+        .exists([])?;
+    if !has {
+        conn.execute_batch("ALTER TABLE jobs ADD COLUMN scheduled_for INTEGER")?;
+    }
+    Ok(())
+}
+
 const COLUMNS: &str = "id, owner, owner_kind, module, function, method, state, attempts, max_attempts, created_at, run_after, \
-     started_at, ended_at, lease_owner, lease_until, request, result, error, callback_url, schedule, idempotency_key";
+     started_at, ended_at, lease_owner, lease_until, request, result, error, callback_url, schedule, idempotency_key, scheduled_for";
 
 fn read(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
     let state: String = row.get(6)?;
@@ -54,6 +65,7 @@ fn read(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
         callback_url: row.get(18)?,
         schedule: row.get(19)?,
         idempotency_key: row.get(20)?,
+        scheduled_for: row.get(21)?,
     })
 }
 
@@ -65,7 +77,7 @@ fn get(conn: &Connection, id: &str) -> Result<Option<JobRecord>, StoreError> {
 
 pub(crate) fn insert(conn: &Connection, job: &JobRecord) -> rusqlite::Result<usize> {
     conn.execute(
-        &format!("INSERT INTO jobs ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"),
+        &format!("INSERT INTO jobs ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"),
         params![
             job.id,
             job.owner,
@@ -88,6 +100,7 @@ pub(crate) fn insert(conn: &Connection, job: &JobRecord) -> rusqlite::Result<usi
             job.callback_url,
             job.schedule,
             job.idempotency_key,
+            job.scheduled_for,
         ],
     )
 }

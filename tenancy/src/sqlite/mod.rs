@@ -101,6 +101,7 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
         )
         .map_err(unavailable)?;
         conn.execute_batch(jobs::SQLITE_TABLES).map_err(unavailable)?;
+        jobs::migrate(&conn).map_err(unavailable)?;
         conn.execute_batch(schedules::SQLITE_TABLES).map_err(unavailable)?;
         Ok(conn)
     }

@@ -36,6 +36,7 @@ fn job(id: &str, owner: Option<&str>, created_at: i64) -> JobRecord {
         callback_url: None,
         schedule: None,
         idempotency_key: None,
+        scheduled_for: None,
     }
 }
 

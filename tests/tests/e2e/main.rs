@@ -10,6 +10,7 @@ mod callbacks;
 mod connections;
 mod errors;
 mod isolation;
+mod job_isolation;
 mod job_store;
 mod jobs;
 mod lifecycle;

@@ -59,6 +59,7 @@ fn tick_job(id: &str) -> JobRecord {
         callback_url: None,
         schedule: Some("every".to_owned()),
         idempotency_key: None,
+        scheduled_for: Some(1000),
     }
 }
 
@@ -122,7 +123,10 @@ async fn contract(store: Arc<dyn Store>) {
         "moved on once, by the first"
     );
     let job = store.job("tick-1000").await.unwrap().unwrap();
-    assert_eq!((job.state, job.schedule.as_deref()), (JobState::Queued, Some("every")));
+    assert_eq!(
+        (job.state, job.schedule.as_deref(), job.scheduled_for),
+        (JobState::Queued, Some("every"), Some(1000))
+    );
 
     // A tick that queues nothing (the function is gone) still moves the schedule on, with why.
     let missing = Advance {

@@ -37,12 +37,12 @@ fn jobs_of(app: &App, name: &str) -> Vec<Value> {
     listed["jobs"].as_array().cloned().unwrap_or_default()
 }
 
-/// The tick each job is for (`run_after`, on a whole second), checked distinct.
+/// The tick each job is for (`scheduled_for`, on a whole second), checked distinct.
 fn ticks(jobs: &[Value]) -> Vec<i64> {
     let mut ticks: Vec<i64> = jobs
         .iter()
         .map(|j| {
-            let at = chrono_like_millis(j["run_after"].as_str().unwrap());
+            let at = chrono_like_millis(j["scheduled_for"].as_str().unwrap());
             assert_eq!(at % 1000, 0, "a tick is on a whole second: {j}");
             at
         })
