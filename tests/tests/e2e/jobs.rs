@@ -391,3 +391,39 @@ fn a_flood_from_one_caller_does_not_starve_another() {
     let last = app.get(&format!("/rest/jobs/{}", flood[19])).json();
     assert!(waiting >= 10, "the tenant's job waited for the flood: {states:?}\n{done}\n{last}");
 }
+
+/// The store unreachable while a job is queued: 503, and nothing half-written (once it is back,
+/// only the jobs acknowledged exist). An oversized body is refused before anything is queued.
+#[test]
+fn a_store_outage_or_an_oversized_body_queues_nothing() {
+    let mut server = MongoServer::start();
+    let app = replica(&server, "jobs_outage", ("MAX_BODY_BYTES", "1024")).start();
+    let bearer = format!("Bearer {}", app.admin_token());
+    let as_admin = [("Authorization", bearer.as_str())];
+    let big = json!({"key": "x".repeat(2048), "fails": 0});
+    queue(&app, "/rest/services/flaky/flaky/", Some(&big), &[]).error(413, "PAYLOAD_TOO_LARGE");
+
+    server.stop();
+    let refused = wait_for(Duration::from_secs(10), || {
+        queue(&app, "/rest/services/flaky/flaky/", Some(&json!({"key": "o", "fails": 0})), &[]).status == 503
+    });
+    assert!(refused.is_some(), "queueing did not fail closed");
+    queue(&app, "/rest/services/flaky/flaky/", Some(&json!({"key": "o", "fails": 0})), &[]).error(503, "STORE_UNAVAILABLE");
+    let schedule = json!({"name": "s", "cron": "* * * * *", "path": "flaky/broken/", "method": "GET"});
+    app.with_headers("POST", "/rest/admin/schedules", &as_admin, Some(&schedule))
+        .error(503, "STORE_UNAVAILABLE");
+
+    server.resume();
+    let back = wait_for(Duration::from_secs(20), || {
+        queue(&app, "/rest/services/flaky/flaky/", Some(&json!({"key": "b", "fails": 0})), &[]).status == 202
+    });
+    assert!(back.is_some(), "queueing did not recover");
+    let listed = app.with_headers("GET", "/rest/admin/jobs", &as_admin, None).json();
+    assert_eq!(
+        listed["jobs"].as_array().unwrap().len(),
+        1,
+        "only the acknowledged job exists: {listed}"
+    );
+    let schedules = app.with_headers("GET", "/rest/admin/schedules", &as_admin, None).json();
+    assert_eq!(schedules["schedules"], json!([]));
+}
