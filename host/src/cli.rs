@@ -276,6 +276,9 @@ pub enum JobCommand {
         /// Only the jobs of this principal (UUID).
         #[arg(long)]
         owner: Option<String>,
+        /// Only the jobs this schedule made.
+        #[arg(long)]
+        schedule: Option<String>,
         /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: usize,
@@ -307,7 +310,13 @@ pub fn job(config: &Config, command: JobCommand) -> anyhow::Result<ExitCode> {
                 let job = store.job(&id).await?.ok_or_else(|| anyhow::anyhow!("no job {id}"))?;
                 println!("{}", serde_json::to_string_pretty(&crate::jobs::view(&job))?);
             }
-            JobCommand::List { state, owner, limit, json } => {
+            JobCommand::List {
+                state,
+                owner,
+                schedule,
+                limit,
+                json,
+            } => {
                 let state = match state {
                     None => None,
                     Some(text) => Some(JobState::parse(&text).ok_or_else(|| {
@@ -317,7 +326,7 @@ pub fn job(config: &Config, command: JobCommand) -> anyhow::Result<ExitCode> {
                 let query = JobQuery {
                     owner,
                     state,
-                    schedule: None,
+                    schedule,
                     before: None,
                     limit: limit.clamp(1, 10_000),
                 };
