@@ -88,6 +88,9 @@ fn schedules_fire_pause_resume_and_are_refused_as_calls_are() {
         (json!("beat"), json!("admin")),
         "{job}"
     );
+    let listed = app.cli(&["job", "list", "--schedule", "beat", "--json"]);
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert!(listed["jobs"].as_array().unwrap().len() >= 3, "{listed}");
 
     // Paused: no tick; resumed: ticks again, from the next one on.
     let paused = app.admin("POST", "/rest/admin/schedules/beat/pause", None).json();
