@@ -90,7 +90,8 @@ where
     }
     let input = call_input(state, &endpoint, method, query, headers, body, &rest, caller.as_ref()).await?;
     if asynchronous {
-        return super::jobs::queue(state, &endpoint, caller.as_ref(), &input, headers).await;
+        // Boxed: the queueing future stays out of every synchronous call's own.
+        return Box::pin(super::jobs::queue(state, &endpoint, caller.as_ref(), &input, headers)).await;
     }
     let limits = &state.http.limits;
     match dispatch::call(endpoint.clone(), input, limits.call_timeout, limits.inline_call_max).await {

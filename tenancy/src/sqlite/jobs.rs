@@ -174,20 +174,19 @@ impl JobStore for SqliteStore {
         let claim = claim.clone();
         let skip = serde_json::to_string(&claim.skip_owners.iter().map(|o| o.as_deref().unwrap_or("")).collect::<Vec<_>>())
             .map_err(|err| StoreError::Corrupt(err.to_string()))?;
+        // Cached: an idle replica runs this once per JOBS_POLL_MS; parsing it each time was
+        // most of the cost.
         self.with(move |conn| {
-            conn.query_row(
-                &format!(
-                    "UPDATE jobs SET state = 'running', lease_owner = ?1, lease_until = ?2, attempts = attempts + 1, started_at = ?3
+            conn.prepare_cached(&format!(
+                "UPDATE jobs SET state = 'running', lease_owner = ?1, lease_until = ?2, attempts = attempts + 1, started_at = ?3
                      WHERE id = (
                         SELECT id FROM jobs
                         WHERE ((state = 'queued' AND run_after <= ?3) OR (state = 'running' AND lease_until < ?3))
                           AND coalesce(owner, '') NOT IN (SELECT value FROM json_each(?4))
                         ORDER BY run_after, created_at LIMIT 1)
                      RETURNING {COLUMNS}"
-                ),
-                params![claim.replica, claim.lease_until, claim.now, skip],
-                read,
-            )
+            ))
+            .and_then(|mut statement| statement.query_row(params![claim.replica, claim.lease_until, claim.now, skip], read))
             .optional()
             .map_err(unavailable)
         })

@@ -173,7 +173,7 @@ impl Store for SqliteStore {
         let kind = kind.to_owned();
         self.with(move |conn| {
             let mut stmt = conn
-                .prepare("SELECT doc FROM principals WHERE kind = ?1 ORDER BY rowid")
+                .prepare_cached("SELECT doc FROM principals WHERE kind = ?1 ORDER BY rowid")
                 .map_err(unavailable)?;
             let docs = stmt.query_map([kind], |row| row.get::<_, String>(0)).map_err(unavailable)?;
             let mut records = Vec::new();
@@ -311,7 +311,8 @@ impl Store for SqliteStore {
 
     async fn published_version(&self) -> Result<u64, StoreError> {
         self.with(|conn| {
-            conn.query_row("SELECT version FROM published_version WHERE id = 1", [], |row| row.get::<_, i64>(0))
+            conn.prepare_cached("SELECT version FROM published_version WHERE id = 1")
+                .and_then(|mut statement| statement.query_row([], |row| row.get::<_, i64>(0)))
                 .optional()
                 .map(|version| version.unwrap_or(0).max(0) as u64)
                 .map_err(unavailable)

@@ -116,7 +116,7 @@ impl ScheduleStore for SqliteStore {
     async fn upcoming_schedules(&self, limit: usize) -> Result<Vec<ScheduleRecord>, StoreError> {
         self.with(move |conn| {
             let mut stmt = conn
-                .prepare("SELECT doc FROM schedules WHERE paused = 0 ORDER BY next_run LIMIT ?1")
+                .prepare_cached("SELECT doc FROM schedules WHERE paused = 0 ORDER BY next_run LIMIT ?1")
                 .map_err(unavailable)?;
             let docs: Vec<String> = stmt
                 .query_map([limit as i64], |row| row.get(0))
