@@ -146,18 +146,18 @@ impl Jobs {
                 Ok(upcoming) => {
                     failing = false;
                     let now = now_ms();
-                    let mut handled = 0;
+                    let mut progressed = false;
                     for schedule in &upcoming {
                         if schedule.next_run > now {
                             let until = Duration::from_millis((schedule.next_run - now) as u64);
                             wait = wait.min(until);
                             break;
                         }
-                        self.tick(schedule, now, ticker.as_ref()).await;
-                        handled += 1;
+                        progressed |= self.tick(schedule, now, ticker.as_ref()).await;
                     }
-                    if handled > 0 {
-                        // Ticks still due (late ones, or more schedules than one read).
+                    if progressed {
+                        // Ticks may still be due (late ones, or more schedules than one read);
+                        // a store that refuses the writes is tried again at the next poll.
                         wait = Duration::ZERO;
                     }
                 }
@@ -172,7 +172,8 @@ impl Jobs {
         }
     }
 
-    async fn tick(&self, schedule: &ScheduleRecord, now: i64, ticker: &dyn Ticker) {
+    /// Handles one due schedule; `false` if the store could not record it.
+    async fn tick(&self, schedule: &ScheduleRecord, now: i64, ticker: &dyn Ticker) -> bool {
         let key = &schedule.key;
         let spec = match Spec::parse(&schedule.cron, schedule.timezone.as_deref()) {
             Ok(spec) => spec,
@@ -184,8 +185,7 @@ impl Jobs {
                     status: why,
                 };
                 tracing::warn!(schedule = %key, "the schedule stops: {}", advance.status);
-                let _ = self.store.fire_schedule(key, schedule.next_run, &advance, None).await;
-                return;
+                return self.store.fire_schedule(key, schedule.next_run, &advance, None).await.is_ok();
             }
         };
         let grace = MISSED_AFTER.max(self.settings.poll * 4).as_millis() as i64;
@@ -212,8 +212,9 @@ impl Jobs {
             };
             if let Err(err) = self.store.fire_schedule(key, schedule.next_run, &advance, None).await {
                 tracing::warn!(schedule = %key, "the schedule could not be moved on: {err}");
+                return false;
             }
-            return;
+            return true;
         };
         let job = match ticker.prepare(schedule).await {
             Ok((module, function, call)) => {
@@ -254,9 +255,13 @@ impl Jobs {
                 crate::metrics::METRICS.schedule_lag.set(lag);
                 tracing::debug!(schedule = %key, tick = %super::timestamp(fired), "tick queued");
                 self.wake.notify_one();
+                true
             }
-            Ok(false) => {}
-            Err(err) => tracing::warn!(schedule = %key, "the tick could not be queued: {err}; tried again at the next poll"),
+            Ok(false) => true,
+            Err(err) => {
+                tracing::warn!(schedule = %key, "the tick could not be queued: {err}; tried again at the next poll");
+                false
+            }
         }
     }
 }
