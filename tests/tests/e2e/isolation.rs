@@ -15,14 +15,14 @@ use crate::{
 /// A server with the admin's `hello`, an attacking tenant running `rogue` and a victim tenant
 /// running `module2`, both sandboxed and warm. `.env` holds a secret the attacker must not read,
 /// and the server is started with a descriptor open on it, as a careless init system might.
-struct Scene {
-    app: App,
-    attacker: Tenant,
-    victim: Tenant,
+pub(crate) struct Scene {
+    pub app: App,
+    pub attacker: Tenant,
+    pub victim: Tenant,
 }
 
 impl Scene {
-    fn start(user: Option<u32>) -> Scene {
+    pub(crate) fn start(user: Option<u32>) -> Scene {
         let mut setup = Setup::default()
             .plugins(&["hello"])
             .env("RESCAN_INTERVAL_MS", "200")

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::{
+    isolation::Scene,
     sandbox::Tenant,
-    support::{plugin_file, wait_for, App, Setup},
+    support::{wait_for, App},
 };
 
 fn as_tenant(tenant: &Tenant) -> String {
@@ -46,31 +47,7 @@ fn denied(app: &App, tenant: &Tenant, path: &str) -> Value {
 }
 
 fn hostile_jobs(user: Option<u32>) {
-    let mut setup = Setup::default()
-        .plugins(&["hello"])
-        .env("RESCAN_INTERVAL_MS", "200")
-        .env("SANDBOX_QUARANTINE_CRASHES", "1000")
-        .env("JOB_BACKOFF_MS", "50")
-        .env("JOBS_POLL_MS", "100")
-        .root_file(".env", "HOST_SECRET_FOR_TESTS=do-not-leak\n");
-    if let Some(uid) = user {
-        setup = setup.run_as(uid);
-    }
-    let app = setup.start();
-    let attacker = Tenant::add(&app, "attacker");
-    let victim = Tenant::add(&app, "victim");
-    attacker.install(
-        &app,
-        "librogue.so",
-        &std::fs::read(plugin_file("rogue")).unwrap(),
-        "/rest/services/rogue/hello/",
-    );
-    victim.install(
-        &app,
-        "libmodule2.so",
-        &std::fs::read(plugin_file("module2")).unwrap(),
-        "/rest/services/module2/hello-world2/",
-    );
+    let Scene { app, attacker, victim } = Scene::start(user);
     let limits = app.admin(
         "PUT",
         &format!("/rest/admin/tenants/{}/limits", attacker.uuid),
