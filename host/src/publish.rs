@@ -101,7 +101,14 @@ pub(crate) async fn publish(
             .map_err(|err| PublishError::Refused(err.to_string()))?;
     }
     if let Some(uuid) = tenant {
-        if !sandbox.tenant(uuid).is_some_and(|t| t.active) {
+        // This replica's view of the tenants is refreshed by polling: a tenant enrolled through
+        // another replica moments ago is asked of the store rather than refused.
+        let active = sandbox.tenant(uuid).is_some_and(|t| t.active)
+            || store
+                .get(uuid)
+                .await?
+                .is_some_and(|record| record.kind == "tenant" && record.is_active());
+        if !active {
             return Err(PublishError::Invalid(format!("tenant {uuid} is unknown or disabled")));
         }
         // What the tenant stores already, less the version this upload replaces.

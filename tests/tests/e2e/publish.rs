@@ -315,3 +315,30 @@ fn the_replica_that_takes_a_publish_serves_it_at_once() {
     let gone = wait_for(Duration::from_secs(10), || !serves(&app, "/rest/services/hello/greet/", None));
     assert!(gone.is_some(), "{}", app.logs());
 }
+
+#[test]
+fn a_tenant_enrolled_on_one_replica_publishes_through_another_at_once() {
+    let mongo = MongoServer::start();
+    let replica = || {
+        Setup::default()
+            .env("MONGODB_URI", &mongo.uri())
+            .env("MONGODB_DATABASE", "fresh_tenant")
+            .env("PUBLISH_SYNC_MS", "250")
+            .start()
+    };
+    let (a, b) = (replica(), replica());
+    // Enrolled on A; B has not polled the tenants since, and must ask the store.
+    let (uuid, token) = tenant(&a, "Enrolled on A");
+    let reply = put(
+        &b,
+        "/rest/tenant/plugins/rogue",
+        Some(&token),
+        std::fs::read(plugin_file("rogue")).unwrap(),
+    );
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    assert_eq!(reply.json()["tenant"], uuid.as_str());
+    for app in [&a, &b] {
+        let served = wait_for(Duration::from_secs(20), || serves(app, "/rest/services/rogue/hello/", Some(&token)));
+        assert!(served.is_some(), "{}", app.logs());
+    }
+}
