@@ -27,6 +27,7 @@ def manifests(release, work):
     secretRef lookup then refuses: "secret plughost is not valid JSON")."""
     documents = []
     secret = None
+    values = {}
     for doc in yaml.safe_load_all(open(os.path.join(ROOT, "deploy", "k8s", "config.yaml"))):
         if doc["kind"] == "Secret":
             identity = run(f"{release}/plughost", "keygen", "--env")
@@ -54,7 +55,7 @@ def manifests(release, work):
     path = os.path.join(work, "plughost-kube.yaml")
     with open(path, "w") as out:
         yaml.safe_dump_all(documents, out, sort_keys=False)
-    return path, secret, documents
+    return path, secret, documents, values
 
 
 def mongodb_host(documents):
@@ -63,7 +64,7 @@ def mongodb_host(documents):
 
 
 def play_checks(check, release, work):
-    path, secret, documents = manifests(release, work)
+    path, secret, documents, identity = manifests(release, work)
     host = mongodb_host(documents)
     played = False
     try:
@@ -93,6 +94,16 @@ def play_checks(check, release, work):
         status, _, body = stack.Http("127.0.0.1", 8080).get("/rest/services/hello/greet/?name=Kube")
         check("the pod serves, on its published port, the example plugins its init container copied",
               status == 200 and body == {"greeting": "Hello, Kube!"}, f"{status} {body}")
+        edge = stack.Http("127.0.0.1", 8080)
+        admin = stack.token(edge, container, identity["ADMIN_UUID"])
+        layers = edge.get("/health", token=admin)[2]["sandbox"]["layers"]
+        # The README's Kubernetes section: RuntimeDefault may refuse the network namespace, and pods
+        # have no writable cgroup file system; every other layer must be in force.
+        may_lack = {"network_namespace", "memory_cgroup"}
+        lacking = [layer["name"] for layer in layers if not layer["active"]]
+        check("the pod's sandbox has every layer but those the README says a pod may lack",
+              layers and not set(lacking) - may_lack,
+              f"{len(layers) - len(lacking)} of {len(layers)} active; unavailable: {', '.join(lacking) or 'none'}")
         uids = run("podman", "exec", container, "cat", "/proc/1/status")
         uid_line = next(line for line in uids.splitlines() if line.startswith("Uid:"))
         read_only = stack.inspect(container, "{{.HostConfig.ReadonlyRootfs}}")
